@@ -1,0 +1,204 @@
+"""CoNaLa: load and validate, split by question, format prompts, and batch for generation or teacher forcing.
+
+CoNaLa (Yin et al. 2018, conala-corpus v1.1) pairs a StackOverflow intent with a short Python snippet:
+  {"intent": str, "rewritten_intent": str | null, "snippet": str, "question_id": int}
+train has 2379 records and test 500. The prompt uses the curated `rewritten_intent` and falls back to `intent`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EXPECTED_COUNTS = {"train": 2379, "test": 500}
+# Our own short system message: SmolLM2's chat template otherwise inserts a generic one (~20 tokens per
+# example), and this one also asks for the CoNaLa answer style: code only, no prose, no markdown.
+SYSTEM_PROMPT = "Answer with one line of Python code only."
+
+
+class DataError(ValueError):
+    """A user-facing data problem, printed as one line: `error: <file>: record <i>: <problem>`."""
+
+
+@dataclass(frozen=True)
+class Example:
+    question_id: int
+    intent: str  # rewritten_intent if present, else intent: what the prompt shows
+    snippet: str  # the reference code
+
+
+# ----------------------------------------------------------------------------- loading and validation
+def validate_record(rec, where: str) -> Example:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key in ("intent", "rewritten_intent", "snippet"):
+        if key not in rec:
+            raise DataError(f"{where}: has no {key!r}")
+    if not isinstance(rec["intent"], str):
+        raise DataError(f"{where}: 'intent' must be a string, got {type(rec['intent']).__name__}")
+    if rec["rewritten_intent"] is not None and not isinstance(rec["rewritten_intent"], str):
+        raise DataError(f"{where}: 'rewritten_intent' must be a string or null, "
+                        f"got {type(rec['rewritten_intent']).__name__}")
+    if not isinstance(rec["snippet"], str) or not rec["snippet"].strip():
+        raise DataError(f"{where}: 'snippet' must be a non-empty string")
+    qid = rec.get("question_id", -1)
+    if not isinstance(qid, int) or isinstance(qid, bool):
+        raise DataError(f"{where}: 'question_id' must be an integer, got {type(qid).__name__}")
+    intent = rec["rewritten_intent"] if rec["rewritten_intent"] is not None else rec["intent"]
+    if not intent.strip():
+        raise DataError(f"{where}: both 'rewritten_intent' and 'intent' are empty")
+    return Example(question_id=qid, intent=intent.strip(), snippet=rec["snippet"])
+
+
+def load_conala_file(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (copy CoNaLa v1.1 there, or set --conala_path)")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    if not records:
+        raise DataError(f"{path}: the record list is empty")
+    return [validate_record(rec, f"{path}: record {i}") for i, rec in enumerate(records)]
+
+
+def load_conala(conala_path: str | Path) -> tuple[list[Example], list[Example]]:
+    root = Path(conala_path)
+    return load_conala_file(root / "conala-train.json"), load_conala_file(root / "conala-test.json")
+
+
+def is_validation_question(question_id: int, val_fraction: float) -> bool:
+    """Deterministic, seed-free split: a question goes to validation when its sha256 falls below the fraction.
+    Every record of one question lands on the same side, so no question leaks between train and validation."""
+    h = int.from_bytes(hashlib.sha256(str(question_id).encode()).digest()[:8], "big")
+    return h / 2**64 < val_fraction
+
+
+def split_train_val(examples: list[Example], val_fraction: float) -> tuple[list[Example], list[Example]]:
+    train = [e for e in examples if not is_validation_question(e.question_id, val_fraction)]
+    val = [e for e in examples if is_validation_question(e.question_id, val_fraction)]
+    return train, val
+
+
+def load_splits(cfg) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, val, test) with the config's limits applied (limits cut after the split, so val is stable)."""
+    train_all, test = load_conala(cfg.conala_path)
+    train, val = split_train_val(train_all, cfg.val_fraction)
+    if cfg.train_limit:
+        train = train[: cfg.train_limit]
+        val = val[: max(8, cfg.train_limit // 8)]  # keep validation proportionate to a subset run
+    if cfg.test_limit:
+        test = test[: cfg.test_limit]
+    return train, val, test
+
+
+# ----------------------------------------------------------------------------- prompts
+def resolve_prompt_format(tokenizer, requested: str = "auto") -> str:
+    if requested == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    if requested == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise DataError("--prompt_format=chat but the policy tokenizer has no chat template; use plain or auto")
+    return requested
+
+
+def format_prompt(intent: str, tokenizer, fmt: str) -> str:
+    """The one place where an intent becomes policy input, for a chat/instruct model or a plain causal LM."""
+    if fmt == "chat":
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": intent}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"# Task: {intent}\n# Python code (one line):\n"
+
+
+def format_target(snippet: str, tokenizer) -> str:
+    """The SFT target: the snippet then EOS, so the model learns to stop after the code.
+    For SmolLM2's chat template EOS is <|im_end|>, the token that closes an assistant turn."""
+    return snippet + tokenizer.eos_token
+
+
+def extract_code(generated: str) -> str:
+    """Generated text -> the predicted snippet, the CoNaLa answer style.
+    Drops a markdown fence if the model wrote one, then keeps the first non-empty line, plus the indented block
+    under it when that line opens a block (`if ...:`). The calibration run kept the first line only."""
+    text = generated
+    if "```" in text:
+        inner = text.split("```")[1]
+        text = inner.split("\n", 1)[1] if inner.split("\n", 1)[0].strip().isidentifier() else inner
+    lines = [ln for ln in text.split("\n")]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        return ""
+    out = [lines[0].rstrip()]
+    if out[0].endswith(":"):
+        out += [ln.rstrip() for ln in _takewhile_indented(lines[1:])]
+    return "\n".join(out).strip()
+
+
+def _takewhile_indented(lines: list[str]) -> list[str]:
+    block = []
+    for ln in lines:
+        if not ln.startswith((" ", "\t")) or not ln.strip():
+            break
+        block.append(ln)
+    return block
+
+
+# ----------------------------------------------------------------------------- batching
+def encode_prompts(prompts: list[str], tokenizer, max_len: int) -> list[list[int]]:
+    """Token ids per prompt, left-truncated so the end of the prompt (the generation header) always survives."""
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    return [x[-max_len:] for x in ids]
+
+
+def collate_left(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left padding for generation: every row's last token sits at the same position, where sampling starts."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
+    for i, s in enumerate(seqs):
+        if s:
+            input_ids[i, width - len(s):] = torch.tensor(s)
+            attention_mask[i, width - len(s):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def collate_right(prompts: list[list[int]], targets: list[list[int]], pad_id: int,
+                  max_len: int) -> dict[str, torch.Tensor]:
+    """Right padding for teacher forcing. labels = -100 on prompt and padding, so the loss is on the snippet only.
+    Over-long examples lose prompt tokens from the left first, then target tokens from the right."""
+    rows = []
+    for p, t in zip(prompts, targets):
+        t = t[:max_len]
+        p = p[-(max_len - len(t)):] if max_len > len(t) else []
+        rows.append((p, t))
+    width = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # [B, T]
+    for i, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        input_ids[i, :n] = torch.tensor(p + t)
+        attention_mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(t)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def sft_batch(examples: list[Example], tokenizer, fmt: str, max_len: int) -> dict[str, torch.Tensor]:
+    prompts = [format_prompt(e.intent, tokenizer, fmt) for e in examples]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer([format_target(e.snippet, tokenizer) for e in examples], add_special_tokens=False)["input_ids"]
+    return collate_right(p_ids, t_ids, tokenizer.pad_token_id, max_len)
+
+
+def generation_batch(intents: list[str], tokenizer, fmt: str, max_prompt_len: int) -> dict[str, torch.Tensor]:
+    prompts = [format_prompt(i, tokenizer, fmt) for i in intents]
+    return collate_left(encode_prompts(prompts, tokenizer, max_prompt_len), tokenizer.pad_token_id)
