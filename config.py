@@ -69,6 +69,7 @@ class Config:
     w_rm: float = 1.0  # weight of the normalised reward-model score in the PPO reward
     w_syntax: float = 0.0  # weight of the syntax rule signal in the PPO reward
     w_exec: float = 0.0  # weight of the execution rule signal (needs bubblewrap)
+    w_similarity: float = 0.0  # weight of the chrF-to-reference rule signal (PPO prompts are train intents)
     w_quality: float = 0.0  # weight of the quality rule signal
     reward_scale: float = 1.0  # sigmoid(raw / scale) before clipping
     reward_clip_min: float = 0.0  # lower clip bound, applied after the sigmoid
@@ -271,6 +272,18 @@ def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Confi
 def extras_takes_value(key: str, extra_flags: tuple[str, ...]) -> bool:
     """Extra flags written with a trailing '=' in `extra_flags` (e.g. 'resume=') take a value."""
     return f"{key}=" in extra_flags
+
+
+def explicit_overrides(argv: list[str]) -> dict[str, str]:
+    """The raw --key=value / --key value overrides on a command line (so --resume can re-apply them)."""
+    types, found = field_types(), {}
+    for i, arg in enumerate(argv):
+        key, eq, val = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if arg.startswith("--") and key in types:
+            bare = not eq and (i + 1 >= len(argv) or argv[i + 1].startswith("--"))
+            found[key] = val if eq else "true" if bare else argv[i + 1]
+    return found
 
 
 def to_dict(cfg: Config) -> dict:

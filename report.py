@@ -1,0 +1,290 @@
+"""The run folder of rlhf.py: logs, state for --resume, Ctrl-C, the three plots, the bootstrap, and the report.
+
+Why a separate module: rlhf.py stays the readable story of the pipeline (stages and loops); everything that
+only manages the output folder or turns logged numbers into files for humans lives here. No model code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from config import ConfigError
+
+# ----------------------------------------------------------------------------- run folder, logs, state
+class Tee:
+    """Send console output to the terminal and to training.log (the full console output)."""
+
+    def __init__(self, stream, path: Path):
+        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+
+    def write(self, text):
+        self.stream.write(text)
+        self.file.write(text)
+        self.file.flush()
+
+    def flush(self):
+        self.stream.flush()
+
+    def isatty(self):
+        return self.stream.isatty()
+
+
+class Run:
+    """One output folder: pipeline.log (the pipeline's own timestamped lines), training.log (everything on the
+    console), metrics.jsonl (every stat with stage and step), state.json (completed stages, for --resume)."""
+
+    def __init__(self, out: Path, cfg):
+        self.out, self.cfg = out, cfg
+        self.state_path = out / "state.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else \
+            {"completed": [], "stage_seconds": {}, "evaluated": {}}
+        self.stop_requested = False
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with open(self.out / "pipeline.log", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def stat(self, stage: str, step: int, **stats) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"stage": stage, "step": step, **stats}) + "\n")
+
+    def save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.replace(tmp, self.state_path)  # atomic, so a kill never leaves half a state file
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["completed"]
+
+    def mark_done(self, stage: str, seconds: float) -> None:
+        self.state["completed"].append(stage)
+        self.state["stage_seconds"][stage] = self.state["stage_seconds"].get(stage, 0.0) + seconds
+        self.save_state()
+
+
+class Interrupted(Exception):
+    """Raised after Ctrl-C once the current step has finished and its checkpoint is written."""
+
+
+def prepare_output_dir(cfg, resume: str | None, overwrite: bool) -> Path:
+    """Checked before any work: a file, an unwritable folder, or a non-empty folder without --resume/--overwrite
+    is a one-line error. Nothing is ever overwritten silently."""
+    if resume:
+        out = Path(resume)
+        if not (out / "config.json").is_file():
+            raise ConfigError(f"--resume {out}: no config.json there; is it an output folder of rlhf.py?")
+        return out
+    out = Path(cfg.output_dir or f"outputs/{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--output_dir {out}: folder is not empty; use --resume {out} to continue it, "
+                              "--overwrite to replace it, or another --output_dir")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_text("ok")
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise ConfigError(f"--output_dir {out}: cannot write there ({e.strerror})") from None
+    return out
+
+
+def install_sigint(run: Run) -> None:
+    """First Ctrl-C: finish the current step, save a checkpoint, exit 130. Second Ctrl-C: stop at once."""
+
+    def handler(signum, frame):
+        if run.stop_requested:
+            raise KeyboardInterrupt
+        run.stop_requested = True
+        print("\ninterrupt: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+
+# The seed project's targets (its README, "Ожидаемые результаты"), on 0-1 scales.
+SEED_TARGETS = {"bertscore": 0.50, "codebleu": 0.35, "bleu": 0.25, "rouge_l": 0.35, "ruby": 0.20}
+# Published CoNaLa figures on Evtikhiev et al. 2023's human-graded subset (not the same 500 items; context only).
+PUBLISHED = {"best-tranx-rerank": {"bleu": 0.330, "codebleu": 0.343}, "Codex": {"bleu": 0.331, "codebleu": 0.466}}
+TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_match", "syntax_match",
+              "dataflow_match", "rouge_l", "ruby", "bertscore", "rm_score", "syntax_valid"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def need_config(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.json there; is it an output folder of rlhf.py?")
+    return path
+
+
+def paired_bootstrap_ci(a: list[float], b: list[float], n_resamples: int, seed: int) -> dict:
+    """95% CI of mean(b) - mean(a) by resampling items with replacement (Koehn 2004, paired bootstrap).
+    Pairing matters: both systems answer the same prompts, so resampling items keeps their difficulty shared."""
+    assert len(a) == len(b) and a, "paired bootstrap needs two equal, non-empty lists"
+    rng = random.Random(seed)
+    n = len(a)
+    diffs = [bi - ai for ai, bi in zip(a, b)]
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
+    lo, hi = means[int(0.025 * (n_resamples - 1))], means[int(math.ceil(0.975 * (n_resamples - 1)))]
+    return {"mean_diff": sum(diffs) / n, "ci95_low": lo, "ci95_high": hi, "n_items": n, "n_resamples": n_resamples}
+
+
+# ----------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _stage_lines(ax, starts: dict[str, float]):
+    for name, x in starts.items():
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+        ax.text(x, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, va="top", color="grey")
+
+
+def plot_evaluation(evals: list[dict], path: Path) -> None:
+    """One point per evaluation in pipeline order (base, sft, ppo@step..., final), one line per metric."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = list(range(len(evals)))
+    for key in ["bleu", "conala_bleu", "codebleu", "rouge_l", "ruby", "bertscore", "syntax_valid"]:
+        ys = [e.get(key, float("nan")) for e in evals]
+        if any(y == y for y in ys):
+            ax.plot(xs, ys, marker="o", label=key)
+    ax.set_xticks(xs, [e["system"] for e in evals], rotation=20, fontsize=8)
+    starts = {}
+    for i, e in enumerate(evals):
+        stage = e["system"].split("-")[0]
+        if stage in ("sft", "ppo") and stage not in starts:
+            starts[stage] = i - 0.5
+    _stage_lines(ax, starts)
+    ax.set_xlabel("evaluation point (system)")
+    ax.set_ylabel("score (0-1)")
+    ax.set_title("Evaluation metrics on CoNaLa test by training point")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reward(epochs: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    xs = [e["epoch"] for e in epochs]
+    for key, ax in (("loss", ax1), ("accuracy", ax2)):
+        ax.plot(xs, [e[f"train_{key}"] for e in epochs], marker="o", label=f"train {key}")
+        ax.plot(xs, [e[f"val_{key}"] for e in epochs], marker="s", label=f"held-out {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("Bradley-Terry loss" if key == "loss" else "pairwise accuracy")
+        ax.legend(fontsize=8)
+        _stage_lines(ax, {"reward": 0.5} if xs else {})
+    ax2.axhline(0.5, color="red", linewidth=0.6, linestyle=":")
+    fig.suptitle("Reward model training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_rlhf(steps: list[dict], path: Path) -> None:
+    plt = _plt()
+    keys = [("objective/score", "score"), ("objective/kl", "KL (nats/response)"), ("objective/kl_coef", "kl_coef"),
+            ("policy/clipfrac", "policy clipfrac"), ("loss/value", "value loss")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4))
+    for ax, (key, label) in zip(axes, keys):
+        pts = [(s["step"], s[key]) for s in steps if key in s]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel(label)
+        _stage_lines(ax, {"ppo": 0.5})
+    fig.suptitle("PPO training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(run_dir: Path) -> None:
+    stats = read_jsonl(run_dir / "metrics.jsonl")
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plot_evaluation([s for s in stats if s["stage"] == "eval"], run_dir / "plots" / "evaluation_metrics_by_epoch.png")
+    plot_reward([s for s in stats if s["stage"] == "reward"], run_dir / "plots" / "reward_training_metrics.png")
+    plot_rlhf([s for s in stats if s["stage"] == "ppo"], run_dir / "plots" / "rlhf_training_metrics.png")
+
+
+# ----------------------------------------------------------------------------- report
+def target_rows(system: str, metrics: dict) -> list[dict]:
+    rows = []
+    for key, target in SEED_TARGETS.items():
+        value = metrics.get(key)
+        status = "NOT RUN" if value is None else "MET" if value >= target else "MISSED"
+        rows.append({"system": system, "metric": key, "value": value, "target": target, "status": status})
+    return rows
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: dict | None, examples: list[dict],
+                 stage_seconds: dict, device: str, dtype: str, cfg: dict, notes: list[str]) -> dict:
+    final = "ppo" if "ppo" in systems else "sft" if "sft" in systems else next(iter(systems), None)
+    targets = target_rows(final, systems[final]) if final else []
+    report = {"systems": systems, "targets": targets, "bootstrap_codebleu_ppo_minus_sft": bootstrap,
+              "stage_seconds": stage_seconds, "device": device, "dtype": dtype, "notes": notes,
+              "codebleu_tokenizer": cfg["codebleu_tokenizer"], "config": cfg, "examples": examples}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = [f"# RLHF for code: report ({cfg['config_name']})", "",
+          f"Device: {device}, precision {dtype}. Test items: {next(iter(systems.values()))['n'] if systems else 0}. "
+          f"CodeBLEU tokeniser: `{cfg['codebleu_tokenizer']}`. Decoding: greedy, max {cfg['max_new_tokens']} new tokens.",
+          "", "## Metrics (CoNaLa test, 0–1)", "",
+          "| system | " + " | ".join(TABLE_KEYS) + " |", "|---|" + "---|" * len(TABLE_KEYS)]
+    for name, m in systems.items():
+        md.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in TABLE_KEYS) + " |")
+    if bootstrap:
+        b = bootstrap
+        verdict = ("PPO better" if b["ci95_low"] > 0 else "PPO worse" if b["ci95_high"] < 0
+                   else "no significant difference")
+        md += ["", f"PPO − SFT sentence CodeBLEU: {b['mean_diff']:+.4f}, paired bootstrap 95% CI "
+                   f"[{b['ci95_low']:+.4f}, {b['ci95_high']:+.4f}] over {b['n_items']} items ({verdict})."]
+    md += ["", f"## Seed targets ({final})", "", "| metric | value | target | status |", "|---|---|---|---|"]
+    md += [f"| {r['metric']} | {_fmt(r['value'])} | {r['target']:.2f} | {r['status']} |" for r in targets]
+    md += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in stage_seconds.items()]
+    if examples:
+        names = [n for n in systems if n in examples[0]]
+        md += ["", "## Examples", "", "| intent | reference | " + " | ".join(names) + " |",
+               "|---|---|" + "---|" * len(names)]
+        for ex in examples:
+            cells = [ex["intent"], ex["reference"]] + [ex[n] for n in names]
+            md.append("| " + " | ".join("`" + c.replace("|", "\\|").replace("\n", "⏎") + "`" if i else
+                                        c.replace("|", "\\|") for i, c in enumerate(cells)) + " |")
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    return report

@@ -1,0 +1,395 @@
+"""RLHF for code on CoNaLa, end to end: SFT -> synthetic feedback + reward model -> PPO -> evaluation.
+
+    python rlhf.py --config quick            # laptop CPU, embedded models, < 15 min
+    python rlhf.py --config research         # one GPU, the full data
+    python rlhf.py --config test             # tiny random models, seconds
+    python rlhf.py --resume outputs/quick-20261124-040000   # continue after a kill or Ctrl-C
+
+Reads top to bottom: helpers (decoding) -> the four stages -> main. Every stage writes its checkpoint
+atomically and marks itself done in state.json, which is what --resume reads (report.py owns the run folder).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import config
+import data
+import models
+import report
+from config import ConfigError, die
+from report import Interrupted, Run
+
+EXTRA_FLAGS = ("resume=", "overwrite", "diagnose", "debug")
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: bool, n: int = 1,
+                   desc: str = "decode") -> list[list[str]]:
+    """Generate n answers per intent, batched by prompt length (less left padding), returned in input order.
+    Greedy for evaluation; sampling with the config's temperature/top_p for synthetic-feedback candidates."""
+    import torch
+    from tqdm import tqdm
+
+    order = sorted(range(len(intents)), key=lambda i: len(intents[i]))
+    answers: list[list[str]] = [[] for _ in intents]
+    lm.eval()
+    for start in tqdm(range(0, len(order), cfg.eval_batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+        idx = order[start:start + cfg.eval_batch_size]
+        batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
+        batch = {k: v.to(lm.device) for k, v in batch.items()}
+        kwargs = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) if sample else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.no_grad(), ctx:
+            out = lm.generate(**batch, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
+        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        for j, text in enumerate(texts):
+            answers[idx[j // n]].append(data.extract_code(text))
+    return answers
+
+
+# ----------------------------------------------------------------------------- stage 1: SFT
+def sft_loss(lm, batch, ctx):
+    """Summed next-token NLL over snippet tokens (labels != -100) and their count, so gradient accumulation
+    over micro-batches gives the exact token-mean of the whole batch."""
+    import torch.nn.functional as F
+
+    with ctx:
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+    labels = batch["labels"][:, 1:]  # [B, T-1]: token t+1 is predicted at position t
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    return nll, (labels != -100).sum()
+
+
+def validation_loss(lm, tok, fmt, examples, cfg, ctx, device) -> float:
+    import torch
+
+    lm.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), cfg.sft_micro_batch_size):
+            batch = data.sft_batch(examples[i:i + cfg.sft_micro_batch_size], tok, fmt, cfg.sft_max_len)
+            nll, n = sft_loss(lm, {k: v.to(device) for k, v in batch.items()}, ctx)
+            total, count = total + nll.item(), count + n.item()
+    return total / max(count, 1)
+
+
+def stage_sft(run: Run, env: dict, train, val) -> None:
+    """Supervised fine-tuning on (intent -> snippet), loss on the snippet tokens only; AdamW with linear decay."""
+    import torch
+    from tqdm import tqdm
+
+    cfg, device, ctx = run.cfg, env["device"], env["ctx"]
+    lm, tok = models.load_causal_lm(cfg.policy_model, seed=cfg.seed)
+    lm.to(device)
+    fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
+    n_steps = max(1, math.ceil(len(train) * cfg.sft_epochs / cfg.sft_batch_size))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.cat([torch.randperm(len(train), generator=gen) for _ in range(math.ceil(cfg.sft_epochs))]).tolist()
+    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.sft_learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / n_steps)
+    scaler = models.make_grad_scaler(device, env["dtype"])
+    run.stat("sft", 0, val_loss=validation_loss(lm, tok, fmt, val, cfg, ctx, device))
+    bar = tqdm(range(n_steps), desc="sft", unit="step", dynamic_ncols=True)
+    for step in bar:
+        lm.train()
+        chunk = [train[i] for i in order[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size]]
+        chunk.sort(key=lambda e: len(e.intent) + len(e.snippet))  # similar lengths share a micro-batch
+        micro = [chunk[i:i + cfg.sft_micro_batch_size] for i in range(0, len(chunk), cfg.sft_micro_batch_size)]
+        batches = [{k: v.to(device) for k, v in data.sft_batch(m, tok, fmt, cfg.sft_max_len).items()} for m in micro]
+        n_tokens = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
+        total = 0.0
+        for b in batches:
+            nll, _ = sft_loss(lm, b, ctx)
+            scaler.scale(nll / n_tokens).backward()
+            total += nll.item()
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0).item()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        loss = total / n_tokens.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"SFT loss is {loss} at step {step}; lower --sft_learning_rate or use fp32")
+        bar.set_postfix(loss=f"{loss:.3f}")
+        run.stat("sft", step + 1, loss=loss, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
+        if run.stop_requested:
+            raise Interrupted(f"SFT stopped at step {step + 1}/{n_steps} (SFT restarts from scratch on resume)")
+    val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
+    run.stat("sft", n_steps, val_loss=val_loss)
+    run.log(f"sft: {n_steps} steps, final train loss {loss:.4f}, validation loss {val_loss:.4f} on {len(val)} examples")
+    models.save_atomic(run.out / "checkpoint-sft", lambda d: save_policy(lm, tok, d, cfg))
+
+
+def save_policy(lm, tok, folder: Path, cfg) -> None:
+    lm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config.save_config(cfg, folder / "rlhf_config.json")  # the config travels with every checkpoint
+
+
+# ----------------------------------------------------------------------------- stage 2: reward model
+def stage_reward(run: Run, env: dict, train, val) -> None:
+    """Synthetic feedback (reference, corruptions, other intents' snippets, SFT samples) -> Bradley-Terry RM."""
+    import reward
+
+    cfg, device, ctx = run.cfg, env["device"], env["ctx"]
+    lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
+    lm.to(device)
+    fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
+    policy_samples = {}
+    if cfg.reward_policy_samples:
+        k = cfg.reward_policy_intents or len(train)
+        chosen = train[:k] + val[:max(1, k * len(val) // max(len(train), 1))]
+        samples = decode_batches(lm, tok, fmt, [e.intent for e in chosen], cfg, ctx, sample=True,
+                                 n=cfg.reward_policy_samples, desc="policy samples")
+        policy_samples = {e.question_id: s for e, s in zip(chosen, samples)}
+    del lm
+    train_pairs, val_pairs = reward.build_preference_pairs(train, val, policy_samples, cfg)
+    reward.write_jsonl(train_pairs, run.out / "preference_pairs_train.jsonl")
+    reward.write_jsonl(val_pairs, run.out / "preference_pairs_val.jsonl")
+    run.log(f"reward: {len(train_pairs)} train / {len(val_pairs)} held-out pairs; by rejected kind "
+            f"{reward.pair_counts_by_kind(train_pairs)}")
+    encoder, etok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
+    rm = reward.RewardModel(encoder).to(device)
+    history = reward.train_reward_model(rm, etok, train_pairs, val_pairs, cfg, device, ctx,
+                                        models.make_grad_scaler(device, env["dtype"]), log=run.log)
+    for h in history:
+        run.stat("reward", h["epoch"], **{k: v for k, v in h.items() if k != "epoch"})
+    # LHP: normalise the RM on samples of the reference (= SFT) policy, so kl_coef keeps one meaning.
+    calib = [(e.intent, s) for e in train if e.question_id in policy_samples for s in policy_samples[e.question_id]]
+    if not calib:  # no policy samples configured: calibrate on the reference snippets instead
+        calib = [(e.intent, e.snippet) for e in train]
+    raw = reward.score_texts(rm, etok, [c[0] for c in calib], [c[1] for c in calib], device)
+    rm.gain, rm.bias = reward.fit_calibration(raw)
+    run.log(f"reward: held-out pairwise accuracy {history[-1]['val_accuracy']:.3f}; calibration gain "
+            f"{rm.gain:.3f} bias {rm.bias:.3f} on {len(calib)} reference-policy samples")
+    models.save_atomic(run.out / "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
+
+
+# ----------------------------------------------------------------------------- stage 3: PPO
+def stage_ppo(run: Run, env: dict, train) -> None:
+    """PPO from the SFT policy; the reference model is the frozen SFT policy (LHP)."""
+    import torch
+
+    import ppo
+    import reward
+
+    cfg, device, ctx = run.cfg, env["device"], env["ctx"]
+    need(run.out / "checkpoint-reward", "the reward stage")
+    start, resume_dir = latest_ppo_checkpoint(run)
+    base_lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
+    policy = ppo.PolicyWithValueHead.load(resume_dir) if resume_dir else ppo.PolicyWithValueHead(base_lm)
+    ref = ppo.make_reference(base_lm if resume_dir else models.load_causal_lm(sft_path(run, env), seed=cfg.seed)[0])
+    policy.to(device), ref.to(device)
+    rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(device)
+    rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
+    fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)  # CleanRL/LHP eps
+    kl_ctl = ppo.make_kl_controller(cfg)
+    scaler = models.make_grad_scaler(device, env["dtype"])
+    if resume_dir:
+        saved = torch.load(resume_dir / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(saved["optimizer"])
+        kl_ctl.value = saved["kl_coef"]
+        torch.set_rng_state(saved["torch_rng"])
+        run.log(f"ppo: resumed from {resume_dir.name} (step {start})")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    for step in range(start, cfg.ppo_steps):
+        t0 = time.perf_counter()
+        exs = [train[order[(step * cfg.batch_size + i) % len(train)]] for i in range(cfg.batch_size)]
+        q = data.generation_batch([e.intent for e in exs], tok, fmt, cfg.max_prompt_len)
+
+        def score_fn(responses: list[str]) -> torch.Tensor:
+            codes = [data.extract_code(r) for r in responses]
+            raw = reward.score_texts(rm, rm_tok, [e.intent for e in exs], codes, device)
+            rm_norm = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
+                                              rm.gain, rm.bias)
+            rules = [reward.rule_signals(c, e.snippet) for c, e in zip(codes, exs)] if env["uses_rules"] else None
+            return reward.combined_reward(rm_norm, rules, cfg)
+
+        try:
+            stats, _, responses = ppo.train_ppo_iteration(policy, ref, opt, kl_ctl, q["input_ids"].to(device),
+                                                          q["attention_mask"].to(device), tok, score_fn, cfg, ctx,
+                                                          scaler)
+        except ppo.NonFiniteLossError as e:
+            save_ppo(run, policy, tok, opt, kl_ctl, step, "checkpoint-ppo-nonfinite")
+            raise ConfigError(f"PPO step {step + 1}: {e}; state saved in checkpoint-ppo-nonfinite/") from None
+        stats["time/step_seconds"] = time.perf_counter() - t0
+        run.stat("ppo", step + 1, **stats)
+        run.log(f"ppo {step + 1}/{cfg.ppo_steps}  score {stats['objective/score']:.3f}  kl {stats['objective/kl']:.3f}"
+                f"  kl_coef {stats['objective/kl_coef']:.4f}  clipfrac {stats['policy/clipfrac']:.3f}  "
+                f"vloss {stats['loss/value']:.4f}  len {stats['response/length_mean']:.1f}  "
+                f"{stats['time/step_seconds']:.1f}s  e.g. {responses[0][:60]!r}")
+        last = step + 1 == cfg.ppo_steps
+        if last or run.stop_requested or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+            save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not last:
+            evaluate_system(run, env, f"ppo-step{step + 1}", policy.lm, tok, step + 1)
+        if run.stop_requested and not last:
+            raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved")
+    models.save_atomic(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
+
+
+def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
+    import torch
+
+    def write(d):
+        policy.save(d)
+        save_policy(policy.lm, tok, d, run.cfg)
+        torch.save({"optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step,
+                    "torch_rng": torch.get_rng_state()}, d / "trainer_state.pt")
+
+    models.save_atomic(run.out / name, write)
+
+
+def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
+    steps = [int(p.name.rsplit("-", 1)[1]) for p in run.out.glob("checkpoint-ppo-*") if p.name.rsplit("-", 1)[1].isdigit()]
+    return (max(steps), run.out / f"checkpoint-ppo-{max(steps)}") if steps else (0, None)
+
+
+# ----------------------------------------------------------------------------- stage 4: evaluation
+def evaluate_system(run: Run, env: dict, name: str, lm, tok, step: int) -> dict:
+    """Greedy decoding on CoNaLa test, every metric, the RM's mean score and the syntax-valid rate."""
+    import metrics
+    import reward
+
+    cfg, test = run.cfg, env["test"]
+    if name in run.state["evaluated"]:
+        return run.state["evaluated"][name]
+    lm.to(env["device"])
+    fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
+    preds = [a[0] for a in decode_batches(lm, tok, fmt, [e.intent for e in test], cfg, env["ctx"], sample=False,
+                                          desc=f"eval {name}")]
+    refs = [e.snippet for e in test]
+    scores = metrics.evaluate(refs, preds, bertscore_model=cfg.bertscore_model, bertscore_layers=cfg.bertscore_layers,
+                              with_bertscore=cfg.eval_bertscore, codebleu_tokenizer=cfg.codebleu_tokenizer,
+                              per_example=True)
+    per_example = scores.pop("per_example")
+    result = {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
+    result["syntax_valid"] = sum(map(metrics.syntax_valid, preds)) / len(preds)
+    result["n"] = len(preds)
+    if (run.out / "checkpoint-reward").exists():
+        rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(env["device"])
+        rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
+        raw = reward.score_texts(rm, rm_tok, [e.intent for e in test], preds, env["device"])
+        result["rm_score"] = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
+                                                     rm.gain, rm.bias).mean().item()
+    report.write_jsonl(run.out / f"predictions-{name}.jsonl",
+                       [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "prediction": p,
+                         "sentence_codebleu": c} for e, p, c in zip(test, preds, per_example["codebleu"])])
+    run.stat("eval", step, system=name, **{k: v for k, v in result.items() if k != "n"})
+    run.state["evaluated"][name] = dict(result, per_example_codebleu=per_example["codebleu"])
+    run.save_state()
+    run.log(f"eval {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+    return run.state["evaluated"][name]
+
+
+def stage_eval(run: Run, env: dict) -> None:
+    cfg = run.cfg
+    systems = {"base": cfg.policy_model}
+    if sft_path(run, env) != cfg.policy_model:
+        systems["sft"] = sft_path(run, env)
+    if (run.out / "checkpoint-final").exists():
+        systems["ppo"] = str(run.out / "checkpoint-final")
+    results = {}
+    for name, spec in systems.items():
+        lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
+        results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
+        del lm
+    boot = None
+    if "ppo" in results and "sft" in results:
+        boot = report.paired_bootstrap_ci(results["sft"]["per_example_codebleu"], results["ppo"]["per_example_codebleu"],
+                                          cfg.bootstrap_samples, cfg.seed)
+    preds = {n: report.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
+    examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results})
+                for i, e in enumerate(env["test"][:5])]
+    table = {n: {k: v for k, v in r.items() if k != "per_example_codebleu"} for n, r in results.items()}
+    report.write_plots(run.out)
+    report.write_report(run.out, table, boot, examples, run.state["stage_seconds"], str(env["device"]),
+                        str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"])
+
+
+# ----------------------------------------------------------------------------- wiring
+def sft_path(run: Run, env: dict) -> str:
+    """The policy PPO starts from and the reference model: --policy, else checkpoint-sft/, else the base model."""
+    if run.cfg.policy:
+        return run.cfg.policy
+    if (run.out / "checkpoint-sft").exists():
+        return str(run.out / "checkpoint-sft")
+    if "sft" in config.stage_list(run.cfg):
+        raise ConfigError("checkpoint-sft/ is missing although the sft stage was requested")
+    env["notes"].append("no SFT checkpoint and no --policy: the base model stands in for the SFT policy")
+    return run.cfg.policy_model
+
+
+def need(path: Path, what: str) -> None:
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: run {what} first (e.g. --resume this folder with it in --stages)")
+
+
+def run_pipeline(run: Run) -> None:
+    cfg = run.cfg
+    models.seed_everything(cfg.seed)
+    device = models.resolve_device(cfg.device)
+    dtype = models.resolve_dtype(cfg.dtype, device)
+    train, val, test = data.load_splits(cfg)
+    uses_rules = any((cfg.w_syntax, cfg.w_exec, cfg.w_similarity, cfg.w_quality))
+    env = dict(device=device, dtype=dtype, ctx=models.autocast_ctx(device, dtype), test=test, notes=[],
+               uses_rules=uses_rules)
+    run.log(f"run {run.out}: config {cfg.config_name}, device {device}, {str(dtype).replace('torch.', '')}, "
+            f"{len(train)} train / {len(val)} val / {len(test)} test examples, stages {cfg.stages}")
+    stages = {"sft": lambda: stage_sft(run, env, train, val), "reward": lambda: stage_reward(run, env, train, val),
+              "ppo": lambda: stage_ppo(run, env, train), "eval": lambda: stage_eval(run, env)}
+    for name in config.stage_list(cfg):
+        if name == "sft" and cfg.policy:
+            run.log("sft: skipped, starting from --policy " + cfg.policy)
+            continue
+        if run.done(name) and name != "eval":
+            run.log(f"{name}: already completed in this folder, skipped")
+            continue
+        models.seed_everything(cfg.seed + len(name))  # each stage reproducible on its own, also after a resume
+        run.log(f"=== stage {name} ===")
+        t0 = time.perf_counter()
+        stages[name]()
+        run.mark_done(name, time.perf_counter() - t0)
+        run.log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
+
+
+def main(argv: list[str]) -> int:
+    cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)
+    if extras.get("resume"):
+        # A resumed run keeps its own saved config; overrides given now apply on top of it.
+        saved = config.load_config(report.need_config(extras["resume"]))
+        cfg = config.make_config(saved.config_name, {**config.to_dict(saved), **config.explicit_overrides(argv)})
+    if extras.get("diagnose"):
+        import diagnose
+
+        if diagnose.run([a for a in argv if a != "--diagnose"]) != 0:
+            die("diagnose found failures (❌ above); fix them or run without --diagnose", 1)
+    out = report.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
+    sys.stdout, sys.stderr = report.Tee(sys.stdout, out / "training.log"), report.Tee(sys.stderr, out / "training.log")
+    config.save_config(cfg, out / "config.json")
+    with open(out / "argv.txt", "a", encoding="utf-8") as f:
+        f.write(" ".join(["rlhf.py", *argv]) + "\n")
+    run = Run(out, cfg)
+    report.install_sigint(run)
+    try:
+        run_pipeline(run)
+    except Interrupted as e:
+        run.log(f"interrupted: {e}; continue with: python rlhf.py --resume {out}")
+        return 130
+    run.log(f"done: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except (ConfigError, data.DataError, FloatingPointError) as e:
+        if "--debug" in sys.argv:
+            raise
+        die(str(e), 2 if isinstance(e, ConfigError) else 1)
