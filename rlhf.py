@@ -382,7 +382,7 @@ def main(argv: list[str]) -> int:
     except Interrupted as e:
         run.log(f"interrupted: {e}; continue with: python rlhf.py --resume {out}")
         return 130
-    run.log(f"done: {out / 'report.md'}")
+    run.log(f"done: {out}" + (f", report {out / 'report.md'}" if (out / "report.md").exists() else ""))
     return 0
 
 

@@ -1,0 +1,120 @@
+"""End to end: `rlhf.py --config test` in a subprocess on tiny random models (STYLE.md, third test layer).
+
+Covers every output file, checkpoint reload, refusal to overwrite, a bad --output_dir, resume after SIGKILL
+mid-PPO, Ctrl-C (SIGINT) handling, and same seed -> same report.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
+
+
+def rlhf(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--config", "test", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, str(ROOT / "rlhf.py"), "--config", "test", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path, proc, timeout=240):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"process ended early:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    res = rlhf("--output_dir", str(out), "--seed", "5")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out
+
+
+EXPECTED = ["config.json", "argv.txt", "pipeline.log", "training.log", "metrics.jsonl",
+            "plots/evaluation_metrics_by_epoch.png", "plots/reward_training_metrics.png",
+            "plots/rlhf_training_metrics.png", "checkpoint-sft", "checkpoint-reward", "checkpoint-ppo-2",
+            "checkpoint-final", "predictions-base.jsonl", "predictions-sft.jsonl", "predictions-ppo.jsonl",
+            "report.md", "report.json", "preference_pairs_train.jsonl", "preference_pairs_val.jsonl"]
+
+
+def test_every_output_exists_and_policy_checkpoints_reload(full_run):
+    from transformers import AutoModelForCausalLM
+
+    missing = [name for name in EXPECTED if not (full_run / name).exists()]
+    assert not missing, missing
+    for ckpt in ("checkpoint-sft", "checkpoint-ppo-2", "checkpoint-final"):
+        model = AutoModelForCausalLM.from_pretrained(full_run / ckpt)
+        assert model.config.num_hidden_layers == 2
+        assert json.loads((full_run / ckpt / "rlhf_config.json").read_text())["seed"] == 5
+    rep = json.loads((full_run / "report.json").read_text())
+    assert set(rep["systems"]) == {"base", "sft", "ppo"}
+    assert {r["status"] for r in rep["targets"]} <= {"MET", "MISSED"}
+    assert rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_low"] <= rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_high"]
+    stages = {json.loads(ln)["stage"] for ln in (full_run / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"sft", "reward", "ppo", "eval"}
+    assert "MISSED" in (full_run / "report.md").read_text() or "MET" in (full_run / "report.md").read_text()
+
+
+def test_refuses_to_overwrite_and_rejects_a_file_as_output_dir(full_run, tmp_path):
+    before = (full_run / "report.json").read_text()
+    res = rlhf("--output_dir", str(full_run))
+    assert res.returncode == 2 and "folder is not empty" in res.stderr and "--resume" in res.stderr
+    assert (full_run / "report.json").read_text() == before
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    res = rlhf("--output_dir", str(afile))
+    assert res.returncode == 2 and "is not a folder" in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_same_seed_gives_the_same_report(full_run, tmp_path):
+    res = rlhf("--output_dir", str(tmp_path / "b"), "--seed", "5")
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = json.loads((full_run / "report.json").read_text())["systems"]
+    b = json.loads((tmp_path / "b" / "report.json").read_text())["systems"]
+    assert a == b
+
+
+def test_resume_after_sigkill_mid_ppo(tmp_path):
+    out = tmp_path / "killed"
+    proc = start("--output_dir", str(out), "--ppo_steps", "6", "--save_every", "2", "--stages", "sft,reward,ppo")
+    wait_for(out / "checkpoint-ppo-2", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "checkpoint-final").exists()
+    res = subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--resume", str(out)], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    log = (out / "pipeline.log").read_text()
+    assert "sft: already completed" in log and "reward: already completed" in log
+    assert "ppo: resumed from checkpoint-ppo-" in log
+    assert (out / "checkpoint-final").exists() and (out / "checkpoint-ppo-6").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    out = tmp_path / "sigint"
+    proc = start("--output_dir", str(out), "--ppo_steps", "50", "--save_every", "0", "--stages", "sft,reward,ppo")
+    wait_for(out / "checkpoint-reward", proc)
+    while "ppo 1/50" not in (out / "pipeline.log").read_text():
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout[-3000:]
+    assert "interrupted: PPO stopped after step" in stdout and "--resume" in stdout
+    saved = [p.name for p in out.glob("checkpoint-ppo-*")]
+    assert len(saved) == 1 and "Traceback" not in stdout
