@@ -1,0 +1,316 @@
+"""Synthetic human feedback (the seed's "evaluation_results_server"): rule signals, corrupted candidates, a
+synthetic annotator that sees the reference, and preference pairs written as auditable JSONL.
+
+Pipeline per intent: build_candidates -> annotate (rule signals, sandboxed execution) -> preference_pairs.
+The annotator may read the reference; the reward model trained on its pairs never does (reward.py).
+Split from reward.py only to keep each file under ~400 lines; reward.py re-exports the public names.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+import io
+import json
+import keyword
+import random
+import re
+import tokenize
+from collections import Counter
+from pathlib import Path
+
+import sandbox
+
+# ----------------------------------------------------------------------------- rule signals, each in [0, 1]
+# Execution outcome -> signal. name_error is 0.5, not 0: CoNaLa references are fragments over free
+# variables (`mylist.sort()`), so "ran until it needed an undefined input" is no evidence either way.
+EXEC_SCORE = {"ok": 1.0, "name_error": 0.5, "runtime_error": 0.25, "timeout": 0.0, "killed": 0.0, "syntax_error": 0.0}
+FENCE_PENALTY = 0.5  # a markdown fence is wrong output format, but the code inside may still be right
+PROSE_PENALTY = 0.5  # same for an English sentence after the code
+_PROSE = re.compile(r"[A-Za-z][\w'`,-]*(?: [\w'`,-]+){2,}[.:!?]?")  # 3+ plain words: no brackets or operators
+
+
+def syntax_signal(code: str) -> float:
+    """1 if Python's own `ast` parses the code, else 0. We use `ast` rather than tree-sitter because it is the
+    grammar of the interpreter that will run the code, and needs no extra package. Blank code is 0."""
+    if not code.strip():
+        return 0.0
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return 0.0
+    return 1.0
+
+
+def exec_signal(outcome: str) -> float:
+    if outcome not in EXEC_SCORE:
+        raise ValueError(f"unknown execution outcome {outcome!r}; valid: {', '.join(EXEC_SCORE)}")
+    return EXEC_SCORE[outcome]
+
+
+def similarity_signal(code: str, reference: str) -> float:
+    """chrF (Popović 2015) of the code against the reference, in [0, 1].
+
+    Character n-grams, not CodeBLEU: CoNaLa code is often unspaced (`x[::-1]`, `f(a,b)`), and whitespace-
+    tokenised n-gram metrics then compare one giant token. chrF also needs nothing from metrics.py."""
+    import sacrebleu  # lazy: keeps `import feedback` instant
+
+    if not code.strip():
+        return 0.0
+    return sacrebleu.sentence_chrf(code, [reference]).score / 100.0
+
+
+def _is_prose(line: str) -> bool:
+    """An English sentence: three or more plain words that do not parse, even as a block opener (`for x in y:`)."""
+    s = line.strip()
+    if not _PROSE.fullmatch(s):
+        return False
+    return syntax_signal(s) == 0.0 and syntax_signal(s + "\n    pass") == 0.0
+
+
+def quality_signal(code: str, reference: str) -> float:
+    """length ratio to the reference (min/max, in characters) x share of unique non-empty lines,
+    halved for a markdown fence and halved for a line of prose. Blank code is 0."""
+    text, ref = code.strip(), reference.strip()
+    if not text:
+        return 0.0
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    score = min(len(text), len(ref)) / max(len(text), len(ref))
+    score *= len(set(lines)) / len(lines)
+    if "```" in text:
+        score *= FENCE_PENALTY
+    if any(_is_prose(ln) for ln in lines):
+        score *= PROSE_PENALTY
+    return score
+
+
+def rule_signals(code: str, reference: str, exec_outcome: str | None = None) -> dict[str, float]:
+    """{syntax, similarity, quality} and, when `exec_outcome` is given, exec. Without an outcome (no sandbox)
+    there is no 'exec' key at all rather than a made-up 0: reward.combined_reward then refuses w_exec > 0."""
+    out = {"syntax": syntax_signal(code), "similarity": similarity_signal(code, reference),
+           "quality": quality_signal(code, reference)}
+    if exec_outcome is not None:
+        out["exec"] = exec_signal(exec_outcome)
+    return out
+
+
+# ----------------------------------------------------------------------------- corruptions
+# Each takes (code, rng) and returns a corrupted string, or None when it does not apply to this snippet.
+def _tokens(code: str) -> list[tokenize.TokenInfo]:
+    return list(tokenize.generate_tokens(io.StringIO(code).readline))
+
+
+def _offset(code: str, row: int, col: int) -> int:
+    """(1-based row, character column) -> index into `code`."""
+    return sum(len(ln) + 1 for ln in code.split("\n")[: row - 1]) + col
+
+
+def corrupt_syntax(code: str, rng: random.Random) -> str | None:
+    """Delete one closing bracket (or, with none, leave a trailing operator); the result must fail to parse."""
+    try:
+        closers = [t for t in _tokens(code) if t.type == tokenize.OP and t.string in ")]}"]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    if closers:
+        t = rng.choice(closers)
+        i = _offset(code, *t.start)
+        out = code[:i] + code[i + 1:]
+    else:
+        out = code.rstrip() + " +"
+    return out if syntax_signal(out) == 0.0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def known_names() -> frozenset:
+    """Names that exist in builtins, the core types and the stdlib modules CoNaLa uses most: a renamed API
+    must not land on one of these, or it would not be broken."""
+    import collections, datetime, itertools, json as json_, math, os, random as random_, string, sys, time  # noqa: E401
+    spaces = [builtins, str, bytes, list, dict, set, tuple, int, float, collections, datetime, datetime.datetime,
+              itertools, json_, math, os, os.path, random_, re, string, sys, time]
+    return frozenset(name for space in spaces for name in dir(space)) | frozenset(keyword.kwlist)
+
+
+def _near_miss(name: str) -> str | None:
+    """A plausible but non-existent API name: `read_csv` -> `readcsv`, `join` -> `joins`, else `<name>_all`."""
+    for cand in (name.replace("_", ""), name + "s", name + "_all"):
+        if cand != name and cand.isidentifier() and cand not in known_names():
+            return cand
+    return None
+
+
+def corrupt_rename_api(code: str, rng: random.Random) -> str | None:
+    """Rename one called function or method (a NAME token right before `(`) to a near miss."""
+    try:
+        toks = _tokens(code)
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    calls = [a for a, b in zip(toks, toks[1:]) if a.type == tokenize.NAME and not keyword.iskeyword(a.string)
+             and b.string == "(" and _near_miss(a.string)]
+    if not calls:
+        return None
+    t = rng.choice(calls)
+    i = _offset(code, *t.start)
+    return code[:i] + _near_miss(t.string) + code[i + len(t.string):]
+
+
+def _char_index(code: str, lineno: int, col_bytes: int) -> int:
+    """ast positions count UTF-8 bytes; CoNaLa snippets contain non-ASCII strings."""
+    line = code.split("\n")[lineno - 1]
+    return _offset(code, lineno, len(line.encode("utf-8")[:col_bytes].decode("utf-8", "ignore")))
+
+
+def _n_call_args(tree: ast.AST) -> int:
+    return sum(len(n.args) + len(n.keywords) for n in ast.walk(tree) if isinstance(n, ast.Call))
+
+
+def corrupt_drop_arg(code: str, rng: random.Random) -> str | None:
+    """Remove one positional or keyword argument of one call (with its comma); the call count stays, the
+    argument count falls by exactly one, and the code still parses."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and (n.args or n.keywords)]
+    rng.shuffle(calls)
+    for call in calls:
+        args = sorted(call.args + call.keywords, key=lambda a: (a.lineno, a.col_offset))
+        j = rng.randrange(len(args))
+        start = [_char_index(code, a.lineno, a.col_offset) for a in args]
+        end = [_char_index(code, a.end_lineno, a.end_col_offset) for a in args]
+        if j + 1 < len(args):
+            out = code[:start[j]] + code[start[j + 1]:]  # "a, b" -> "b"
+        elif j > 0:
+            out = code[:end[j - 1]] + code[end[j]:]  # "a, b" -> "a"
+        else:
+            out = code[:start[j]] + code[end[j]:]
+        try:
+            new = ast.parse(out)
+        except (SyntaxError, ValueError):
+            continue
+        n_calls = sum(isinstance(n, ast.Call) for n in ast.walk(new))
+        if n_calls == sum(isinstance(n, ast.Call) for n in ast.walk(tree)) and _n_call_args(new) == _n_call_args(tree) - 1:
+            return out
+    return None
+
+
+def corrupt_truncate(code: str, rng: random.Random) -> str | None:
+    """Cut the code at 30-70% of its length, like a generation that hit max_new_tokens: a strict prefix."""
+    n = len(code.rstrip())
+    if n < 4:
+        return None
+    out = code[: rng.randint(int(0.3 * n), int(0.7 * n))].rstrip()
+    return out if out.strip() and len(out) < n else None
+
+
+CORRUPTIONS = {"syntax_break": corrupt_syntax, "renamed_api": corrupt_rename_api,
+               "dropped_arg": corrupt_drop_arg, "truncated": corrupt_truncate}
+KINDS = ("reference", *CORRUPTIONS, "other_intent", "policy")
+
+
+# ----------------------------------------------------------------------------- candidates, annotator, pairs
+def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None = None, seed: int = 0) -> list[dict]:
+    """Per example: the reference, its corruptions, another intent's snippet and any policy samples (keyed by
+    question_id). Identical code within one example is kept once, under the first kind that produced it."""
+    out = []
+    for i, ex in enumerate(examples):
+        rng = random.Random(f"{seed}:{i}:{ex.question_id}")  # stable per example, whatever the list around it
+        cands = [("reference", ex.snippet)] + [(k, f(ex.snippet, rng)) for k, f in CORRUPTIONS.items()]
+        others = [e for e in rng.sample(examples, min(8, len(examples)))
+                  if e.question_id != ex.question_id and e.snippet.strip() != ex.snippet.strip()]
+        if others:
+            cands.append(("other_intent", others[0].snippet))
+        cands += [("policy", s) for s in (policy_samples or {}).get(ex.question_id, [])]
+        seen = set()
+        for kind, code in cands:
+            if code is not None and code.strip() and code.strip() not in seen:
+                seen.add(code.strip())
+                out.append({"example": i, "question_id": ex.question_id, "intent": ex.intent,
+                            "reference": ex.snippet, "kind": kind, "code": code})
+    return out
+
+
+# The synthetic annotator's weights: similarity to the reference dominates because the reference defines what
+# the intent asked for; syntax, execution and quality separate candidates that are equally close to it.
+ANNOTATOR_WEIGHTS = {"similarity": 0.5, "syntax": 0.2, "exec": 0.15, "quality": 0.15}
+
+
+def annotator_score(signals: dict[str, float], exec_detail: str = "") -> tuple[float, str]:
+    """Weighted mean of the available signals (weights renormalised when exec is missing) and the reasons."""
+    weights = {k: w for k, w in ANNOTATOR_WEIGHTS.items() if k in signals}
+    score = sum(w * signals[k] for k, w in weights.items()) / sum(weights.values())
+    reasons = " ".join(f"{k}={signals[k]:.2f}" for k in ANNOTATOR_WEIGHTS if k in signals)
+    return score, reasons + (f" exec_outcome={exec_detail}" if exec_detail else "")
+
+
+def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print) -> list[dict]:
+    """Adds signals, score and reasons to every candidate. Execution goes through the sandbox only; without
+    one, the exec signal is dropped (weight 0) with a warning, and every reason says so."""
+    ok, status = sandbox.sandbox_status()
+    if ok:
+        results = sandbox.execute_many([c["code"] for c in candidates], timeout_s, workers)
+    else:
+        log(f"warning: synthetic feedback without the exec signal: {status}")
+        results = [None] * len(candidates)
+    out = []
+    for cand, res in zip(candidates, results):
+        signals = rule_signals(cand["code"], cand["reference"], res.outcome if res else None)
+        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)")
+        out.append(dict(cand, signals=signals, score=score, reasons=reasons))
+    return out
+
+
+# Annotator score gap below which two candidates count as a tie and give no pair. Small, because the hardest
+# negatives (a renamed API, one dropped argument) differ from the reference by a few characters of chrF.
+MIN_MARGIN = 0.02
+
+
+def preference_pairs(annotated: list[dict], min_margin: float = MIN_MARGIN) -> list[dict]:
+    """All candidate pairs of one example whose annotator scores differ by >= min_margin (InstructGPT-style
+    K-choose-2 comparisons), chosen = the higher score."""
+    by_example: dict[int, list[dict]] = {}
+    for c in annotated:
+        by_example.setdefault(c["example"], []).append(c)
+    pairs = []
+    for cands in by_example.values():
+        cands = sorted(cands, key=lambda c: -c["score"])
+        for a_i, a in enumerate(cands):
+            for b in cands[a_i + 1:]:
+                if a["score"] - b["score"] >= min_margin:
+                    pairs.append({"question_id": a["question_id"], "intent": a["intent"], "reference": a["reference"],
+                                  "chosen": a["code"], "rejected": b["code"], "margin": a["score"] - b["score"],
+                                  "chosen_kind": a["kind"], "rejected_kind": b["kind"], "chosen_score": a["score"],
+                                  "rejected_score": b["score"],
+                                  "reasons": {"chosen": a["reasons"], "rejected": b["reasons"]}})
+    return pairs
+
+
+def build_preference_pairs(train_examples: list, val_examples: list, policy_samples: dict[int, list[str]] | None,
+                           cfg, log=print) -> tuple[list[dict], list[dict]]:
+    """(train_pairs, val_pairs); the validation intents' pairs are held out for the RM's pairwise accuracy."""
+    splits = []
+    for name, examples in (("train", train_examples), ("val", val_examples)):
+        cands = build_candidates(examples, policy_samples, cfg.seed)
+        log(f"feedback: annotating {len(cands)} {name} candidates from {len(examples)} intents")
+        splits.append(preference_pairs(annotate(cands, cfg.exec_timeout_s, log=log)))
+    return splits[0], splits[1]
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def pair_counts_by_kind(pairs: list[dict], by: str = "rejected_kind") -> dict[str, int]:
+    """Pair counts per rejected kind (the corruption a pair teaches against); by="pairing" counts
+    'chosen>rejected' combinations instead."""
+    if by == "pairing":
+        return dict(Counter(f"{p['chosen_kind']}>{p['rejected_kind']}" for p in pairs).most_common())
+    return dict(Counter(p[by] for p in pairs).most_common())
