@@ -597,7 +597,8 @@ def bertscore_details(references: list[str], candidates: list[str], model: str =
     precision, recall, f1 = bert_score.score(list(candidates), list(references), model_type=path,
                                              num_layers=num_layers, batch_size=batch_size, verbose=False)
     return {"bertscore": f1.mean().item(), "bertscore_precision": precision.mean().item(),
-            "bertscore_recall": recall.mean().item(), "bertscore_model": model, "bertscore_layers": num_layers}
+            "bertscore_recall": recall.mean().item(), "bertscore_model": model, "bertscore_layers": num_layers,
+            "bertscore_per_example": f1.tolist()}
 
 
 def bertscore(references: list[str], candidates: list[str], model: str = EMBEDDED_ENCODER,
@@ -631,6 +632,8 @@ def evaluate(references: list[str], candidates: list[str], *, codebleu_tokenizer
     if per_example:
         out["per_example"] = {"codebleu": [d["codebleu"] for d in per_cb], "ruby": [r for r, _ in rubies],
                               "rouge_l": rouges, "syntax_valid": valid}
+        if with_bertscore:
+            out["per_example"]["bertscore"] = details["bertscore_per_example"]
     return out
 
 
