@@ -272,7 +272,8 @@ def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) 
                    eos=(response_ids == tokenizer.eos_token_id).any(1),
                    logprobs=torch.where(m, logprobs, zero), ref_logprobs=torch.where(m, ref_logprobs, zero),
                    values=torch.where(m, values.float(), zero), entropy=torch.where(m, entropy, zero),
-                   scores=torch.zeros(len(query_ids)), rewards=zero, advantages=zero, returns=zero)
+                   scores=torch.zeros(len(query_ids), device=query_ids.device), rewards=zero, advantages=zero,
+                   returns=zero)
 
 
 def decode_responses(ro: Rollout, tokenizer) -> list[str]:
@@ -290,7 +291,7 @@ def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg) -> R
     rewards = -kl_coef * kl
     final = scores - cfg.missing_eos_penalty * (~ro.eos).float()  # N+ details: no EOS -> lower score
     last = ro.response_mask.sum(1) - 1  # [B] index of the last real token (EOS, or the final token)
-    rewards[torch.arange(len(last)), last] += final
+    rewards[torch.arange(len(last), device=last.device), last] += final
     if cfg.whiten_rewards:
         rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
     advantages, returns = compute_gae(rewards, ro.values, mask, gamma=cfg.gamma, lam=cfg.lam)
@@ -312,7 +313,7 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
     policy.eval()  # detail 3: no dropout, so on the first minibatch new log-probs == old ones (ratio 1)
     B, sums, ratio_dev, epochs_run = rollout.query_ids.shape[0], defaultdict(list), None, 0
     for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B)
+        perm = torch.randperm(B, device=rollout.query_ids.device)
         for start in range(0, B, cfg.mini_batch_size):
             mb_inds = perm[start:start + cfg.mini_batch_size]
             mb_tokens = rollout.response_mask[mb_inds].sum()
@@ -345,7 +346,8 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps itself
-                raise NonFiniteLossError(f"non-finite gradient norm at epoch {epoch}; weights are from the last good step")
+                raise NonFiniteLossError(f"non-finite gradient norm at epoch {epoch}; "
+                                         "weights are from the last good step")
             scaler.step(optimizer)
             scaler.update()
             for name, v in acc.items():
@@ -371,7 +373,8 @@ def _step_stats(ro: Rollout, cfg, sums, ratio_dev, epochs_run) -> dict[str, floa
         "objective/score": ro.scores.mean().item(),
         "objective/entropy": ro.entropy.sum(1).mean().item(),  # nats per response, exact from the full softmax
         # CleanRL: how much of the return variance the rollout values explain (1 = perfect, <= 0 = none)
-        "value/explained_variance": (1 - masked_var(ro.returns - ro.values, mask) / masked_var(ro.returns, mask)).item(),
+        "value/explained_variance": (1 - masked_var(ro.returns - ro.values, mask)
+                                     / masked_var(ro.returns, mask)).item(),
         "response/length_mean": ro.response_mask.sum(1).float().mean().item(),
         "response/eos_fraction": ro.eos.float().mean().item(),
         "policy/first_ratio_dev": ratio_dev,  # max |ratio - 1| on the first micro-batch: ~1e-7 unless a mismatch

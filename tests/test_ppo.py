@@ -169,7 +169,8 @@ def test_clipped_policy_loss_binds_and_not():
 
 
 def test_clipped_value_loss_hand_numbers():
-    kw = dict(old_values=torch.tensor([1.0]), returns=torch.tensor([2.0]), mask=torch.tensor([True]), cliprange_value=0.2)
+    kw = dict(old_values=torch.tensor([1.0]), returns=torch.tensor([2.0]), mask=torch.tensor([True]),
+              cliprange_value=0.2)
     # V moved 1.0 -> 1.5: clipped to 1.2; max((1.5-2)^2, (1.2-2)^2) = 0.64; loss = 0.5 * 0.64
     v_loss, clipfrac = ppo.ppo_value_loss(values=torch.tensor([1.5]), **kw)
     assert v_loss.item() == pytest.approx(0.32) and clipfrac.item() == 1.0
