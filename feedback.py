@@ -36,7 +36,7 @@ def syntax_signal(code: str) -> float:
     if not code.strip():
         return 0.0
     try:
-        ast.parse(code)
+        ast.parse(code, filename=sandbox.SNIPPET_FILENAME)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return 0.0
     return 1.0

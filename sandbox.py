@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ MEMORY_BYTES = 512 << 20  # RLIMIT_AS: the interpreter needs ~30 MiB; a 50 GB al
 NPROC = 32  # RLIMIT_NPROC: counted per uid inside the sandbox's user namespace, so it bounds a fork bomb
 FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: largest file the child may write (also caps its report file)
 HIDDEN_DIRS = ("/home", "/root", "/run", "/var/tmp")  # covered by empty tmpfs: no secrets, no shared writable dirs
+SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile warnings ("invalid escape") are noise
+warnings.filterwarnings("ignore", module=SNIPPET_FILENAME)  # only warnings attributed to that filename
 
 # Runs inside the sandbox before the snippet. It reads "<nonce>\n<code>" from stdin, sets the rlimits, points
 # fds 0-2 at /dev/null (so output floods cost nothing) and reports "<nonce> <outcome> <detail>" on a dup of the
@@ -200,7 +203,7 @@ def execute_snippet(code: str, timeout_s: float = 2.0) -> ExecResult:
     if not ok:
         raise SandboxUnavailable(detail)
     try:
-        ast.parse(code)
+        ast.parse(code, filename=SNIPPET_FILENAME)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         return ExecResult("syntax_error", f"{type(e).__name__}: {e}")
     return _run_sandboxed(code, timeout_s, find_python())

@@ -1,0 +1,308 @@
+"""Reward model for code: an encoder scores (intent, code), trained with Bradley-Terry on synthetic feedback;
+then LHP gain/bias calibration, sigmoid-then-clip normalisation, and the rule-weighted PPO reward.
+
+  synthetic feedback (feedback.py) -> pairs (chosen, rejected) -> RewardModel -> raw score r
+  PPO reward = w_rm * clip(sigmoid((gain * r + bias) / scale), lo, hi) + sum_i w_i * rule_i
+
+The reward model never sees the reference snippet; only the synthetic annotator that labelled its training
+pairs did. The feedback functions are re-exported here so callers need one import (`reward.rule_signals`).
+Run alone: `python reward.py --config quick --train_limit=0 [--max_train_pairs=N]` (no policy samples).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config import ConfigError, die
+from feedback import (annotate, build_candidates, build_preference_pairs, pair_counts_by_kind,  # noqa: F401
+                      read_jsonl, rule_signals, write_jsonl)
+
+HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
+RULE_WEIGHTS = {"syntax": "w_syntax", "exec": "w_exec", "quality": "w_quality"}  # rule signal -> Config field
+
+
+# ----------------------------------------------------------------------------- model
+def encode_pairs_text(intent: str, code: str) -> tuple[str, str]:
+    """The one place that formats reward-model input: a tokenizer text pair, `[CLS] intent [SEP] code [SEP]`
+    for BERT-style encoders. Never the reference. (MiniLM's uncased WordPiece drops case and indentation.)"""
+    return intent.strip(), code
+
+
+def tokenize_pairs(tokenizer, intents: list[str], codes: list[str], max_len: int) -> dict[str, torch.Tensor]:
+    pairs = [encode_pairs_text(i, c) for i, c in zip(intents, codes, strict=True)]
+    return tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=max_len,
+                     padding=True, return_tensors="pt")
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, H], mask [B, T] -> [B, H]: mean over real tokens only (MiniLM is a mean-pooling encoder)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class RewardModel(nn.Module):
+    """encoder -> masked mean pool -> LayerNorm -> Linear(H, 1) -> raw score [B].
+    `gain`/`bias` (floats) are the LHP calibration, applied by `normalize_reward`, not by forward."""
+
+    def __init__(self, encoder: nn.Module, max_len: int = 128):
+        super().__init__()
+        hidden = encoder.config.hidden_size
+        self.encoder = encoder
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))  # LHP reward head init
+        nn.init.zeros_(self.head.bias)
+        self.gain, self.bias, self.max_len = 1.0, 0.0, max_len
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # [B,T,H]
+        return self.head(self.norm(masked_mean(hidden, attention_mask))).squeeze(-1)  # [B]
+
+    def save(self, folder: str | Path) -> None:
+        """HF encoder files + HEAD_FILE into an existing folder (the caller saves the tokenizer there too)."""
+        self.encoder.save_pretrained(folder)
+        torch.save({"norm": self.norm.state_dict(), "head": self.head.state_dict(), "gain": float(self.gain),
+                    "bias": float(self.bias), "max_len": int(self.max_len)}, Path(folder) / HEAD_FILE)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RewardModel":
+        from transformers import AutoModel
+
+        folder = Path(folder)
+        if not (folder / HEAD_FILE).is_file():
+            raise ConfigError(f"{folder}: no {HEAD_FILE}; not a reward-model checkpoint")
+        state = torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True)
+        rm = cls(AutoModel.from_pretrained(folder, dtype=torch.float32), max_len=state["max_len"])
+        rm.norm.load_state_dict(state["norm"])
+        rm.head.load_state_dict(state["head"])
+        rm.gain, rm.bias = state["gain"], state["bias"]
+        return rm
+
+
+# ----------------------------------------------------------------------------- Bradley-Terry training
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected), mean over pairs [B] (Bradley & Terry 1952; InstructGPT eq. 1)."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0]) if x.dim() else 0
+        raise FloatingPointError(f"{what} is not finite ({x.flatten()[i].item()} at index {i})")
+
+
+def score_texts(rm: RewardModel, tokenizer, intents: list[str], codes: list[str], device: torch.device,
+                batch_size: int = 32, ctx=None) -> torch.Tensor:
+    """Raw scores [B] (float32, CPU) in eval mode without grad; batches are length-sorted to cut padding."""
+    import contextlib
+
+    order = sorted(range(len(codes)), key=lambda i: len(intents[i]) + len(codes[i]))
+    out = torch.empty(len(codes), dtype=torch.float32)
+    was_training = rm.training
+    rm.eval()
+    with torch.no_grad(), (ctx or contextlib.nullcontext()):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenize_pairs(tokenizer, [intents[i] for i in idx], [codes[i] for i in idx], rm.max_len)
+            out[idx] = rm(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
+    rm.train(was_training)
+    _check_finite(out, "reward-model score")
+    return out
+
+
+def evaluate_pairs(rm: RewardModel, tokenizer, pairs: list[dict], device: torch.device, ctx=None) -> dict:
+    """{loss, accuracy} of the Bradley-Terry model on held-out pairs; a tie counts as wrong. Each distinct
+    (intent, code) is scored once (a reference sits in ~5 pairs)."""
+    texts = list(dict.fromkeys((p["intent"], c) for p in pairs for c in (p["chosen"], p["rejected"])))
+    r = score_texts(rm, tokenizer, [t[0] for t in texts], [t[1] for t in texts], device, ctx=ctx)  # [U]
+    where = {t: i for i, t in enumerate(texts)}
+    r_chosen = r[[where[(p["intent"], p["chosen"])] for p in pairs]]  # [N]
+    r_rejected = r[[where[(p["intent"], p["rejected"])] for p in pairs]]  # [N]
+    return {"loss": bradley_terry_loss(r_chosen, r_rejected).item(),
+            "accuracy": (r_chosen > r_rejected).float().mean().item()}
+
+
+def intent_batches(pairs: list[dict], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Pair indices per optimizer step: whole intents (all their pairs), shuffled, filled to >= batch_size pairs.
+    InstructGPT §3.5 puts all K-choose-2 comparisons of a prompt in one batch: each candidate is encoded once
+    per step instead of once per pair (~4x less compute here), and no candidate is seen in many steps."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault((p["question_id"], p["intent"]), []).append(i)
+    keys = list(groups)
+    rng.shuffle(keys)
+    batches, current = [], []
+    for key in keys:
+        current += groups[key]
+        if len(current) >= batch_size:
+            batches.append(current)
+            current = []
+    return batches + ([current] if current else [])
+
+
+def pair_scores(rm: RewardModel, tokenizer, mb: list[dict], device: torch.device, ctx) -> tuple[torch.Tensor, ...]:
+    """(r_chosen [B], r_rejected [B]) with grad, encoding each distinct (intent, code) of the minibatch once."""
+    texts = list(dict.fromkeys((p["intent"], c) for p in mb for c in (p["chosen"], p["rejected"])))
+    batch = tokenize_pairs(tokenizer, [t[0] for t in texts], [t[1] for t in texts], rm.max_len)
+    with ctx:
+        r = rm(**{k: v.to(device) for k, v in batch.items()}).float()  # [U]
+    where = {t: i for i, t in enumerate(texts)}
+    return (r[[where[(p["intent"], p["chosen"])] for p in mb]], r[[where[(p["intent"], p["rejected"])] for p in mb]])
+
+
+def train_reward_model(rm: RewardModel, tokenizer, train_pairs: list[dict], val_pairs: list[dict], cfg,
+                       device: torch.device, ctx, scaler=None, log=print) -> list[dict]:
+    """AdamW on the Bradley-Terry loss for cfg.reward_epochs, one intent group per batch (`intent_batches`).
+    Returns one dict per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds."""
+    from tqdm import tqdm
+
+    if not train_pairs or not val_pairs:
+        raise ConfigError(f"reward model needs training and held-out pairs, got {len(train_pairs)} and "
+                          f"{len(val_pairs)}; raise --train_limit or --val_fraction")
+    rm.max_len = cfg.reward_max_len
+    rm.to(device)
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.reward_learning_rate)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)  # fp16 needs the caller's scaler
+    rng, history = random.Random(cfg.seed), []
+    for epoch in range(1, cfg.reward_epochs + 1):
+        t0, rm_loss, rm_acc, seen = time.perf_counter(), 0.0, 0.0, 0
+        rm.train()
+        batches = intent_batches(train_pairs, cfg.reward_batch_size, rng)
+        bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.reward_epochs}", leave=False)
+        for step, idx in enumerate(bar):
+            mb = [train_pairs[i] for i in idx]
+            mb_r_chosen, mb_r_rejected = pair_scores(rm, tokenizer, mb, device, ctx)  # [B], [B]
+            loss = bradley_terry_loss(mb_r_chosen, mb_r_rejected)
+            _check_finite(loss.detach(), f"reward loss at epoch {epoch} step {step}")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
+            scaler.step(opt)
+            scaler.update()
+            rm_loss += loss.item() * len(mb)  # .item() is a sync point; fine at this size
+            rm_acc += (mb_r_chosen > mb_r_rejected).sum().item()
+            seen += len(mb)
+            bar.set_postfix(loss=f"{rm_loss / seen:.4f}", acc=f"{rm_acc / seen:.3f}")
+        val = evaluate_pairs(rm, tokenizer, val_pairs, device, ctx)
+        history.append({"epoch": epoch, "train_loss": rm_loss / seen, "train_accuracy": rm_acc / seen,
+                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                        "seconds": time.perf_counter() - t0})
+        log(f"reward epoch {epoch}/{cfg.reward_epochs}: train loss {rm_loss / seen:.4f} acc {rm_acc / seen:.3f} | "
+            f"held-out loss {val['loss']:.4f} acc {val['accuracy']:.3f} | {history[-1]['seconds']:.0f}s")
+    return history
+
+
+# ----------------------------------------------------------------------------- normalisation and PPO reward
+def fit_calibration(raw_scores) -> tuple[float, float]:
+    """LHP reward normalisation: (gain, bias) so that gain * raw + bias has mean 0 and std 1 on samples of the
+    reference policy, "so the KL coefficient always has the same meaning" (lm-human-preferences)."""
+    raw = torch.as_tensor(raw_scores, dtype=torch.float64).flatten()
+    _check_finite(raw, "calibration score")
+    std = raw.std(unbiased=False).item() if raw.numel() > 1 else 0.0
+    if std < 1e-8:
+        raise ValueError(f"cannot calibrate the reward model on {raw.numel()} scores with std {std:.2e}: "
+                         "it gives (nearly) the same score to every sample")
+    return 1.0 / std, -raw.mean().item() / std
+
+
+def normalize_reward(raw, scale: float = 1.0, lo: float = 0.0, hi: float = 1.0, gain: float = 1.0,
+                     bias: float = 0.0) -> torch.Tensor:
+    """clip(sigmoid((gain * raw + bias) / scale), lo, hi) -> [B]. Non-finite input raises.
+
+    Sigmoid first, then clip: the bounds are in reward units and the map stays monotone inside them.
+    Clip-then-sigmoid would cut the *raw* score at lo/hi, so every raw score beyond a bound collapses onto
+    one value and extreme scores saturate (tests/test_reward.py shows it)."""
+    raw = torch.as_tensor(raw, dtype=torch.float32)
+    _check_finite(raw, "raw reward-model score")
+    if scale <= 0 or not lo < hi:
+        raise ValueError(f"normalize_reward needs scale > 0 and lo < hi, got scale={scale}, lo={lo}, hi={hi}")
+    return torch.sigmoid((gain * raw + bias) / scale).clamp(lo, hi)
+
+
+def combined_reward(rm_norm: torch.Tensor, rules: list[dict] | None, cfg) -> torch.Tensor:
+    """w_rm * rm_norm + sum_i w_i * rule_i -> [B]. A rule with non-zero weight must be present in every row
+    (`exec` exists only when the caller ran the sandbox); rules may be None when every rule weight is 0."""
+    rm_norm = torch.as_tensor(rm_norm, dtype=torch.float32)  # [B]
+    _check_finite(rm_norm, "normalised reward-model score")
+    total = cfg.w_rm * rm_norm
+    for key, field in RULE_WEIGHTS.items():
+        weight = getattr(cfg, field)
+        if weight == 0:
+            continue
+        if rules is None or len(rules) != len(rm_norm):
+            raise ValueError(f"--{field}={weight} needs one rule-signal dict per response, got "
+                             f"{'None' if rules is None else len(rules)} for {len(rm_norm)}")
+        missing = [i for i, r in enumerate(rules) if key not in r]
+        if missing:
+            hint = " (run sandbox.execute_many and pass exec_outcome, or set --w_exec=0)" if key == "exec" else ""
+            raise ValueError(f"--{field}={weight} but rule signal {key!r} is missing in row {missing[0]}{hint}")
+        values = torch.tensor([float(r[key]) for r in rules])  # [B]
+        _check_finite(values, f"rule signal {key!r}")
+        total = total + weight * values
+    return total
+
+
+def rm_reward(rm: RewardModel, tokenizer, intents: list[str], codes: list[str], device: torch.device, cfg,
+              ctx=None) -> torch.Tensor:
+    """The normalised reward-model score [B] with the model's stored calibration and the config's bounds."""
+    raw = score_texts(rm, tokenizer, intents, codes, device, ctx=ctx)
+    return normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max, rm.gain, rm.bias)
+
+
+# ----------------------------------------------------------------------------- CLI: the reward stage alone
+def main(argv: list[str]) -> None:
+    import config
+    import data
+    import models
+
+    cfg, extras = config.parse_cli(argv, extra_flags=("max_train_pairs=", "debug"))
+    out = Path(cfg.output_dir or f"outputs/reward-{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_config(cfg, out / "rlhf_config.json")
+    models.seed_everything(cfg.seed)
+    device = models.resolve_device(cfg.device)
+    dtype = models.resolve_dtype(cfg.dtype, device)
+    train, val, _ = data.load_splits(cfg)
+    t0 = time.perf_counter()
+    train_pairs, val_pairs = build_preference_pairs(train, val, None, cfg)
+    print(f"feedback: {len(train_pairs)} train / {len(val_pairs)} held-out pairs in {time.perf_counter() - t0:.0f}s")
+    write_jsonl(train_pairs, out / "preference_pairs_train.jsonl")
+    write_jsonl(val_pairs, out / "preference_pairs_val.jsonl")
+    counts = {"train": pair_counts_by_kind(train_pairs), "val": pair_counts_by_kind(val_pairs),
+              "train_pairing": pair_counts_by_kind(train_pairs, by="pairing")}
+    print(f"pairs by rejected kind: train {counts['train']}  held-out {counts['val']}")
+    cap = int(extras.get("max_train_pairs", 0))
+    if cap and cap < len(train_pairs):  # whole intents, so the intent batches stay intact
+        train_pairs = [train_pairs[i] for i in intent_batches(train_pairs, cap, random.Random(cfg.seed))[0]]
+        print(f"subsampled the training pairs to {len(train_pairs)} (--max_train_pairs={cap})")
+    encoder, tok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
+    rm = RewardModel(encoder)
+    history = train_reward_model(rm, tok, train_pairs, val_pairs, cfg, device, models.autocast_ctx(device, dtype),
+                                 models.make_grad_scaler(device, dtype))
+    refs = score_texts(rm, tok, [e.intent for e in train], [e.snippet for e in train], device)
+    rm.gain, rm.bias = fit_calibration(refs)  # no policy samples here: calibrate on the reference snippets
+    models.save_atomic(out / "checkpoint-reward", lambda d: (rm.save(d), tok.save_pretrained(d)))
+    (out / "reward_history.json").write_text(json.dumps({"history": history, "pair_counts": counts,
+                                                         "train_pairs_used": len(train_pairs)}, indent=2) + "\n")
+    print(f"held-out pairwise accuracy {history[-1]['val_accuracy']:.3f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, ValueError, FloatingPointError) as e:
+        if "--debug" in sys.argv:
+            raise
+        die(str(e))
