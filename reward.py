@@ -121,16 +121,22 @@ def score_texts(rm: RewardModel, tokenizer, intents: list[str], codes: list[str]
     return out
 
 
-def evaluate_pairs(rm: RewardModel, tokenizer, pairs: list[dict], device: torch.device, ctx=None) -> dict:
-    """{loss, accuracy} of the Bradley-Terry model on held-out pairs; a tie counts as wrong. Each distinct
-    (intent, code) is scored once (a reference sits in ~5 pairs)."""
+def evaluate_pairs(rm: RewardModel, tokenizer, pairs: list[dict], device: torch.device, ctx=None,
+                   by_kind: bool = False) -> dict:
+    """{loss, accuracy} of the Bradley-Terry model on held-out pairs (a tie counts as wrong), plus
+    accuracy_by_kind {rejected_kind: accuracy} when asked. Each distinct (intent, code) is scored once."""
     texts = list(dict.fromkeys((p["intent"], c) for p in pairs for c in (p["chosen"], p["rejected"])))
     r = score_texts(rm, tokenizer, [t[0] for t in texts], [t[1] for t in texts], device, ctx=ctx)  # [U]
     where = {t: i for i, t in enumerate(texts)}
     r_chosen = r[[where[(p["intent"], p["chosen"])] for p in pairs]]  # [N]
     r_rejected = r[[where[(p["intent"], p["rejected"])] for p in pairs]]  # [N]
-    return {"loss": bradley_terry_loss(r_chosen, r_rejected).item(),
-            "accuracy": (r_chosen > r_rejected).float().mean().item()}
+    correct = r_chosen > r_rejected  # [N]
+    out = {"loss": bradley_terry_loss(r_chosen, r_rejected).item(), "accuracy": correct.float().mean().item()}
+    if by_kind:
+        kinds = sorted({p["rejected_kind"] for p in pairs})
+        out["accuracy_by_kind"] = {k: correct[[p["rejected_kind"] == k for p in pairs]].float().mean().item()
+                                   for k in kinds}
+    return out
 
 
 def intent_batches(pairs: list[dict], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -293,10 +299,13 @@ def main(argv: list[str]) -> None:
                                  models.make_grad_scaler(device, dtype))
     refs = score_texts(rm, tok, [e.intent for e in train], [e.snippet for e in train], device)
     rm.gain, rm.bias = fit_calibration(refs)  # no policy samples here: calibrate on the reference snippets
+    final = evaluate_pairs(rm, tok, val_pairs, device, by_kind=True)
+    counts["train_used"] = pair_counts_by_kind(train_pairs)
     models.save_atomic(out / "checkpoint-reward", lambda d: (rm.save(d), tok.save_pretrained(d)))
-    (out / "reward_history.json").write_text(json.dumps({"history": history, "pair_counts": counts,
+    (out / "reward_history.json").write_text(json.dumps({"history": history, "pair_counts": counts, "held_out": final,
                                                          "train_pairs_used": len(train_pairs)}, indent=2) + "\n")
-    print(f"held-out pairwise accuracy {history[-1]['val_accuracy']:.3f}; wrote {out}")
+    print(f"held-out pairwise accuracy {final['accuracy']:.3f}; by rejected kind "
+          + ", ".join(f"{k} {v:.3f}" for k, v in final["accuracy_by_kind"].items()) + f"; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def _toy_pairs(n: int, seed: int) -> list[dict]:
     for i in range(n):
         v = rng.choice(names)
         out.append({"question_id": i, "intent": f"sort the list `{v}`", "reference": "SECRET_REFERENCE",
-                    "chosen": f"sorted({v})", "rejected": f"del {v}[0]"})
+                    "chosen": f"sorted({v})", "rejected": f"del {v}[0]", "rejected_kind": "toy"})
     return out
 
 
@@ -219,6 +219,8 @@ def test_bradley_terry_learns_a_separable_toy_set(monkeypatch):
     assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_accuracy"] >= 0.9
+    final = reward.evaluate_pairs(rm, tok, _toy_pairs(32, 1), torch.device("cpu"), by_kind=True)
+    assert final["accuracy"] == history[-1]["val_accuracy"] and final["accuracy_by_kind"] == {"toy": final["accuracy"]}
     assert not any("SECRET_REFERENCE" in s for s in seen)  # the RM never reads the reference
 
 
