@@ -234,27 +234,40 @@ def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None
 ANNOTATOR_WEIGHTS = {"similarity": 0.5, "syntax": 0.2, "exec": 0.15, "quality": 0.15}
 
 
-def annotator_score(signals: dict[str, float], exec_detail: str = "") -> tuple[float, str]:
-    """Weighted mean of the available signals (weights renormalised when exec is missing) and the reasons."""
-    weights = {k: w for k, w in ANNOTATOR_WEIGHTS.items() if k in signals}
-    score = sum(w * signals[k] for k, w in weights.items()) / sum(weights.values())
-    reasons = " ".join(f"{k}={signals[k]:.2f}" for k in ANNOTATOR_WEIGHTS if k in signals)
+def annotator_score(signals: dict[str, float], exec_detail: str = "",
+                    reference_exec: float | None = None) -> tuple[float, str]:
+    """Weighted mean of the available signals (weights renormalised when exec is missing) and the reasons.
+
+    The exec signal is capped at the reference's own: the sandbox has none of the snippet's files, network or
+    packages, so if the reference itself fails there (FileNotFoundError), a candidate that fails differently
+    (`opens(...)` -> NameError) is no better. Execution can show a candidate is worse, never better."""
+    used = dict(signals)
+    if "exec" in used and reference_exec is not None and used["exec"] > reference_exec:
+        used["exec"] = reference_exec
+        exec_detail += f" (capped at the reference's {reference_exec:.2f})"
+    weights = {k: w for k, w in ANNOTATOR_WEIGHTS.items() if k in used}
+    score = sum(w * used[k] for k, w in weights.items()) / sum(weights.values())
+    reasons = " ".join(f"{k}={used[k]:.2f}" for k in ANNOTATOR_WEIGHTS if k in used)
     return score, reasons + (f" exec_outcome={exec_detail}" if exec_detail else "")
 
 
 def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print) -> list[dict]:
-    """Adds signals, score and reasons to every candidate. Execution goes through the sandbox only; without
-    one, the exec signal is dropped (weight 0) with a warning, and every reason says so."""
+    """Adds signals, score and reasons to every candidate. Execution goes through the sandbox only (the
+    references run too, for the cap in `annotator_score`); without a sandbox the exec signal is dropped
+    (weight 0) with a warning, and every reason says so."""
     ok, status = sandbox.sandbox_status()
     if ok:
-        results = sandbox.execute_many([c["code"] for c in candidates], timeout_s, workers)
+        refs = list(dict.fromkeys(c["reference"] for c in candidates))
+        results = sandbox.execute_many([c["code"] for c in candidates] + refs, timeout_s, workers)
+        ref_exec = {r: exec_signal(res.outcome) for r, res in zip(refs, results[len(candidates):])}
     else:
         log(f"warning: synthetic feedback without the exec signal: {status}")
-        results = [None] * len(candidates)
+        results, ref_exec = [None] * len(candidates), {}
     out = []
     for cand, res in zip(candidates, results):
         signals = rule_signals(cand["code"], cand["reference"], res.outcome if res else None)
-        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)")
+        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)",
+                                         ref_exec.get(cand["reference"]))
         out.append(dict(cand, signals=signals, score=score, reasons=reasons))
     return out
 

@@ -155,6 +155,15 @@ def test_candidates_and_pairs(tmp_path):
     assert reward.read_jsonl(path) == pairs
 
 
+def test_annotator_weights_and_exec_cap():
+    sig = {"similarity": 0.9, "syntax": 1.0, "exec": 0.5, "quality": 1.0}
+    assert feedback.annotator_score(sig)[0] == pytest.approx(0.5 * 0.9 + 0.2 + 0.15 * 0.5 + 0.15)
+    capped, reasons = feedback.annotator_score(sig, "name_error", reference_exec=0.25)  # the reference failed too
+    assert capped == pytest.approx(0.5 * 0.9 + 0.2 + 0.15 * 0.25 + 0.15) and "capped" in reasons
+    no_exec = {k: v for k, v in sig.items() if k != "exec"}
+    assert feedback.annotator_score(no_exec)[0] == pytest.approx((0.45 + 0.2 + 0.15) / 0.85)
+
+
 def test_annotator_without_sandbox_drops_exec(monkeypatch):
     monkeypatch.setattr(feedback.sandbox, "sandbox_status", lambda: (False, "execution disabled: test"))
     logged = []
