@@ -16,14 +16,17 @@ Every result is deterministic: no timeouts, no anytime approximations, no depend
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import io
 import json
 import math
+import operator
 import re
 import sys
 import tokenize as pytokenize
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from config import EMBEDDED_ENCODER
@@ -65,22 +68,24 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
 def _ngram_counts(ref: list[str], hyp: list[str]) -> tuple[list, list, list, list]:
     """Per-pair numerators/denominators for n=1..4 of (a) BLEU's clipped precision (codebleu bleu.py
     modified_precision) and (b) the keyword-weighted match, which despite its name divides by the *reference*
-    counts, i.e. is a recall (codebleu weighted_ngram_match.py modified_recall)."""
+    counts, i.e. is a recall (codebleu weighted_ngram_match.py modified_recall). Both clip to the same overlap."""
     nums, dens, wnums, wdens = [], [], [], []
     for n in range(1, 5):
-        hyp_c, ref_c = _ngrams(hyp, n), _ngrams(ref, n)
-        nums.append(sum(min(c, ref_c[g]) for g, c in hyp_c.items()))
-        dens.append(max(1, sum(hyp_c.values())))
+        hyp_c, ref_c = (Counter(hyp), Counter(ref)) if n == 1 else (_ngrams(hyp, n), _ngrams(ref, n))
+        ref_get = ref_c.get
+        overlap = sum(min(c, ref_get(g, 0)) for g, c in hyp_c.items())
+        nums.append(overlap)
+        dens.append(max(1, len(hyp) - n + 1))  # max(1, .): as the reference, an order too long for the text is 0/1
         if n == 1:  # unigrams weigh 1 (keyword) or 0.2; summed in the reference's order so floats agree bit for bit
             wnum = wden = 0
+            hyp_get = hyp_c.get
             for g, c in ref_c.items():
-                w = 1 if g[0] in PYTHON_KEYWORDS else 0.2
-                wnum += min(c, hyp_c[g]) * w
+                w = 1 if g in PYTHON_KEYWORDS else 0.2
+                wnum += min(c, hyp_get(g, 0)) * w
                 wden += c * w
             wnums.append(wnum), wdens.append(max(1, wden))
         else:
-            wnums.append(sum(min(c, hyp_c[g]) for g, c in ref_c.items()))
-            wdens.append(max(1, sum(ref_c.values())))
+            wnums.append(overlap), wdens.append(max(1, len(ref) - n + 1))
     return nums, dens, wnums, wdens
 
 
@@ -122,10 +127,28 @@ def strip_comments_and_docstrings(code: str) -> str:
     Quirks kept: a string token that starts a logical line (or the snippet) counts as a docstring and is dropped,
     so `'-'.join(x)` becomes `.join(x)`; code the tokenizer rejects (unbalanced brackets) is returned unchanged.
     Uses Python's own tokenizer, so results follow the running Python (the golden values were made on 3.11)."""
-    if not any(ch in code for ch in "#'\"\\\t\f\r"):
-        # Fast path: with no comment, string, continuation or odd whitespace, the token-by-token rebuild only
-        # drops blank lines and trailing blanks, which change neither the tree nor the token order.
+    if _nothing_to_strip(code):
         return code
+    return _strip_with_tokenize(code)
+
+
+def _nothing_to_strip(code: str) -> bool:
+    """True when the token-by-token rebuild below would return `code` itself: no comment, no string that starts a
+    line (the only strings it drops), no blank line, continuation or tab/CR/FF (whose spacing it rewrites)."""
+    return not (_unsafe_chars().search(code) or _line_start_string().search(code))
+
+
+@functools.lru_cache(maxsize=1)
+def _unsafe_chars():
+    return re.compile(r"[#\\\t\r\f\v]|(?:^|\n)[ ]*(?:\n|$)")
+
+
+@functools.lru_cache(maxsize=1)
+def _line_start_string():
+    return re.compile(r"(?m)^[ ]*[rRbBuUfF]{0,2}['\"]")
+
+
+def _strip_with_tokenize(code: str) -> str:
     try:
         toks = list(pytokenize.generate_tokens(io.StringIO(code).readline))
     except (pytokenize.TokenError, SyntaxError):
@@ -146,64 +169,58 @@ def strip_comments_and_docstrings(code: str) -> str:
     return "\n".join(line for line in "".join(out).split("\n") if line.strip())
 
 
-def _subtree_sexps(root) -> list[str]:
-    """codebleu syntax_match.py get_all_sub_trees: the S-expression of the root and of every node with children."""
-    out, stack = [str(root)], [root]
-    while stack:
-        for child in stack.pop().children:
-            if child.child_count:
-                out.append(str(child))
-                stack.append(child)
-    return out
-
-
 # ----------------------------------------------------------------------------- dataflow (CodeXGLUE DFG_python)
-# Ported from codebleu parser/DFG.py and parser/utils.py with identical control flow, so identical graphs. Edges are
-# (name, token index, relation, parent names, parent indices). The one change: where the reference merges parent
-# lists with list(set(...)), whose order follows PYTHONHASHSEED, we keep first-occurrence order. That order names
-# the normalised variables, so ours is deterministic and equals one of the reference's hash-seed outcomes.
+# Ported from codebleu parser/DFG.py and parser/utils.py with the same control flow, so the same graphs. Edges are
+# (name, token index, relation, parent names, parent indices). Two changes that leave results as they were:
+# `states` (name -> indices where it was last set) is updated in place instead of copied at every node, with copies
+# where an if/elif/else branches; and where the reference merges parent lists with list(set(...)), whose order
+# follows PYTHONHASHSEED, we keep first-occurrence order. That order names the normalised variables, so ours is
+# deterministic and equals one of the reference's hash-seed outcomes.
+_BINDERS = frozenset({"assignment", "augmented_assignment", "for_in_clause", "for_statement", "while_statement",
+                      "default_parameter"})
+
+
+class _Flat:
+    """A snippet's tree flattened in source order for the dataflow walk, since tree-sitter re-creates node objects
+    on every access. Node i has kind[i] and kids[i]; a token (utils.py: a leaf or a whole string literal, never a
+    comment) has tok[i] = (token index, text) as DFG.py's index_to_code gives it; tokens lo[i]:hi[i] lie under i."""
+    __slots__ = ("kind", "kids", "node", "tok", "lo", "hi", "leaves", "comprehensions")
+
+    def __init__(self):
+        self.kind, self.kids, self.node, self.tok, self.lo, self.hi, self.leaves = [], [], [], [], [], [], []
+        self.comprehensions = False  # any for_in_clause? (else no node needs its children reordered)
+
+    def field(self, i: int, name: str):
+        child = self.node[i].child_by_field_name(name)
+        return None if child is None else next(c for c in self.kids[i] if self.node[c].id == child.id)
+
+
 def _unique(items: list) -> list:
     return list(dict.fromkeys(items))
 
 
-def _is_token(node) -> bool:
-    # utils.py tree_to_token_index: leaves and whole string literals are tokens; comments are not
-    return (node.child_count == 0 or node.type in ("string_literal", "string", "character_literal")) \
-        and node.type != "comment"
+def _variables(t: _Flat, i: int) -> list[tuple]:
+    """utils.py tree_to_variable_index: (index, text) of the tokens under i whose text differs from their type."""
+    return [t.tok[j] for j in t.leaves[t.lo[i]:t.hi[i]] if t.kind[j] != t.tok[j][1]]
 
 
-def _token_nodes(node, out: list) -> list:
-    if _is_token(node):
-        out.append(node)
-    else:
-        for child in node.children:
-            _token_nodes(child, out)
-    return out
-
-
-def _variables(node, toks: dict) -> list:
-    """utils.py tree_to_variable_index: tokens whose text differs from their type (so not `(` or `for`)."""
-    if _is_token(node):
-        key = (node.start_byte, node.end_byte)
-        return [key] if node.type != toks[key][1] else []
-    return [key for child in node.children for key in _variables(child, toks)]
-
-
-def _sides(node) -> tuple[list, list]:
+def _sides(t: _Flat, i: int) -> tuple[list, list]:
     """DFG.py: pair `a, b = x, y` element-wise when both sides have the same length, else the whole sides."""
-    left, right = node.child_by_field_name("left"), node.child_by_field_name("right")
-    lefts, rights = [x for x in left.children if x.type != ","], [x for x in right.children if x.type != ","]
+    left, right = t.field(i, "left"), t.field(i, "right")
+    lefts, rights = [x for x in t.kids[left] if t.kind[x] != ","], [x for x in t.kids[right] if t.kind[x] != ","]
     if len(lefts) != len(rights):
         lefts, rights = [left], [right]
     return lefts or [left], rights or [right]
 
 
-def _computed_from(lefts, rights, toks: dict, dfg: list, states: dict) -> dict:
+def _assign(t: _Flat, lefts: list, rights: list, dfg: list, states: dict) -> dict:
+    """DFG.py: walk the right-hand sides, then every left variable is computedFrom all right variables."""
+    for right in rights:
+        states = _dfg(t, right, dfg, states)
     for left, right in zip(lefts, rights):
-        sources = _variables(right, toks)
-        for key in _variables(left, toks):
-            idx, name = toks[key]
-            dfg.append((name, idx, "computedFrom", [toks[k][1] for k in sources], [toks[k][0] for k in sources]))
+        sources = _variables(t, right)
+        for idx, name in _variables(t, left):
+            dfg.append((name, idx, "computedFrom", [s[1] for s in sources], [s[0] for s in sources]))
             states[name] = [idx]
     return states
 
@@ -224,96 +241,134 @@ def _idx(edge) -> int:
     return edge[1]
 
 
-def _dfg(node, toks: dict, states: dict) -> tuple[list, dict]:
-    """DFG.py DFG_python: data-flow edges under `node`; `states` maps a name to the indices it was last set at."""
-    states, kind, dfg = states.copy(), node.type, []
-    if _is_token(node):
-        idx, name = toks[node.start_byte, node.end_byte]
+def _dfg(t: _Flat, i: int, out: list, states: dict) -> dict:
+    """DFG.py DFG_python: append the data-flow edges under node i to `out` (sorted by token index, as DFG.py sorts
+    each sub-result); returns the updated states."""
+    kind = t.kind[i]
+    if t.tok[i] is not None:
+        idx, name = t.tok[i]
         if kind == name:
-            return [], states
+            return states
         if name in states:
-            return [(name, idx, "comesFrom", [name], states[name].copy())], states
-        if kind == "identifier":
-            states[name] = [idx]
-        return [(name, idx, "comesFrom", [], [])], states
-    if kind == "default_parameter":
-        name_node, value = node.child_by_field_name("name"), node.child_by_field_name("value")
-        if value is None:
-            for key in _variables(name_node, toks):
-                idx, name = toks[key]
-                dfg.append((name, idx, "comesFrom", [], []))
-                states[name] = [idx]
-            return sorted(dfg, key=_idx), states
-        sources = _variables(value, toks)
-        dfg, states = _dfg(value, toks, states)
-        for key in _variables(name_node, toks):
-            idx, name = toks[key]
-            dfg += [(name, idx, "comesFrom", [toks[k][1]], [toks[k][0]]) for k in sources]
-            states[name] = [idx]
-        return sorted(dfg, key=_idx), states
-    if kind in ("assignment", "augmented_assignment", "for_in_clause"):
-        if kind == "for_in_clause":
-            lefts, rights = [node.child_by_field_name("left")], [node.children[-1]]
-        elif node.child_by_field_name("right") is None:  # `x: int`
-            return [], states
+            out.append((name, idx, "comesFrom", [name], list(states[name])))
         else:
-            lefts, rights = _sides(node)
-        for right in rights:
-            sub, states = _dfg(right, toks, states)
-            dfg += sub
-        states = _computed_from(lefts, rights, toks, dfg, states)
-        return sorted(dfg, key=_idx), states
-    if kind == "if_statement":
-        current, branches, has_else = states.copy(), [], False
-        for child in node.children:
-            has_else = has_else or "else" in child.type
-            if child.type in ("elif_clause", "else_clause"):
-                sub, branch = _dfg(child, toks, states)
-                branches.append(branch)
+            if kind == "identifier":
+                states[name] = [idx]
+            out.append((name, idx, "comesFrom", [], []))
+        return states
+    dfg, kids = [], t.kids[i]
+    if kind == "default_parameter":
+        name_node, value = t.field(i, "name"), t.field(i, "value")
+        sources = [] if value is None else _variables(t, value)
+        if value is not None:
+            states = _dfg(t, value, dfg, states)
+        for idx, name in _variables(t, name_node):
+            if value is None:
+                dfg.append((name, idx, "comesFrom", [], []))
+            dfg += [(name, idx, "comesFrom", [s[1]], [s[0]]) for s in sources]
+            states[name] = [idx]
+    elif kind in ("assignment", "augmented_assignment"):
+        if t.field(i, "right") is not None:  # else `x: int`, no edges
+            states = _assign(t, *_sides(t, i), dfg, states)
+    elif kind == "for_in_clause":
+        states = _assign(t, [t.field(i, "left")], [kids[-1]], dfg, states)
+    elif kind == "if_statement":
+        current, branches, has_else = dict(states), [], False
+        for child in kids:
+            has_else = has_else or "else" in t.kind[child]
+            if t.kind[child] in ("elif_clause", "else_clause"):
+                branches.append(_dfg(t, child, dfg, dict(states)))
             else:
-                sub, current = _dfg(child, toks, current)
-            dfg += sub
-        branches += [current] if has_else else [current, states]
+                current = _dfg(t, child, dfg, current)
         merged = {}
-        for branch in branches:
+        for branch in branches + ([current] if has_else else [current, states]):
             for name, idxs in branch.items():
-                merged[name] = merged[name] + idxs if name in merged else idxs.copy()
-        return sorted(dfg, key=_idx), {name: sorted(set(idxs)) for name, idxs in merged.items()}
-    if kind in ("for_statement", "while_statement"):
+                merged[name] = merged[name] + idxs if name in merged else list(idxs)
+        states = {name: sorted(set(idxs)) for name, idxs in merged.items()}
+    elif kind in ("for_statement", "while_statement"):
         for _ in range(2):
             if kind == "while_statement":
-                children = node.children
+                children = kids
             else:
-                lefts, rights = _sides(node)
-                for right in rights:
-                    sub, states = _dfg(right, toks, states)
-                    dfg += sub
-                states = _computed_from(lefts, rights, toks, dfg, states)
+                states = _assign(t, *_sides(t, i), dfg, states)
                 # DFG.py quirk: a `for` whose last child is an else clause never walks its body
-                children = node.children[-1:] if node.children[-1].type == "block" else []
+                children = kids[-1:] if t.kind[kids[-1]] == "block" else []
             for child in children:
-                sub, states = _dfg(child, toks, states)
-                dfg += sub
-        return _merge_loop(dfg), states
-    children = node.children  # comprehensions: the `for ... in` clauses first (DFG.py do_first_statement)
-    for child in [c for c in children if c.type == "for_in_clause"] + [c for c in children if c.type != "for_in_clause"]:
-        sub, states = _dfg(child, toks, states)
-        dfg += sub
-    return sorted(dfg, key=_idx), states
+                states = _dfg(t, child, dfg, states)
+        out += _merge_loop(dfg)
+        return states
+    else:
+        if t.comprehensions:  # DFG.py do_first_statement: the `for ... in` clauses go first
+            kids = [c for c in kids if t.kind[c] == "for_in_clause"] + [c for c in kids if t.kind[c] != "for_in_clause"]
+        for child in kids:
+            states = _dfg(t, child, dfg, states)
+    dfg.sort(key=_idx)
+    out += dfg
+    return states
 
 
-def _dataflow(code: str, root) -> list[tuple]:
-    """codebleu dataflow_match.py get_data_flow + normalize_dataflow: edges with variables renamed var_0, var_1, ...
-    in order of appearance, so the match ignores identifier names."""
-    lines = code.split("\n")
-    toks = {}
-    for i, leaf in enumerate(_token_nodes(root, [])):
-        (r0, c0), (r1, c1) = leaf.start_point, leaf.end_point
-        # utils.py index_to_code_token slices the str with tree-sitter's *byte* columns; kept for parity
-        text = lines[r0][c0:c1] if r0 == r1 else lines[r0][c0:] + "".join(lines[r0 + 1:r1]) + lines[r1][:c1]
-        toks[leaf.start_byte, leaf.end_byte] = (i, text)
+def _analyse(code: str) -> tuple[list[str], Counter]:
+    """Parse once, walk once: the subtree S-expressions for the syntax match and the normalised dataflow edges
+    (codebleu dataflow_match.py get_data_flow + normalize_dataflow; variables renamed var_0, var_1, ... in order of
+    appearance, so the match ignores identifier names)."""
+    root = _parse(code)
+    # syntax_match.py get_all_sub_trees: the S-expression of the root and of every node with children
+    sexps, inner, stack = [str(root)], [], [(root, -1)]
+    t, by_position, binders = _Flat(), {}, set()
+    kinds, kids, nodes, los, leaves = t.kind, t.kids, t.node, t.lo, t.leaves
+    lines = None if code.isascii() else code.split("\n")
+    while stack:  # source order, as utils.py tree_to_token_index numbers the tokens
+        node, parent = stack.pop()
+        i, kind, n_children = len(kinds), node.type, node.child_count
+        kinds.append(kind)
+        kids.append([])
+        nodes.append(node)
+        los.append(len(leaves))
+        if parent >= 0:
+            kids[parent].append(i)
+            if n_children:
+                sexps.append(str(node))
+        if (n_children == 0 or kind in ("string_literal", "string", "character_literal")) and kind != "comment":
+            start, end = node.start_byte, node.end_byte
+            if lines is None:  # ASCII: byte offsets are str offsets; lines are joined without their newlines
+                text = code[start:end].replace("\n", "")
+            else:  # utils.py index_to_code_token slices each str line with tree-sitter's *byte* columns
+                (r0, c0), (r1, c1) = node.start_point, node.end_point
+                text = lines[r0][c0:c1] if r0 == r1 else lines[r0][c0:] + "".join(lines[r0 + 1:r1]) + lines[r1][:c1]
+            by_position[start, end] = (len(leaves), text)  # a repeated (zero-width) position keeps the later
+            leaves.append(i)                                 # token, as index_to_code does
+            if n_children:
+                inner += node.children  # a string's parts still count as subtrees
+        elif n_children:
+            if kind in _BINDERS:
+                binders.add(kind)
+            stack += [(child, i) for child in reversed(node.children)]
+    while inner:
+        node = inner.pop()
+        if node.child_count:
+            sexps.append(str(node))
+            inner.extend(node.children)
+    t.tok = [None] * len(kinds)
+    for j in leaves:
+        t.tok[j] = by_position[nodes[j].start_byte, nodes[j].end_byte]
+    t.hi = [0] * len(t.kind)
+    for i in reversed(range(len(t.kind))):  # children come after their parent in pre-order
+        t.hi[i] = t.hi[t.kids[i][-1]] if t.kids[i] else t.lo[i] + (t.tok[i] is not None)
+    t.comprehensions = "for_in_clause" in binders
+    return sexps, Counter(_dataflow(t, bool(binders)))
+
+
+def _dataflow(t: _Flat, binds: bool) -> list[tuple]:
+    if not binds:
+        # Without assignments or loops an edge has parents only when an identifier's name recurs as a later
+        # variable token; no such repeat means no edge survives get_data_flow's filter, so skip the walk.
+        seen = Counter(t.tok[j][1] for j in t.leaves if t.kind[j] != t.tok[j][1])
+        if not any(seen[t.tok[j][1]] > 1 for j in t.leaves if t.kind[j] == "identifier"):
+            return []
+    edges = []
     try:
-        edges = sorted(_dfg(root, toks, {})[0], key=_idx)
+        _dfg(t, 0, edges, {})
+        edges.sort(key=_idx)
     except Exception:  # dataflow_match.py: any failure inside DFG_python means "no dataflow" for this snippet
         edges = []
     used = {e[1] for e in edges if e[4]} | {i for e in edges for i in e[4]}
@@ -332,42 +387,54 @@ def _dataflow(code: str, root) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------------- CodeBLEU
-def _codebleu_counts(reference: str, candidate: str, tokenize, cache: dict) -> tuple:
-    """All match counts of one pair; corpus CodeBLEU sums them over pairs (micro-average, as the reference does)."""
+@dataclass
+class CodeBLEUCounts:
+    """Match counts of one pair, or summed over a corpus: the reference micro-averages, so corpus CodeBLEU is
+    computed from the summed counts, never by averaging pair scores. Lists hold n = 1..4."""
+    ngram_match: list  # clipped candidate n-grams found in the reference (bleu.py modified_precision)
+    ngram_total: list  # candidate n-grams, at least 1
+    weighted_match: list  # the same overlap, unigrams weighted 1 (keyword) or 0.2 (weighted_ngram_match.py)
+    weighted_total: list  # *reference* n-grams, weighted alike, at least 1: a recall
+    hyp_len: int  # candidate tokens
+    ref_len: int  # reference tokens
+    pairs: int  # weighted_ngram_match.py's brevity penalty counts each reference as 2 tokens (see below)
+    syntax_match: int  # reference subtrees found among the candidate's
+    syntax_total: int  # reference subtrees
+    dataflow_match: int  # normalised reference dataflow edges matched one-to-one in the candidate
+    dataflow_total: int  # normalised reference dataflow edges
+
+    def __add__(self, other: CodeBLEUCounts) -> CodeBLEUCounts:
+        return CodeBLEUCounts(*(  # element-wise, in pair order, like the reference's running Counters
+            [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b
+            for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+
+def _codebleu_counts(reference: str, candidate: str, tokenize, cache: dict) -> CodeBLEUCounts:
     ref, hyp = reference.strip(), candidate.strip()  # codebleu.py strips both before anything else
     ref_toks, hyp_toks = tokenize(ref), tokenize(hyp)
-    nums, dens, wnums, wdens = _ngram_counts(ref_toks, hyp_toks)
     trees = []
     for code in (strip_comments_and_docstrings(ref), strip_comments_and_docstrings(hyp)):
         if code not in cache:
-            root = _parse(code)
-            cache[code] = (_subtree_sexps(root), Counter(_dataflow(code, root)))
+            cache[code] = _analyse(code)
         trees.append(cache[code])
     (ref_sexps, ref_flow), (hyp_sexps, hyp_flow) = trees
     hyp_set = set(hyp_sexps)
     # syntax_match.py counts *reference* subtrees found anywhere in the candidate (its own TODO says the paper
     # counts candidate subtrees); dataflow_match.py matches normalised edges one-to-one
-    syntax = (sum(s in hyp_set for s in ref_sexps), len(ref_sexps))
-    flow = (sum((ref_flow & hyp_flow).values()), sum(ref_flow.values()))
-    return nums, dens, wnums, wdens, len(hyp_toks), len(ref_toks), syntax, flow
+    return CodeBLEUCounts(*_ngram_counts(ref_toks, hyp_toks), hyp_len=len(hyp_toks), ref_len=len(ref_toks), pairs=1,
+                          syntax_match=sum(s in hyp_set for s in ref_sexps), syntax_total=len(ref_sexps),
+                          dataflow_match=sum((ref_flow & hyp_flow).values()), dataflow_total=sum(ref_flow.values()))
 
 
-def _codebleu_score(counts: list[tuple], weights, tokenizer: str) -> dict:
-    nums, dens, wnums, wdens = ([0] * 4 for _ in range(4))
-    hyp_len = ref_len = syn_match = syn_total = flow_match = flow_total = 0
-    for c in counts:  # summed pair by pair, in order, like the reference's Counters
-        for n in range(4):
-            nums[n] += c[0][n]; dens[n] += c[1][n]; wnums[n] += c[2][n]; wdens[n] += c[3][n]  # noqa: E702
-        hyp_len += c[4]; ref_len += c[5]  # noqa: E702
-        syn_match += c[6][0]; syn_total += c[6][1]; flow_match += c[7][0]; flow_total += c[7][1]  # noqa: E702
+def _codebleu_score(c: CodeBLEUCounts, weights, tokenizer: str) -> dict:
     scores = {
-        "ngram_match": _nltk_bleu(nums, dens, hyp_len, ref_len),
+        "ngram_match": _nltk_bleu(c.ngram_match, c.ngram_total, c.hyp_len, c.ref_len),
         # weighted_ngram_match.py quirk: its brevity penalty takes len() of each [tokens, weights] reference entry,
         # so every reference counts as 2 tokens long; only short candidates (< 2 tokens on average) are penalised
-        "weighted_ngram_match": _nltk_bleu(wnums, wdens, hyp_len, 2 * len(counts)),
-        "syntax_match": syn_match / syn_total,
+        "weighted_ngram_match": _nltk_bleu(c.weighted_match, c.weighted_total, c.hyp_len, 2 * c.pairs),
+        "syntax_match": c.syntax_match / c.syntax_total,
         # dataflow_match.py: no reference dataflow at all -> 0 (with a warning)
-        "dataflow_match": flow_match / flow_total if flow_total else 0,
+        "dataflow_match": c.dataflow_match / c.dataflow_total if c.dataflow_total else 0,
     }
     alpha, beta, gamma, theta = weights
     # codebleu.py `theta * (dataflow_match_score or 1)`: a dataflow score of 0 -- no reference dataflow, or simply
@@ -375,6 +442,19 @@ def _codebleu_score(counts: list[tuple], weights, tokenizer: str) -> dict:
     scores["codebleu"] = (alpha * scores["ngram_match"] + beta * scores["weighted_ngram_match"]
                           + gamma * scores["syntax_match"] + theta * (scores["dataflow_match"] or 1))
     return {key: scores[key] for key in CODEBLEU_KEYS} | {"tokenizer": tokenizer}
+
+
+def codebleu_counts(references: list[str], candidates: list[str], tokenizer: str = "whitespace") -> list:
+    """One CodeBLEUCounts per pair (sum them for the corpus); codebleu_from_counts turns either into scores."""
+    _check_pairs(references, candidates)
+    tokenize, cache = _tokenizer(tokenizer), {}  # cache: each distinct snippet is parsed and analysed once
+    return [_codebleu_counts(r, c, tokenize, cache) for r, c in zip(references, candidates)]
+
+
+def codebleu_from_counts(counts: CodeBLEUCounts | list, weights=(0.25, 0.25, 0.25, 0.25),
+                         tokenizer: str = "whitespace") -> dict:
+    total = functools.reduce(operator.add, counts) if isinstance(counts, list) else counts
+    return _codebleu_score(total, weights, tokenizer)
 
 
 def _check_pairs(references, candidates) -> None:
@@ -389,11 +469,9 @@ def _check_pairs(references, candidates) -> None:
 def codebleu_per_example(references: list[str], candidates: list[str], weights=(0.25, 0.25, 0.25, 0.25),
                          tokenizer: str = "whitespace", corpus: bool = False):
     """Sentence-level CodeBLEU dicts, one per pair (for a paired bootstrap); with corpus=True also the corpus dict."""
-    _check_pairs(references, candidates)
-    tokenize, cache = _tokenizer(tokenizer), {}
-    counts = [_codebleu_counts(r, c, tokenize, cache) for r, c in zip(references, candidates)]
-    per = [_codebleu_score([c], weights, tokenizer) for c in counts]
-    return (per, _codebleu_score(counts, weights, tokenizer)) if corpus else per
+    counts = codebleu_counts(references, candidates, tokenizer)
+    per = [_codebleu_score(c, weights, tokenizer) for c in counts]
+    return (per, codebleu_from_counts(counts, weights, tokenizer)) if corpus else per
 
 
 def codebleu(references: list[str], candidates: list[str], weights=(0.25, 0.25, 0.25, 0.25),
@@ -401,10 +479,7 @@ def codebleu(references: list[str], candidates: list[str], weights=(0.25, 0.25, 
     """Corpus CodeBLEU = a*ngram + b*weighted ngram + g*syntax + t*dataflow, micro-averaged over pairs like
     codebleu 0.7.0 `calc_codebleu(refs, preds, lang="python")`. Keys: CODEBLEU_KEYS + `tokenizer` (whitespace,
     the reference's default, or conala = tokenize_for_bleu_eval, which scores raw snippets like `f(x)` fairly)."""
-    _check_pairs(references, candidates)
-    tokenize, cache = _tokenizer(tokenizer), {}
-    counts = [_codebleu_counts(r, c, tokenize, cache) for r, c in zip(references, candidates)]
-    return _codebleu_score(counts, weights, tokenizer)
+    return codebleu_from_counts(codebleu_counts(references, candidates, tokenizer), weights, tokenizer)
 
 
 def sentence_codebleu(reference: str, candidate: str, weights=(0.25, 0.25, 0.25, 0.25),

@@ -1,5 +1,6 @@
 """metrics.py: parity with the golden file (codebleu 0.7.0, sacrebleu, rouge-score, the CoNaLa script), hand-computed
 BLEU, Zhang-Shasha against a brute-force tree edit distance, RUBY properties, BERTScore, and the CLI's errors."""
+import dataclasses
 import functools
 import json
 import math
@@ -34,7 +35,7 @@ GRAMMAR_EXCEPTIONS = {
                              "`is` and `not`, which are skipped like any keyword"),
           "syntax_match": ((13, 13), "`is not` is an anonymous node with children in 0.25: one more subtree")},
 }
-COUNT_INDEX = {"syntax_match": 6, "dataflow_match": 7}  # where metrics._codebleu_counts keeps (match, total)
+
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,10 +77,10 @@ def test_grammar_exceptions_are_only_the_listed_components():
     for number, components in GRAMMAR_EXCEPTIONS.items():
         p = pairs[number]
         ours = metrics.sentence_codebleu(p["reference"], p["candidate"])
-        counts = metrics._codebleu_counts(p["reference"], p["candidate"], str.split, {})
+        counts = metrics.codebleu_counts([p["reference"]], [p["candidate"]])[0]
         for key, ((match, total), _) in components.items():
             assert p[key] == pytest.approx(match / total)  # the recorded reference counts explain the golden value
-            assert counts[COUNT_INDEX[key]] != (match, total)
+            assert (getattr(counts, key), getattr(counts, key.replace("match", "total"))) != (match, total)
         for key in set(metrics.CODEBLEU_KEYS) - set(components) - {"codebleu"}:
             assert ours[key] == pytest.approx(p[key], abs=1e-6)
 
@@ -92,13 +93,12 @@ def test_corpus_codebleu_matches_golden():
     assert ours["weighted_ngram_match"] == pytest.approx(corpus["weighted_ngram_match_score"], abs=1e-9)
     # Corpus syntax/dataflow sum counts over pairs. With the reference's 0.21-grammar counts put back for the
     # listed grammar exceptions, the aggregation must reproduce the golden corpus values.
-    cache, counts = {}, []
-    for number, p in pairs.items():
-        c = list(metrics._codebleu_counts(p["reference"], p["candidate"], str.split, cache))
-        for key, (ref_counts, _) in GRAMMAR_EXCEPTIONS.get(number, {}).items():
-            c[COUNT_INDEX[key]] = ref_counts
-        counts.append(tuple(c))
-    patched = metrics._codebleu_score(counts, (0.25,) * 4, "whitespace")
+    counts = metrics.codebleu_counts(refs, cands)
+    for i, number in enumerate(pairs):
+        for key, ((match, total), _) in GRAMMAR_EXCEPTIONS.get(number, {}).items():
+            counts[i] = dataclasses.replace(counts[i], **{key: match, key.replace("match", "total"): total})
+    patched = metrics.codebleu_from_counts(counts)
+    assert metrics.codebleu_from_counts(metrics.codebleu_counts(refs, cands)) == ours
     assert patched["syntax_match"] == pytest.approx(corpus["syntax_match_score"], abs=1e-9)
     low, high = min(corpus["dataflow_reference_values"]), max(corpus["dataflow_reference_values"])
     assert low - 1e-9 <= patched["dataflow_match"] <= high + 1e-9
