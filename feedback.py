@@ -124,9 +124,13 @@ def corrupt_syntax(code: str, rng: random.Random) -> str | None:
 def known_names() -> frozenset:
     """Names that exist in builtins, the core types and the stdlib modules CoNaLa uses most: a renamed API
     must not land on one of these, or it would not be broken."""
-    import collections, datetime, itertools, json as json_, math, os, random as random_, string, sys, time  # noqa: E401
-    spaces = [builtins, str, bytes, list, dict, set, tuple, int, float, collections, datetime, datetime.datetime,
-              itertools, json_, math, os, os.path, random_, re, string, sys, time]
+    import datetime
+    import importlib
+
+    modules = ("collections", "datetime", "itertools", "json", "math", "os", "os.path", "random", "re", "string",
+               "sys", "time")
+    spaces = [builtins, str, bytes, list, dict, set, tuple, int, float, datetime.datetime]
+    spaces += [importlib.import_module(m) for m in modules]
     return frozenset(name for space in spaces for name in dir(space)) | frozenset(keyword.kwlist)
 
 
@@ -163,11 +167,15 @@ def _n_call_args(tree: ast.AST) -> int:
     return sum(len(n.args) + len(n.keywords) for n in ast.walk(tree) if isinstance(n, ast.Call))
 
 
+def _n_calls(tree: ast.AST) -> int:
+    return sum(isinstance(n, ast.Call) for n in ast.walk(tree))
+
+
 def corrupt_drop_arg(code: str, rng: random.Random) -> str | None:
     """Remove one positional or keyword argument of one call (with its comma); the call count stays, the
     argument count falls by exactly one, and the code still parses."""
     try:
-        tree = ast.parse(code)
+        tree = ast.parse(code, filename=sandbox.SNIPPET_FILENAME)
     except (SyntaxError, ValueError):
         return None
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and (n.args or n.keywords)]
@@ -184,11 +192,10 @@ def corrupt_drop_arg(code: str, rng: random.Random) -> str | None:
         else:
             out = code[:start[j]] + code[end[j]:]
         try:
-            new = ast.parse(out)
+            new = ast.parse(out, filename=sandbox.SNIPPET_FILENAME)
         except (SyntaxError, ValueError):
             continue
-        n_calls = sum(isinstance(n, ast.Call) for n in ast.walk(new))
-        if n_calls == sum(isinstance(n, ast.Call) for n in ast.walk(tree)) and _n_call_args(new) == _n_call_args(tree) - 1:
+        if _n_calls(new) == _n_calls(tree) and _n_call_args(new) == _n_call_args(tree) - 1:
             return out
     return None
 
@@ -213,7 +220,7 @@ def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None
     question_id). Identical code within one example is kept once, under the first kind that produced it."""
     out = []
     for i, ex in enumerate(examples):
-        rng = random.Random(f"{seed}:{i}:{ex.question_id}")  # stable per example, whatever the list around it
+        rng = random.Random(f"{seed}:{i}:{ex.question_id}")  # string seeds are hashed with sha512: reproducible
         cands = [("reference", ex.snippet)] + [(k, f(ex.snippet, rng)) for k, f in CORRUPTIONS.items()]
         others = [e for e in rng.sample(examples, min(8, len(examples)))
                   if e.question_id != ex.question_id and e.snippet.strip() != ex.snippet.strip()]

@@ -109,8 +109,8 @@ def find_python() -> str | None:
 
 def bwrap_command(python: str) -> list[str]:
     """The bubblewrap command line (see the module docstring for why each part is there)."""
-    cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--size", str(TMPFS_BYTES),
-           "--tmpfs", "/tmp"]
+    cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+           "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     for d in HIDDEN_DIRS:
         if os.path.isdir(d):
             cmd += ["--tmpfs", d]
