@@ -3,9 +3,7 @@
 The 500 CoNaLa test snippets are scored against a deterministic perturbation of themselves. The reference packages
 run in a subprocess with the separate venv bench/.venv-metrics (see bench/requirements.txt), in the same run:
 
-    python3 -m venv bench/.venv-metrics
-    bench/.venv-metrics/bin/pip install -r bench/requirements.txt
-    bench/.venv-metrics/bin/pip install --no-deps codegen-metrics==0.2.0 dpu-utils==0.6.1
+    (create bench/.venv-metrics as the metrics_bench section of bench/requirements.txt says, then)
     python bench/metrics_bench.py            # --ruby-ref-limit N caps the slow codegen-metrics RUBY
 
 Goals (issue): CodeBLEU gives the same numbers >= 5x faster; RUBY >= 10x faster than codegen-metrics.
