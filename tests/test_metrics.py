@@ -37,7 +37,6 @@ GRAMMAR_EXCEPTIONS = {
 }
 
 
-
 @functools.lru_cache(maxsize=1)
 def golden():
     if not GOLDEN.exists():
@@ -145,6 +144,18 @@ def test_strip_comments_and_docstrings_keeps_reference_quirks():
     assert metrics.strip_comments_and_docstrings("'-'.join(x)") == ".join(x)"  # a leading string is a "docstring"
     assert metrics.strip_comments_and_docstrings("f('a')") == "f('a')"
     assert metrics.strip_comments_and_docstrings("f('a',") == "f('a',"  # untokenizable: returned unchanged
+
+
+def test_strip_fast_path_returns_what_the_tokenizer_path_would():
+    """strip_comments_and_docstrings skips Python's tokenizer when it can prove the rebuild changes nothing."""
+    _, pairs = golden()
+    snippets = [code for p in pairs.values() for code in (p["reference"], p["candidate"])]
+    snippets += ["x = 1  ", "x = 1  \ny = 2 ", "if x:\n    y = 1", "f(\n  'a')", "f(\n'a')", "a;'b'", "x = 1 if a else \\\n 2",
+                 "x = f'{a}'", "b'x'.decode()", "print('a' 'b')", "def f():\n    return 1", "(\n    1,\n    2)"]
+    fast = [code for code in snippets if metrics._nothing_to_strip(code)]
+    assert len(fast) > len(snippets) // 2
+    for code in fast:
+        assert metrics._strip_with_tokenize(code) == code, code
 
 
 # ----------------------------------------------------------------------------- BLEU, CoNaLa BLEU, ROUGE-L
