@@ -131,7 +131,8 @@ def test_codebleu_quirks_and_tokenizer_option():
     assert co["syntax_match"] == ws["syntax_match"]
     # identical code scores 1 once it has 4+ whitespace tokens and weighted unigram mass >= 1 (NLTK smoothing and
     # the max(1, .) denominators pull shorter snippets below 1 in the reference too)
-    assert metrics.sentence_codebleu("x = [i * 2 for i in y]", "x = [i * 2 for i in y]")["codebleu"] == pytest.approx(1.0)
+    same = "x = [i * 2 for i in y]"
+    assert metrics.sentence_codebleu(same, same)["codebleu"] == pytest.approx(1.0)
     assert metrics.sentence_codebleu("x = f(a)", "x = f(a)")["codebleu"] < 1.0
     with pytest.raises(ValueError, match="unknown tokenizer"):
         metrics.codebleu(["a"], ["a"], tokenizer="bpe")
@@ -150,8 +151,9 @@ def test_strip_fast_path_returns_what_the_tokenizer_path_would():
     """strip_comments_and_docstrings skips Python's tokenizer when it can prove the rebuild changes nothing."""
     _, pairs = golden()
     snippets = [code for p in pairs.values() for code in (p["reference"], p["candidate"])]
-    snippets += ["x = 1  ", "x = 1  \ny = 2 ", "if x:\n    y = 1", "f(\n  'a')", "f(\n'a')", "a;'b'", "x = 1 if a else \\\n 2",
-                 "x = f'{a}'", "b'x'.decode()", "print('a' 'b')", "def f():\n    return 1", "(\n    1,\n    2)"]
+    snippets += ["x = 1  ", "x = 1  \ny = 2 ", "if x:\n    y = 1", "f(\n  'a')", "f(\n'a')", "a;'b'",
+                 "x = 1 if a else \\\n 2", "x = f'{a}'", "b'x'.decode()", "print('a' 'b')", "def f():\n    return 1",
+                 "(\n    1,\n    2)"]
     fast = [code for code in snippets if metrics._nothing_to_strip(code)]
     assert len(fast) > len(snippets) // 2
     for code in fast:
@@ -178,7 +180,8 @@ def test_conala_bleu_by_hand():
     assert metrics.conala_bleu(["a = b + c"], ["a = b + d"]) == pytest.approx((4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25)
     # Clipping: ref a b c d a, hyp a b c d a b c d (8 tokens). 1-grams: a2 b1 c1 d1 of 8 -> 5/8; 2-grams ab bc cd da
     # of 7 -> 4/7; 3-grams abc bcd cda of 6 -> 3/6; 4-grams abcd bcda of 5 -> 2/5. c = 8 > r = 5: BP = 1.
-    assert metrics.conala_bleu(["a b c d a"], ["a b c d a b c d"]) == pytest.approx((5 / 8 * 4 / 7 * 3 / 6 * 2 / 5) ** 0.25)
+    want = (5 / 8 * 4 / 7 * 3 / 6 * 2 / 5) ** 0.25
+    assert metrics.conala_bleu(["a b c d a"], ["a b c d a b c d"]) == pytest.approx(want)
     # Corpus sums: the pair above plus f(x, y) | f(x) (ref 6 tokens f ( x , y ); hyp 4 tokens f ( x )).
     # Matches 4+4, 3+2, 2+1, 1+0 over 5+4, 4+3, 3+2, 2+1 -> 8/9, 5/7, 3/5, 1/3; r = 11, c = 9: BP = exp(1 - 11/9).
     want = (8 / 9 * 5 / 7 * 3 / 5 * 1 / 3) ** 0.25 * math.exp(1 - 11 / 9)
@@ -329,7 +332,8 @@ def test_cli_missing_file_has_no_traceback(tmp_path):
 
 
 def test_cli_writes_json(tmp_path, capsys):
-    path = write(tmp_path, '{"reference": "f(x)", "prediction": "f(x)"}\n{"reference": "a = 1", "prediction": "a = 2"}\n')
+    path = write(tmp_path, '{"reference": "f(x)", "prediction": "f(x)"}\n'
+                           '{"reference": "a = 1", "prediction": "a = 2"}\n')
     out = tmp_path / "scores.json"
     assert metrics.main([path, "--no-bertscore", "--out", str(out)]) == 0
     table = capsys.readouterr().out
