@@ -20,7 +20,6 @@ every component (on hash-seed-dependent pairs, one of its outcomes); with 0.25 a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import io
 import json
@@ -410,7 +409,7 @@ class CodeBLEUCounts:
     def __add__(self, other: CodeBLEUCounts) -> CodeBLEUCounts:
         return CodeBLEUCounts(*(  # element-wise, in pair order, like the reference's running Counters
             [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b
-            for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+            for a, b in zip(vars(self).values(), vars(other).values())))
 
 
 def _codebleu_counts(reference: str, candidate: str, tokenize, cache: dict) -> CodeBLEUCounts:
