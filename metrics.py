@@ -437,7 +437,7 @@ def _codebleu_score(c: CodeBLEUCounts, weights, tokenizer: str) -> dict:
         "weighted_ngram_match": _nltk_bleu(c.weighted_match, c.weighted_total, c.hyp_len, 2 * c.pairs),
         "syntax_match": c.syntax_match / c.syntax_total,
         # dataflow_match.py: no reference dataflow at all -> 0 (with a warning)
-        "dataflow_match": c.dataflow_match / c.dataflow_total if c.dataflow_total else 0,
+        "dataflow_match": c.dataflow_match / c.dataflow_total if c.dataflow_total else 0.0,
     }
     alpha, beta, gamma, theta = weights
     # codebleu.py `theta * (dataflow_match_score or 1)`: a dataflow score of 0 -- no reference dataflow, or simply
