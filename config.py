@@ -63,6 +63,7 @@ class Config:
     reward_learning_rate: float = 3e-5  # AdamW lr for the encoder and its scalar head
     reward_batch_size: int = 16  # preference pairs per step
     reward_max_len: int = 128  # (intent, code) tokens per reward-model input
+    reward_max_train_pairs: int = 0  # train the RM on at most ~N pairs, whole intents (0 = all; CPU presets)
     reward_policy_samples: int = 1  # SFT-policy samples per intent added to the candidates (0 = none)
     reward_policy_intents: int = 0  # how many intents get policy samples (0 = all training intents)
     exec_timeout_s: float = 2.0  # wall-clock limit per sandboxed execution
@@ -121,9 +122,10 @@ PRESETS: dict[str, dict] = {
     "quick": dict(
         device="cpu",  # a laptop: 2 cores, ~70 training tokens/s for the 135M policy
         dtype="fp32",  # bf16 is emulated on CPU (~500x slower)
-        train_limit=480,  # SFT 480 examples x ~60 tokens ~ 4 min at 70 tok/s
-        test_limit=100,  # 3 systems x 100 greedy decodes ~ 3 min at 64 tok/s
-        reward_policy_intents=64,  # SFT samples for 64 intents ~ 40 s
+        train_limit=320,  # SFT: 320 examples x ~57 tokens ~ 4 min at ~75 training tok/s
+        test_limit=100,  # 3 systems x 100 greedy decodes ~ 2 min
+        reward_policy_intents=64,  # SFT samples for 64 intents ~ 15 s
+        reward_max_train_pairs=1500,  # ~30 s per RM epoch for the 22M MiniLM
         ppo_steps=8,  # ~15 s per step (4 epochs over 4 rollouts)
         max_new_tokens=48,  # CoNaLa snippets are short (median ~15 tokens)
         save_every=4,

@@ -119,7 +119,7 @@ SEED_TARGETS = {"bertscore": 0.50, "codebleu": 0.35, "bleu": 0.25, "rouge_l": 0.
 # Published CoNaLa figures on Evtikhiev et al. 2023's human-graded subset (not the same 500 items; context only).
 PUBLISHED = {"best-tranx-rerank": {"bleu": 0.330, "codebleu": 0.343}, "Codex": {"bleu": 0.331, "codebleu": 0.466}}
 TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_match", "syntax_match",
-              "dataflow_match", "rouge_l", "ruby", "bertscore", "rm_score", "syntax_valid"]
+              "dataflow_match", "rouge_l", "ruby", "bertscore", "rm_score", "syntax_valid_rate"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -173,7 +173,7 @@ def plot_evaluation(evals: list[dict], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     xs = list(range(len(evals)))
-    for key in ["bleu", "conala_bleu", "codebleu", "rouge_l", "ruby", "bertscore", "syntax_valid"]:
+    for key in ["bleu", "conala_bleu", "codebleu", "rouge_l", "ruby", "bertscore", "syntax_valid_rate"]:
         ys = [e.get(key, float("nan")) for e in evals]
         if any(y == y for y in ys):
             ax.plot(xs, ys, marker="o", label=key)

@@ -6,7 +6,7 @@ then LHP gain/bias calibration, sigmoid-then-clip normalisation, and the rule-we
 
 The reward model never sees the reference snippet; only the synthetic annotator that labelled its training
 pairs did. The feedback functions are re-exported here so callers need one import (`reward.rule_signals`).
-Run alone: `python reward.py --config quick --train_limit=0 [--max_train_pairs=N]` (no policy samples).
+Run alone: `python reward.py --config quick --train_limit=0 [--reward_max_train_pairs=N]` (no policy samples).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from feedback import (annotate, build_candidates, build_preference_pairs, pair_c
                       read_jsonl, rule_signals, write_jsonl)
 
 HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
-RULE_WEIGHTS = {"syntax": "w_syntax", "exec": "w_exec", "quality": "w_quality"}  # rule signal -> Config field
+RULE_WEIGHTS = {"syntax": "w_syntax", "exec": "w_exec", "similarity": "w_similarity", "quality": "w_quality"}  # rule signal -> Config field
 
 
 # ----------------------------------------------------------------------------- model
@@ -157,6 +157,15 @@ def intent_batches(pairs: list[dict], batch_size: int, rng: random.Random) -> li
     return batches + ([current] if current else [])
 
 
+def subsample_pairs(pairs: list[dict], cap: int, seed: int, log=print) -> list[dict]:
+    """At most ~cap training pairs, taken as whole intents so the intent batches stay intact (0 = all)."""
+    if not cap or cap >= len(pairs):
+        return pairs
+    kept = [pairs[i] for i in intent_batches(pairs, cap, random.Random(seed))[0]]
+    log(f"reward: subsampled the training pairs to {len(kept)} of {len(pairs)} (reward_max_train_pairs={cap})")
+    return kept
+
+
 def pair_scores(rm: RewardModel, tokenizer, mb: list[dict], device: torch.device, ctx) -> tuple[torch.Tensor, ...]:
     """(r_chosen [B], r_rejected [B]) with grad, encoding each distinct (intent, code) of the minibatch once."""
     texts = list(dict.fromkeys((p["intent"], c) for p in mb for c in (p["chosen"], p["rejected"])))
@@ -273,7 +282,7 @@ def main(argv: list[str]) -> None:
     import data
     import models
 
-    cfg, extras = config.parse_cli(argv, extra_flags=("max_train_pairs=", "debug"))
+    cfg, _ = config.parse_cli(argv, extra_flags=("debug",))
     out = Path(cfg.output_dir or f"outputs/reward-{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     config.save_config(cfg, out / "rlhf_config.json")
@@ -289,10 +298,7 @@ def main(argv: list[str]) -> None:
     counts = {"train": pair_counts_by_kind(train_pairs), "val": pair_counts_by_kind(val_pairs),
               "train_pairing": pair_counts_by_kind(train_pairs, by="pairing")}
     print(f"pairs by rejected kind: train {counts['train']}  held-out {counts['val']}")
-    cap = int(extras.get("max_train_pairs", 0))
-    if cap and cap < len(train_pairs):  # whole intents, so the intent batches stay intact
-        train_pairs = [train_pairs[i] for i in intent_batches(train_pairs, cap, random.Random(cfg.seed))[0]]
-        print(f"subsampled the training pairs to {len(train_pairs)} (--max_train_pairs={cap})")
+    train_pairs = subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, log=print)
     encoder, tok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
     rm = RewardModel(encoder)
     history = train_reward_model(rm, tok, train_pairs, val_pairs, cfg, device, models.autocast_ctx(device, dtype),

@@ -118,7 +118,10 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
         bar.set_postfix(loss=f"{loss:.3f}")
         run.stat("sft", step + 1, loss=loss, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
         if run.stop_requested:
-            raise Interrupted(f"SFT stopped at step {step + 1}/{n_steps} (SFT restarts from scratch on resume)")
+            name = f"checkpoint-sft-step{step + 1}"
+            models.save_atomic(run.out / name, lambda d: save_policy(lm, tok, d, cfg))
+            raise Interrupted(f"SFT stopped at step {step + 1}/{n_steps}; the partial policy is in {name}/ (usable "
+                              "with --policy); SFT restarts from scratch on resume")
     val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
     run.stat("sft", n_steps, val_loss=val_loss)
     run.log(f"sft: {n_steps} steps, final train loss {loss:.4f}, validation loss {val_loss:.4f} on {len(val)} examples")
@@ -148,11 +151,12 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
                                  n=cfg.reward_policy_samples, desc="policy samples")
         policy_samples = {e.question_id: s for e, s in zip(chosen, samples)}
     del lm
-    train_pairs, val_pairs = reward.build_preference_pairs(train, val, policy_samples, cfg)
+    train_pairs, val_pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log)
     reward.write_jsonl(train_pairs, run.out / "preference_pairs_train.jsonl")
     reward.write_jsonl(val_pairs, run.out / "preference_pairs_val.jsonl")
     run.log(f"reward: {len(train_pairs)} train / {len(val_pairs)} held-out pairs; by rejected kind "
             f"{reward.pair_counts_by_kind(train_pairs)}")
+    train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, log=run.log)
     encoder, etok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
     rm = reward.RewardModel(encoder).to(device)
     history = reward.train_reward_model(rm, etok, train_pairs, val_pairs, cfg, device, ctx,
@@ -177,8 +181,11 @@ def stage_ppo(run: Run, env: dict, train) -> None:
 
     import ppo
     import reward
+    import sandbox
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
+    if cfg.w_exec and not sandbox.sandbox_status()[0]:
+        raise ConfigError(f"--w_exec={cfg.w_exec} needs the sandbox: {sandbox.sandbox_status()[1]}")
     need(run.out / "checkpoint-reward", "the reward stage")
     start, resume_dir = latest_ppo_checkpoint(run)
     base_lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
@@ -208,7 +215,11 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             raw = reward.score_texts(rm, rm_tok, [e.intent for e in exs], codes, device)
             rm_norm = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
                                               rm.gain, rm.bias)
-            rules = [reward.rule_signals(c, e.snippet) for c, e in zip(codes, exs)] if env["uses_rules"] else None
+            rules = None
+            if env["uses_rules"]:
+                runs = sandbox.execute_many(codes, cfg.exec_timeout_s) if cfg.w_exec else [None] * len(codes)
+                rules = [reward.rule_signals(c, e.snippet, r.outcome if r else None)
+                         for c, e, r in zip(codes, exs, runs)]
             return reward.combined_reward(rm_norm, rules, cfg)
 
         try:
@@ -270,8 +281,6 @@ def evaluate_system(run: Run, env: dict, name: str, lm, tok, step: int) -> dict:
                               per_example=True)
     per_example = scores.pop("per_example")
     result = {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
-    result["syntax_valid"] = sum(map(metrics.syntax_valid, preds)) / len(preds)
-    result["n"] = len(preds)
     if (run.out / "checkpoint-reward").exists():
         rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(env["device"])
         rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
@@ -357,6 +366,8 @@ def run_pipeline(run: Run) -> None:
         stages[name]()
         run.mark_done(name, time.perf_counter() - t0)
         run.log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
+        if run.stop_requested:
+            raise Interrupted(f"stopped after the {name} stage")
 
 
 def main(argv: list[str]) -> int:
