@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars from weight loading in the report
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TRL_PYTHON = HERE / ".venv-trl" / "bin" / "python"
@@ -118,7 +120,7 @@ def run_ours(args, workdir: Path, prompt_ids) -> dict:
     cfg = make_config("quick", dict(batch_size=args.batch, mini_batch_size=args.batch, micro_batch_size=args.micro,
                                     ppo_epochs=args.epochs, max_new_tokens=args.response, temperature=0.7, top_p=1.0,
                                     learning_rate=3e-6, adaptive_kl=False, init_kl_coef=0.05))
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate)
+    opt = ppo.make_optimizer(policy, cfg)  # fused AdamW, as TRL's default optim (adamw_torch_fused)
     kl_ctl = ppo.make_kl_controller(cfg)
     batch = collate_left(prompt_ids, tok.pad_token_id)
     no_eos = SimpleNamespace(eos_token_id=len(tok), pad_token_id=tok.pad_token_id)  # an id no token has: R tokens
@@ -202,7 +204,11 @@ def main() -> None:
         print("RESULT " + json.dumps(run_trl(args, Path(job["workdir"]), job["prompt_ids"])))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
+    if load > 0.5:
+        print("warning: other processes are running; with 2 threads a busy core stalls OpenMP's barriers and both "
+              "sides slow down several-fold -- compare with --threads 1, or run on an idle machine")
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:

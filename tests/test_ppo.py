@@ -327,9 +327,9 @@ def test_ppo_raises_a_toy_score(tiny):
     _, tok, _, _ = tiny
     lm = small_vocab_lm()
     cfg = cfg_for(batch_size=16, mini_batch_size=8, micro_batch_size=8, max_new_tokens=8, temperature=1.0,
-                  adaptive_kl=True, init_kl_coef=0.01)
+                  adaptive_kl=True, init_kl_coef=0.01, learning_rate=3e-3)
     policy, ref = ppo.PolicyWithValueHead(lm), ppo.make_reference(lm)
-    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    opt = ppo.make_optimizer(policy, cfg)
     kl_ctl = ppo.make_kl_controller(cfg)
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (16, 6))
