@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import codebleu_ts
 import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,10 +155,10 @@ def test_strip_fast_path_returns_what_the_tokenizer_path_would():
     snippets += ["x = 1  ", "x = 1  \ny = 2 ", "if x:\n    y = 1", "f(\n  'a')", "f(\n'a')", "a;'b'",
                  "x = 1 if a else \\\n 2", "x = f'{a}'", "b'x'.decode()", "print('a' 'b')", "def f():\n    return 1",
                  "(\n    1,\n    2)"]
-    fast = [code for code in snippets if metrics._nothing_to_strip(code)]
+    fast = [code for code in snippets if codebleu_ts._nothing_to_strip(code)]
     assert len(fast) > len(snippets) // 2
     for code in fast:
-        assert metrics._strip_with_tokenize(code) == code, code
+        assert codebleu_ts._strip_with_tokenize(code) == code, code
 
 
 # ----------------------------------------------------------------------------- BLEU, CoNaLa BLEU, ROUGE-L
@@ -286,6 +287,31 @@ def test_bertscore_and_evaluate():
     for key in ("codebleu", "bleu", "conala_bleu", "rouge_l", "ruby", "syntax_valid_rate", "bertscore"):
         assert 0.0 <= out[key] <= 1.0 + 1e-6, key
     assert out["exact_match"] == pytest.approx(2 / 3)
+
+
+def test_bertscore_empty_pairs_score_zero(monkeypatch):
+    """bert-score scores an empty candidate or reference 0; transformers 5 cannot encode one, so bertscore_details
+    gives the 0 itself and scores the rest exactly as it would without them."""
+    bert_score = pytest.importorskip("bert_score")
+    import models
+    from config import ConfigError
+
+    try:
+        models.encoder_path("tiny:bert")
+    except ConfigError as e:
+        pytest.skip(str(e))
+    tiny = {"model": "tiny:bert", "num_layers": 2}
+    refs = ["sorted(l, key=f)", "os.remove(path)", "", "x = [i for i in y]"]
+    cands = ["sorted(l, key=g)", " \n", "f(x)", "x = [i for i in z]"]  # an empty candidate, then an empty reference
+    mixed = metrics.bertscore_details(refs, cands, **tiny)
+    alone = metrics.bertscore_details([refs[0], refs[3]], [cands[0], cands[3]], **tiny)
+    per = mixed["bertscore_per_example"]
+    assert per[1] == per[2] == 0.0 and [per[0], per[3]] == alone["bertscore_per_example"]
+    assert all(0.0 < f <= 1.0 + 1e-6 for f in alone["bertscore_per_example"])
+    assert mixed["bertscore"] == pytest.approx(sum(per) / 4)  # the zeros count in the mean, as in bert-score
+    monkeypatch.setattr(bert_score, "score", lambda *a, **k: pytest.fail("bert_score.score called with no pairs"))
+    empty = metrics.bertscore_details(["x = 1", "  "], ["", "y = 2"], **tiny)
+    assert empty["bertscore_per_example"] == [0.0, 0.0] and empty["bertscore"] == empty["bertscore_recall"] == 0.0
 
 
 def test_evaluate_without_bertscore_and_per_example():
