@@ -196,7 +196,7 @@ def plot_evaluation(evals: list[dict], path: Path) -> None:
 def plot_reward(epochs: list[dict], path: Path) -> None:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
-    xs = [e["epoch"] for e in epochs]
+    xs = [e["step"] for e in epochs]  # the reward stage logs its epoch as the step
     for key, ax in (("loss", ax1), ("accuracy", ax2)):
         ax.plot(xs, [e[f"train_{key}"] for e in epochs], marker="o", label=f"train {key}")
         ax.plot(xs, [e[f"val_{key}"] for e in epochs], marker="s", label=f"held-out {key}")
