@@ -130,9 +130,8 @@ class AdaptiveKLController:
 
 
 def make_kl_controller(cfg) -> FixedKLController | AdaptiveKLController:
-    if cfg.adaptive_kl:
-        return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-    return FixedKLController(cfg.init_kl_coef)
+    return (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+            else FixedKLController(cfg.init_kl_coef))
 
 
 # ----------------------------------------------------------------------------- policy + value head
@@ -271,14 +270,12 @@ def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) 
     with ctx:
         ref_logits, _ = response_forward(ref_model, query_ids, query_mask, response_ids)
     ref_logprobs, _ = token_logprobs(ref_logits, response_ids, cfg.temperature)
-    m = mask.bool()
-    zero = torch.zeros_like(logprobs)
+    m, zero = mask.bool(), torch.zeros_like(logprobs)
     return Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=mask,
-                   eos=(response_ids == tokenizer.eos_token_id).any(1),
-                   logprobs=torch.where(m, logprobs, zero), ref_logprobs=torch.where(m, ref_logprobs, zero),
-                   values=torch.where(m, values.float(), zero), entropy=torch.where(m, entropy, zero),
-                   scores=torch.zeros(len(query_ids), device=query_ids.device), rewards=zero, advantages=zero,
-                   returns=zero)
+                   eos=(response_ids == tokenizer.eos_token_id).any(1), logprobs=torch.where(m, logprobs, zero),
+                   ref_logprobs=torch.where(m, ref_logprobs, zero), values=torch.where(m, values.float(), zero),
+                   entropy=torch.where(m, entropy, zero), scores=torch.zeros(len(query_ids), device=query_ids.device),
+                   rewards=zero, advantages=zero, returns=zero)
 
 
 def decode_responses(ro: Rollout, tokenizer) -> list[str]:
@@ -317,10 +314,13 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
         scaler = torch.amp.GradScaler("cpu", enabled=False)
     policy.eval()  # detail 3: no dropout, so on the first minibatch new log-probs == old ones (ratio 1)
     B, sums, ratio_dev, epochs_run = rollout.query_ids.shape[0], defaultdict(list), None, 0
+    lengths = rollout.query_mask.sum(1) + rollout.response_mask.sum(1)  # [B] real tokens per row
     for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(B, device=rollout.query_ids.device)
         for start in range(0, B, cfg.mini_batch_size):
             mb_inds = perm[start:start + cfg.mini_batch_size]
+            # Rows of similar length share a micro-batch, so trim() cuts more padding; the sum is the same gradient.
+            mb_inds = mb_inds[torch.argsort(lengths[mb_inds], stable=True)]
             mb_tokens = rollout.response_mask[mb_inds].sum()
             acc = defaultdict(float)
             optimizer.zero_grad(set_to_none=True)
