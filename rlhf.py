@@ -89,7 +89,7 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
     n_steps = max(1, math.ceil(len(train) * cfg.sft_epochs / cfg.sft_batch_size))
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.cat([torch.randperm(len(train), generator=gen) for _ in range(math.ceil(cfg.sft_epochs))]).tolist()
-    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.sft_learning_rate, weight_decay=0.0)
+    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.sft_learning_rate, weight_decay=0.0, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / n_steps)
     scaler = models.make_grad_scaler(device, env["dtype"])
     run.stat("sft", 0, val_loss=validation_loss(lm, tok, fmt, val, cfg, ctx, device))
@@ -195,7 +195,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(device)
     rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)  # CleanRL/LHP eps
+    opt = ppo.make_optimizer(policy, cfg)
     kl_ctl = ppo.make_kl_controller(cfg)
     scaler = models.make_grad_scaler(device, env["dtype"])
     if resume_dir:
@@ -298,7 +298,7 @@ def evaluate_system(run: Run, env: dict, name: str, lm, tok, step: int) -> dict:
 
 
 def stage_eval(run: Run, env: dict) -> None:
-    cfg = run.cfg
+    cfg, t0 = run.cfg, time.perf_counter()
     systems = {"base": cfg.policy_model}
     if sft_path(run, env) != cfg.policy_model:
         systems["sft"] = sft_path(run, env)
@@ -318,7 +318,8 @@ def stage_eval(run: Run, env: dict) -> None:
                 for i, e in enumerate(env["test"][:5])]
     table = {n: {k: v for k, v in r.items() if k != "per_example_codebleu"} for n, r in results.items()}
     report.write_plots(run.out)
-    report.write_report(run.out, table, boot, examples, run.state["stage_seconds"], str(env["device"]),
+    seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
+    report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
                         str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"])
 
 
