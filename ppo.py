@@ -114,7 +114,7 @@ class FixedKLController:
     def __init__(self, coef: float):
         self.value = coef
 
-    def update(self, current_kl: float, n_steps: int) -> None:
+    def update(self, current_kl: float, n_steps: int) -> None:  # a fixed beta ignores the measured KL
         pass
 
 
@@ -250,8 +250,8 @@ def mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tenso
 
 @torch.no_grad()
 def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) -> Rollout:
-    """Sample responses with the KV cache, then one policy forward (log-probs + values) and one reference
-    forward over the finished sequences. Scores stay 0: the caller scores decoded text (compute_rewards)."""
+    """Sample responses with the KV cache, then a policy forward (log-probs + values) and a reference forward
+    over the finished sequences. Scores stay 0: the caller scores decoded text (compute_rewards)."""
     ctx = nullcontext() if ctx is None else ctx
     policy.eval()  # detail 3
     with ctx:
@@ -263,19 +263,26 @@ def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) 
                                   pad_token_id=tokenizer.pad_token_id)
     response_ids = seqs[:, query_ids.shape[1]:]  # [B, R]
     mask = mask_after_eos(response_ids, tokenizer.eos_token_id)  # [B, R]
-    with ctx:
-        logits, values = response_forward(policy, query_ids, query_mask, response_ids)
-    logprobs, entropy = token_logprobs(logits, response_ids, cfg.temperature, entropy=True)
-    del logits
-    with ctx:
-        ref_logits, _ = response_forward(ref_model, query_ids, query_mask, response_ids)
-    ref_logprobs, _ = token_logprobs(ref_logits, response_ids, cfg.temperature)
-    m, zero = mask.bool(), torch.zeros_like(logprobs)
-    return Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=mask,
-                   eos=(response_ids == tokenizer.eos_token_id).any(1), logprobs=torch.where(m, logprobs, zero),
-                   ref_logprobs=torch.where(m, ref_logprobs, zero), values=torch.where(m, values.float(), zero),
-                   entropy=torch.where(m, entropy, zero), scores=torch.zeros(len(query_ids), device=query_ids.device),
-                   rewards=zero, advantages=zero, returns=zero)
+    zero = torch.zeros(response_ids.shape, device=response_ids.device)  # [B, R] fp32
+    ro = Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=mask,
+                 eos=(response_ids == tokenizer.eos_token_id).any(1), logprobs=zero, ref_logprobs=zero, values=zero,
+                 entropy=zero, scores=zero[:, 0], rewards=zero, advantages=zero, returns=zero)
+    out = {name: zero.clone() for name in ("logprobs", "ref_logprobs", "values", "entropy")}
+    # Score in micro-batches of similar length: bounded memory ([b, R, V] logits) and less padding (trim()).
+    order = torch.argsort(query_mask.sum(1) + mask.sum(1), stable=True)
+    for i in range(0, len(order), cfg.micro_batch_size):
+        idx = order[i:i + cfg.micro_batch_size]
+        mb = ro.index(idx).trim()
+        r = mb.response_ids.shape[1]
+        with ctx:
+            logits, values = response_forward(policy, mb.query_ids, mb.query_mask, mb.response_ids)
+        out["logprobs"][idx, :r], out["entropy"][idx, :r] = token_logprobs(logits, mb.response_ids, cfg.temperature,
+                                                                            entropy=True)
+        out["values"][idx, :r] = values.float()
+        with ctx:
+            ref_logits, _ = response_forward(ref_model, mb.query_ids, mb.query_mask, mb.response_ids)
+        out["ref_logprobs"][idx, :r] = token_logprobs(ref_logits, mb.response_ids, cfg.temperature)[0]
+    return dataclasses.replace(ro, **{name: torch.where(mask.bool(), v, 0.0) for name, v in out.items()})
 
 
 def decode_responses(ro: Rollout, tokenizer) -> list[str]:
@@ -338,9 +345,8 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
                 weight = mb_mask.sum() / mb_tokens  # token share of the minibatch (detail 9)
                 loss = (pg_loss + cfg.vf_coef * v_loss) * weight
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"non-finite PPO loss (loss/policy={pg_loss.item()}, "
-                                             f"loss/value={v_loss.item()}) at epoch {epoch}, minibatch "
-                                             f"{start // cfg.mini_batch_size}; weights are from the last good step")
+                    raise NonFiniteLossError(f"non-finite PPO loss (loss/policy={pg_loss.item()}, loss/value="
+                                             f"{v_loss.item()}) at epoch {epoch}; weights are from the last good step")
                 scaler.scale(loss).backward()
                 if ratio_dev is None:  # first micro-batch, before any update: the ratio must be 1 (N+ details)
                     ratio = (mb_logprobs.detach() - mb.logprobs).exp()
@@ -351,8 +357,7 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps itself
-                raise NonFiniteLossError(f"non-finite gradient norm at epoch {epoch}; "
-                                         "weights are from the last good step")
+                raise NonFiniteLossError(f"non-finite gradient norm at epoch {epoch}; weights are unchanged")
             scaler.step(optimizer)
             scaler.update()
             for name, v in acc.items():
@@ -373,9 +378,7 @@ def _step_stats(ro: Rollout, cfg, sums, ratio_dev, epochs_run) -> dict[str, floa
                       "check that generation and log-probs use the same temperature, top_k and masks (TRL guard)")
     stats = {name: sum(v) / len(v) for name, v in sums.items()}
     stats.update({
-        "objective/kl": mean_kl,
-        "objective/kl_coef": ro.kl_coef,
-        "objective/score": ro.scores.mean().item(),
+        "objective/kl": mean_kl, "objective/kl_coef": ro.kl_coef, "objective/score": ro.scores.mean().item(),
         "objective/entropy": ro.entropy.sum(1).mean().item(),  # nats per response, exact from the full softmax
         # CleanRL: how much of the return variance the rollout values explain (1 = perfect, <= 0 = none)
         "value/explained_variance": (1 - masked_var(ro.returns - ro.values, mask)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars from weight loading in the report
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF de-quantisation bar
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TRL_PYTHON = HERE / ".venv-trl" / "bin" / "python"
