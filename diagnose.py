@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 OK, WARN, FAIL = "✅", "⚠️ ", "❌"
-MODULES = ("config", "models", "data", "metrics", "sandbox", "reward", "ppo", "rlhf")
+MODULES = ("config", "models", "data", "codebleu_ts", "ruby_ted", "metrics", "sandbox", "feedback", "reward", "ppo",
+           "report", "rlhf")
 
 
 def line(status: str, name: str, detail: str, fix: str = "") -> tuple[str, str]:
