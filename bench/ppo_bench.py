@@ -17,7 +17,10 @@ Equal work, by construction:
     `epochs` optimizer steps; TRL's defaults gradient_checkpointing=True and bf16=True are switched off.
 What differs is the implementation: TRL's API needs a separate value model (a second 135M backbone, run in the
 rollout and trained alongside the policy) and computes logits at every position; ppo.py shares the policy's
-backbone for the value head, runs the lm_head on response positions only, and trims all-padding columns.
+backbone for the value head, runs the lm_head on response positions only, and puts rows of similar length in the
+same micro-batch so that trimming all-padding columns removes most of the left padding.
+Throughput: response tokens per second of a whole PPO step (LHP's elapsed/fps), and sequence tokens pushed through
+the model per second (B x (P + R) x (2 scoring forwards + epochs)).
 Achieved FLOP/s counts the *model* FLOPs of the algorithm once (2 x linear weights per token forward, x3 for
 forward+backward, plus attention), identical for both sides, over each side's own time; the peak is a large fp32
 torch.matmul measured here.
