@@ -12,7 +12,7 @@ Sources: lm-human-preferences (LHP: train_policy.py, policy.py, language/model.p
   7. GAE with gamma=1, lam=0.95 over the response; advantages whitened over real tokens (LHP/TRL).
   8. Clipped surrogate and clipped value loss 0.5*max(...), vf_coef 0.1 (LHP PPOTrainer.loss).
   9. ppo_epochs passes over shuffled minibatches (LHP train); micro-batch losses are token-weighted so gradient
-     accumulation gives exactly the gradient of the whole minibatch.
+     accumulation gives exactly the gradient of the whole minibatch (rows of similar length share a micro-batch).
  10. Global grad-norm clip, approx_kl (k3) logging and optional early stop on it (CleanRL).
  11. A mean KL below -1 warns (TRL); a NaN/inf loss raises NonFiniteLossError before the optimizer step.
 """
@@ -295,7 +295,7 @@ def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg) -> R
     """Fill scores, rewards, advantages (whitened) and returns (details 4-7). `scores` [B] are already normalised
     by the caller (LHP's gain/bias, so beta keeps its meaning)."""
     mask = ro.response_mask.bool()  # [B, R]
-    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)  # [B]
+    scores = torch.as_tensor(scores, dtype=torch.float32, device=mask.device).reshape(-1)  # [B]
     kl = torch.where(mask, kl_penalty(ro.logprobs, ro.ref_logprobs, kind=cfg.kl_estimator), 0.0)  # [B, R]
     rewards = -kl_coef * kl
     final = scores - cfg.missing_eos_penalty * (~ro.eos).float()  # N+ details: no EOS -> lower score
