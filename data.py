@@ -131,7 +131,8 @@ def extract_code(generated: str) -> str:
     text = generated
     if "```" in text:
         inner = text.split("```")[1]
-        text = inner.split("\n", 1)[1] if inner.split("\n", 1)[0].strip().isidentifier() else inner
+        lang, _, body = inner.partition("\n")  # "```python\n..." -> drop the language tag
+        text = body if lang.strip().isidentifier() else inner
     lines = [ln for ln in text.split("\n")]
     while lines and not lines[0].strip():
         lines.pop(0)

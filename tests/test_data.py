@@ -105,6 +105,8 @@ def test_sft_labels_cover_snippet_and_eos_only(tok):
     ("```python\nsorted(l)\n```\nThis sorts.", "sorted(l)"),
     ("if x:\n    pass\nprint(1)", "if x:\n    pass"),
     ("", ""),
+    ("Here you go:\n```python", ""),  # a fence cut off by max_new_tokens
+    ("```sorted(l)```", "sorted(l)"),
 ])
 def test_extract_code(generated, expected):
     assert data.extract_code(generated) == expected
