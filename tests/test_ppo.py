@@ -10,16 +10,6 @@ import ppo
 from config import make_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning barriers make a
-    # 2-thread run up to 20x slower whenever another process is busy.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """tiny:llama (random 2-layer Llama, real SmolLM2 tokenizer) and a left-padded batch of chat prompts."""

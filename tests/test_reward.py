@@ -24,15 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HAS_SANDBOX = sandbox.sandbox_status()[0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core CPU: two torch threads competing with other jobs ran 40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def conala_snippets():
     train, _ = data.load_conala(ROOT / "conala-corpus")
