@@ -229,10 +229,19 @@ def plot_rlhf(steps: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def pipeline_order(e: dict) -> tuple:
+    """base, sft, ppo-step<N> by N, then the final ppo: evaluations during PPO are logged before base/sft."""
+    name = e["system"]
+    if name.startswith("ppo-step"):
+        return (2, int(name[len("ppo-step"):]))
+    return ({"base": 0, "sft": 1}.get(name, 3), 0)
+
+
 def write_plots(run_dir: Path) -> None:
     stats = read_jsonl(run_dir / "metrics.jsonl")
     (run_dir / "plots").mkdir(exist_ok=True)
-    plot_evaluation([s for s in stats if s["stage"] == "eval"], run_dir / "plots" / "evaluation_metrics_by_epoch.png")
+    evals = sorted((s for s in stats if s["stage"] == "eval"), key=pipeline_order)
+    plot_evaluation(evals, run_dir / "plots" / "evaluation_metrics_by_epoch.png")
     plot_reward([s for s in stats if s["stage"] == "reward"], run_dir / "plots" / "reward_training_metrics.png")
     plot_rlhf([s for s in stats if s["stage"] == "ppo"], run_dir / "plots" / "rlhf_training_metrics.png")
 
