@@ -11,13 +11,11 @@ import ast
 import builtins
 import functools
 import io
-import json
 import keyword
 import random
 import re
 import tokenize
 from collections import Counter
-from pathlib import Path
 
 import sandbox
 
@@ -313,19 +311,6 @@ def build_preference_pairs(train_examples: list, val_examples: list, policy_samp
         log(f"feedback: annotating {len(cands)} {name} candidates from {len(examples)} intents")
         splits.append(preference_pairs(annotate(cands, cfg.exec_timeout_s, log=log)))
     return splits[0], splits[1]
-
-
-def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 def pair_counts_by_kind(pairs: list[dict], by: str = "rejected_kind") -> dict[str, int]:

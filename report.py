@@ -122,15 +122,16 @@ TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_
               "dataflow_match", "rouge_l", "ruby", "bertscore", "rm_score", "syntax_valid_rate"]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return path
 
 
 def need_config(run_dir: str | Path) -> Path:
@@ -238,7 +239,7 @@ def pipeline_order(e: dict) -> tuple:
 
 
 def write_plots(run_dir: Path) -> None:
-    stats = read_jsonl(run_dir / "metrics.jsonl")
+    stats = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     (run_dir / "plots").mkdir(exist_ok=True)
     evals = sorted((s for s in stats if s["stage"] == "eval"), key=pipeline_order)
     plot_evaluation(evals, run_dir / "plots" / "evaluation_metrics_by_epoch.png")

@@ -23,7 +23,8 @@ from torch import nn
 
 from config import ConfigError, die
 from feedback import (annotate, build_candidates, build_preference_pairs, pair_counts_by_kind,  # noqa: F401
-                      read_jsonl, rule_signals, write_jsonl)
+                      rule_signals)
+from report import read_jsonl, write_jsonl  # noqa: F401 -- re-exported: reward.write_jsonl(pairs, path)
 
 HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
 RULE_WEIGHTS = {"syntax": "w_syntax", "exec": "w_exec", "similarity": "w_similarity", "quality": "w_quality"}  # rule signal -> Config field

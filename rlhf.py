@@ -287,9 +287,9 @@ def evaluate_system(run: Run, env: dict, name: str, lm, tok, step: int) -> dict:
         raw = reward.score_texts(rm, rm_tok, [e.intent for e in test], preds, env["device"])
         result["rm_score"] = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
                                                      rm.gain, rm.bias).mean().item()
-    report.write_jsonl(run.out / f"predictions-{name}.jsonl",
-                       [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "prediction": p,
-                         "sentence_codebleu": c} for e, p, c in zip(test, preds, per_example["codebleu"])])
+    report.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "prediction": p,
+                         "sentence_codebleu": c} for e, p, c in zip(test, preds, per_example["codebleu"])],
+                       run.out / f"predictions-{name}.jsonl")
     run.stat("eval", step, system=name, **{k: v for k, v in result.items() if k != "n"})
     run.state["evaluated"][name] = dict(result, per_example_codebleu=per_example["codebleu"])
     run.save_state()
