@@ -79,10 +79,7 @@ def prepare_output_dir(cfg, resume: str | None, overwrite: bool) -> Path:
     """Checked before any work: a file, an unwritable folder, or a non-empty folder without --resume/--overwrite
     is a one-line error. Nothing is ever overwritten silently."""
     if resume:
-        out = Path(resume)
-        if not (out / "config.json").is_file():
-            raise ConfigError(f"--resume {out}: no config.json there; is it an output folder of rlhf.py?")
-        return out
+        return need_config(resume).parent
     out = Path(cfg.output_dir or f"outputs/{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {out}: exists and is not a folder")

@@ -190,7 +190,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     start, resume_dir = latest_ppo_checkpoint(run)
     base_lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
     policy = ppo.PolicyWithValueHead.load(resume_dir) if resume_dir else ppo.PolicyWithValueHead(base_lm)
-    ref = ppo.make_reference(base_lm if resume_dir else models.load_causal_lm(sft_path(run, env), seed=cfg.seed)[0])
+    ref = ppo.make_reference(base_lm)  # a frozen copy of the SFT weights, taken before any update
     policy.to(device), ref.to(device)
     rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(device)
     rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
@@ -332,7 +332,9 @@ def sft_path(run: Run, env: dict) -> str:
         return str(run.out / "checkpoint-sft")
     if "sft" in config.stage_list(run.cfg):
         raise ConfigError("checkpoint-sft/ is missing although the sft stage was requested")
-    env["notes"].append("no SFT checkpoint and no --policy: the base model stands in for the SFT policy")
+    note = "no SFT checkpoint and no --policy: the base model stands in for the SFT policy"
+    if note not in env["notes"]:  # sft_path is asked once per stage; say it once
+        env["notes"].append(note)
     return run.cfg.policy_model
 
 
