@@ -35,24 +35,40 @@ def ngram_counts(ref: list[str], hyp: list[str]) -> tuple[list, list, list, list
     """Per-pair numerators/denominators for n=1..4 of (a) BLEU's clipped precision (codebleu bleu.py
     modified_precision) and (b) the keyword-weighted match, which despite its name divides by the *reference*
     counts, i.e. is a recall (codebleu weighted_ngram_match.py modified_recall). Both clip to the same overlap."""
-    nums, dens, wnums, wdens = [], [], [], []
-    for n in range(1, 5):
-        hyp_c, ref_c = (Counter(hyp), Counter(ref)) if n == 1 else (ngrams(hyp, n), ngrams(ref, n))
-        ref_get = ref_c.get
-        overlap = sum(min(c, ref_get(g, 0)) for g, c in hyp_c.items())
-        nums.append(overlap)
-        dens.append(max(1, len(hyp) - n + 1))  # max(1, .): as the reference, an order too long for the text is 0/1
-        if n == 1:  # unigrams weigh 1 (keyword) or 0.2; summed in the reference's order so floats agree bit for bit
-            wnum = wden = 0
-            hyp_get = hyp_c.get
-            for g, c in ref_c.items():
-                w = 1 if g in PYTHON_KEYWORDS else 0.2
-                wnum += min(c, hyp_get(g, 0)) * w
-                wden += c * w
-            wnums.append(wnum), wdens.append(max(1, wden))
-        else:
-            wnums.append(overlap), wdens.append(max(1, len(ref) - n + 1))
+    ref_c, hyp_get = Counter(ref), Counter(hyp).get
+    # unigrams weigh 1 (keyword) or 0.2; summed in the reference's order so floats agree bit for bit
+    overlap = wnum = wden = 0
+    for g, c in ref_c.items():
+        w = 1 if g in PYTHON_KEYWORDS else 0.2
+        clipped = min(c, hyp_get(g, 0))
+        overlap += clipped
+        wnum += clipped * w
+        wden += c * w
+    # max(1, .): as in the reference, an order too long for the text counts 0/1
+    nums, dens, wnums, wdens = [overlap], [max(1, len(hyp))], [wnum], [max(1, wden)]
+    hyp_grams, ref_grams = _bi_tri_four_grams(hyp), _bi_tri_four_grams(ref)
+    for n in range(2, 5):
+        overlap = _clipped_overlap(hyp_grams[n - 2], ref_grams[n - 2])
+        nums.append(overlap), dens.append(max(1, len(hyp) - n + 1))
+        wnums.append(overlap), wdens.append(max(1, len(ref) - n + 1))
     return nums, dens, wnums, wdens
+
+
+def _bi_tri_four_grams(tokens: list[str]) -> tuple[list, list, list]:
+    t1, t2, t3 = tokens[1:], tokens[2:], tokens[3:]
+    return list(zip(tokens, t1)), list(zip(tokens, t1, t2)), list(zip(tokens, t1, t2, t3))
+
+
+def _clipped_overlap(hyp: list, ref: list) -> int:
+    """sum over n-grams g of min(count in hyp, count in ref); through sets, as n-grams seldom repeat in a snippet."""
+    if not hyp or not ref:
+        return 0
+    hyp_set, ref_set = set(hyp), set(ref)
+    common = hyp_set & ref_set
+    if not common or len(hyp_set) == len(hyp) or len(ref_set) == len(ref):  # one side without repeats: each
+        return len(common)                                                    # common n-gram counts once
+    hyp_c, ref_c = Counter(hyp), Counter(ref)
+    return sum(min(hyp_c[g], ref_c[g]) for g in common)
 
 
 # ----------------------------------------------------------------------------- tree-sitter
@@ -126,30 +142,172 @@ def _strip_with_tokenize(code: str) -> str:
     return "\n".join(line for line in "".join(out).split("\n") if line.strip())
 
 
+# ----------------------------------------------------------------------------- subtree S-expressions
+def _sexp_spans(text: str) -> tuple[list[int], list[int]]:
+    """Start and end offsets in `text` = str(root) of every node tree-sitter prints, in pre-order. A node prints the
+    same alone as inside its parent (tree-sitter subtree.c ts_subtree__write_to_string puts a field label *before*
+    the child's parenthesis), so one str(root) holds every str(node) as a slice: printing each node on its own, as
+    syntax_match.py does, is quadratic. MISSING leaves are left out: a hidden one (`_newline`) prints, but is no
+    node of the Python API."""
+    if "'" in text or '"' in text or "MISSING" in text:  # quoted characters: (UNEXPECTED ')'), (MISSING ")")
+        return _sexp_spans_quoted(text)
+    pieces = text.split("(")  # after each "(": a node's name, the ")"s that close nodes, then a field label
+    starts, ends, open_, pos = [], [0] * (len(pieces) - 1), [], len(pieces[0])
+    for piece in pieces[1:]:
+        open_.append(len(starts))
+        starts.append(pos)
+        closes = piece.count(")")
+        if closes:
+            end = pos + 2 + piece.index(")")  # one piece's ")"s are consecutive
+            for _ in range(closes):
+                ends[open_.pop()] = end
+                end += 1
+        pos += len(piece) + 1
+    return starts, ends
+
+
+def _sexp_spans_quoted(text: str) -> tuple[list[int], list[int]]:
+    starts, ends, open_ = [], [], []
+    for m in _sexp_token().finditer(text):
+        c = m.group()
+        if c[0] == "(":
+            open_.append(None if c.startswith("(MISSING") else len(starts))
+            if open_[-1] is not None:
+                starts.append(m.start()), ends.append(0)
+        elif c == ")":
+            j = open_.pop()
+            if j is not None:
+                ends[j] = m.end()
+    return starts, ends
+
+
+@functools.lru_cache(maxsize=1)
+def _sexp_token():
+    # subtree.c: (MISSING name), (MISSING "name") for an unnamed token, (UNEXPECTED 'c') with \0 \n \t \r escaped
+    return re.compile(r"""\(MISSING (?:"(?:[^"]|"(?!\)))*"|)|[()]|'\\[0ntr]'|'.'""")
+
+
+def _walk(root, text: str) -> tuple[list[str], list]:
+    """One pre-order walk: syntax_match.py get_all_sub_trees' str() of the root and of every node with children
+    (as slices of `text` = str(root)), and the nodes that are dataflow tokens (utils.py tree_to_token_index: a
+    leaf, or a whole string literal -- whose parts are subtrees, but no tokens; comments are dropped later)."""
+    (starts, ends), printed, check_missing = _sexp_spans(text), 0, root.has_error
+    sexps, token_nodes, in_string, string_ids = [text], [], 0, _string_ids()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None:  # the end of a string's subtree
+            in_string -= 1
+            continue
+        if node.child_count:
+            if node.is_named:  # printed in `text`: its str() is the matching slice
+                if printed:
+                    sexps.append(text[starts[printed]:ends[printed]])
+                printed += 1
+            else:  # an unnamed node with children (`not in`) is printed only on its own
+                sexps.append(str(node))
+            if node.kind_id in string_ids and not in_string:
+                token_nodes.append(node)
+                in_string += 1
+                stack.append(None)
+            stack += reversed(node.children)
+        else:
+            if node.is_named and not (check_missing and node.is_missing):
+                printed += 1
+            if not in_string:
+                token_nodes.append(node)
+    return sexps, token_nodes
+
+
+@functools.lru_cache(maxsize=1)
+def _string_ids() -> frozenset:
+    language = _parser().language
+    return frozenset(i for i in range(language.node_kind_count) if language.node_kind_for_id(i) in _STRING_KINDS)
+
+
 # ----------------------------------------------------------------------------- dataflow (CodeXGLUE DFG_python)
 # Ported from codebleu parser/DFG.py and parser/utils.py with the same control flow, so the same graphs. Edges are
-# (name, token index, relation, parent names, parent indices). Two changes that leave results as they were:
+# (name, token index, relation, parent names, parent indices). Three changes that leave results as they were:
 # `states` (name -> indices where it was last set) is updated in place instead of copied at every node, with copies
-# where an if/elif/else branches; and where the reference merges parent lists with list(set(...)), whose order
-# follows PYTHONHASHSEED, we keep first-occurrence order. That order names the normalised variables, so ours is
-# deterministic and equals one of the reference's hash-seed outcomes.
-_BINDERS = frozenset({"assignment", "augmented_assignment", "for_in_clause", "for_statement", "while_statement",
-                      "default_parameter"})
+# where an if/elif/else branches; a subtree without any of the _FLOW kinds below is one left-to-right scan of its
+# tokens, which is what DFG.py's recursion comes to there; and where the reference merges parent lists with
+# list(set(...)), whose order follows PYTHONHASHSEED, we keep first-occurrence order. That order names the
+# normalised variables, so ours is deterministic and equals one of the reference's hash-seed outcomes.
+_FLOW = ("assignment", "augmented_assignment", "for_in_clause", "for_statement", "while_statement",
+         "default_parameter", "if_statement")  # DFG.py's special cases (a comprehension implies a for_in_clause)
+_STRING_KINDS = ("string_literal", "string", "character_literal")  # utils.py: one token, however many children
+_DONE = -3  # _structure's stack marker: the subtree of the node below is finished
+
+
+@functools.lru_cache(maxsize=1)
+def _flow_in_sexp():
+    return re.compile(r"\((?:%s)[ )]" % "|".join(_FLOW))
 
 
 class _Flat:
-    """A snippet's tree flattened in source order for the dataflow walk, since tree-sitter re-creates node objects
-    on every access. Node i has kind[i] and kids[i]; a token (utils.py: a leaf or a whole string literal, never a
-    comment) has tok[i] = (token index, text) as DFG.py's index_to_code gives it; tokens lo[i]:hi[i] lie under i."""
-    __slots__ = ("kind", "kids", "node", "tok", "lo", "hi", "leaves", "comprehensions")
+    """A snippet's tree flattened in pre-order for DFG.py, since tree-sitter re-creates node objects on every
+    access. tokens[j] = (type, token index, text) of the j-th token, the index as DFG.py's index_to_code gives it.
+    The structure, kept only when the tree has _FLOW kinds: node i has kind[i], kids[i], node[i], tokens lo[i]:hi[i]
+    under it, and flow[i] = does its subtree hold a _FLOW kind."""
+    __slots__ = ("tokens", "kind", "kids", "node", "lo", "hi", "flow", "comprehensions")
 
-    def __init__(self):
-        self.kind, self.kids, self.node, self.tok, self.lo, self.hi, self.leaves = [], [], [], [], [], [], []
+    def __init__(self, tokens: list):
+        self.tokens, self.kind, self.kids, self.node, self.lo, self.hi, self.flow = tokens, [], [], [], [], [], []
         self.comprehensions = False  # any for_in_clause? (else no node needs its children reordered)
 
     def field(self, i: int, name: str):
         child = self.node[i].child_by_field_name(name)
         return None if child is None else next(c for c in self.kids[i] if self.node[c].id == child.id)
+
+
+def _tokens(code: str, token_nodes: list) -> list[tuple]:
+    """utils.py index_to_code_token for every token but comments: (type, token index, text)."""
+    tokens, positions = [], []
+    lines = None if code.isascii() else code.split("\n")
+    for node in token_nodes:
+        kind = node.type
+        if kind == "comment":
+            continue
+        start, end = node.start_byte, node.end_byte
+        if lines is None:  # ASCII: byte offsets are str offsets; lines are joined without their newlines
+            text = code[start:end].replace("\n", "")
+        else:  # utils.py slices each str line with tree-sitter's *byte* columns
+            (r0, c0), (r1, c1) = node.start_point, node.end_point
+            text = lines[r0][c0:c1] if r0 == r1 else lines[r0][c0:] + "".join(lines[r0 + 1:r1]) + lines[r1][:c1]
+        tokens.append((kind, len(tokens), text))
+        positions.append((start, end))
+    if len(set(positions)) < len(positions):  # zero-width tokens at one position (MISSING nodes): DFG.py's
+        last = {position: j for j, position in enumerate(positions)}  # index_to_code keeps the later index
+        tokens = [(kind, last[position], text) for (kind, _, text), position in zip(tokens, positions)]
+    return tokens
+
+
+def _structure(t: _Flat, root) -> None:
+    """Fill in t's tree structure, counting tokens as _walk finds them (a string is one token, a comment none)."""
+    kinds, kids, nodes, los, his, up = t.kind, t.kids, t.node, t.lo, t.hi, []
+    stack, parents, n_tokens, string_ids = [root], [-1], 0, _string_ids()
+    while stack:
+        node, parent = stack.pop(), parents.pop()
+        if parent == _DONE:  # `node` is the index of a node whose subtree has been walked
+            his[node] = n_tokens
+            continue
+        i, kind, n_children = len(kinds), node.type, node.child_count
+        kinds.append(kind), kids.append([]), nodes.append(node), los.append(n_tokens), his.append(0), up.append(parent)
+        if parent >= 0:
+            kids[parent].append(i)
+        if n_children == 0 or node.kind_id in string_ids:
+            n_tokens += kind != "comment"
+            his[i] = n_tokens
+        else:
+            stack.append(i), parents.append(_DONE)
+            stack += reversed(node.children)
+            parents += [i] * n_children
+    t.flow = [False] * len(kinds)
+    for i, kind in enumerate(kinds):
+        if kind in _FLOW:
+            while i >= 0 and not t.flow[i]:  # mark the node and its ancestors
+                t.flow[i], i = True, up[i]
+    t.comprehensions = "for_in_clause" in kinds
 
 
 def _unique(items: list) -> list:
@@ -158,7 +316,7 @@ def _unique(items: list) -> list:
 
 def _variables(t: _Flat, i: int) -> list[tuple]:
     """utils.py tree_to_variable_index: (index, text) of the tokens under i whose text differs from their type."""
-    return [t.tok[j] for j in t.leaves[t.lo[i]:t.hi[i]] if t.kind[j] != t.tok[j][1]]
+    return [(idx, text) for kind, idx, text in t.tokens[t.lo[i]:t.hi[i]] if kind != text]
 
 
 def _sides(t: _Flat, i: int) -> tuple[list, list]:
@@ -198,22 +356,30 @@ def _idx(edge) -> int:
     return edge[1]
 
 
-def _dfg(t: _Flat, i: int, out: list, states: dict) -> dict:
-    """DFG.py DFG_python: append the data-flow edges under node i to `out` (sorted by token index, as DFG.py sorts
-    each sub-result); returns the updated states."""
-    kind = t.kind[i]
-    if t.tok[i] is not None:
-        idx, name = t.tok[i]
+def _scan(tokens: list, out: list, states: dict) -> dict:
+    """DFG.py on tokens: a variable comesFrom where its name was last set; a new identifier sets its name. Text
+    equal to the type (keywords, operators) is no variable."""
+    dfg = []
+    for kind, idx, name in tokens:
         if kind == name:
-            return states
+            continue
         if name in states:
-            out.append((name, idx, "comesFrom", [name], list(states[name])))
+            dfg.append((name, idx, "comesFrom", [name], list(states[name])))
         else:
             if kind == "identifier":
                 states[name] = [idx]
-            out.append((name, idx, "comesFrom", [], []))
-        return states
-    dfg, kids = [], t.kids[i]
+            dfg.append((name, idx, "comesFrom", [], []))
+    dfg.sort(key=_idx)  # a no-op unless zero-width tokens share an index
+    out += dfg
+    return states
+
+
+def _dfg(t: _Flat, i: int, out: list, states: dict) -> dict:
+    """DFG.py DFG_python: append the data-flow edges under node i to `out` (sorted by token index, as DFG.py sorts
+    each sub-result); returns the updated states."""
+    if not t.flow[i]:
+        return _scan(t.tokens[t.lo[i]:t.hi[i]], out, states)
+    kind, dfg, kids = t.kind[i], [], t.kids[i]
     if kind == "default_parameter":
         name_node, value = t.field(i, "name"), t.field(i, "value")
         sources = [] if value is None else _variables(t, value)
@@ -264,70 +430,25 @@ def _dfg(t: _Flat, i: int, out: list, states: dict) -> dict:
     return states
 
 
-def _analyse(code: str) -> tuple[list[str], Counter]:
-    """Parse once, walk once: the subtree S-expressions for the syntax match and the normalised dataflow edges
-    (codebleu dataflow_match.py get_data_flow + normalize_dataflow; variables renamed var_0, var_1, ... in order of
-    appearance, so the match ignores identifier names)."""
-    root = parse(code)
-    # syntax_match.py get_all_sub_trees: the S-expression of the root and of every node with children
-    sexps, inner, stack = [str(root)], [], [(root, -1)]
-    t, by_position, binders = _Flat(), {}, set()
-    kinds, kids, nodes, los, leaves = t.kind, t.kids, t.node, t.lo, t.leaves
-    lines = None if code.isascii() else code.split("\n")
-    while stack:  # source order, as utils.py tree_to_token_index numbers the tokens
-        node, parent = stack.pop()
-        i, kind, n_children = len(kinds), node.type, node.child_count
-        kinds.append(kind)
-        kids.append([])
-        nodes.append(node)
-        los.append(len(leaves))
-        if parent >= 0:
-            kids[parent].append(i)
-            if n_children:
-                sexps.append(str(node))
-        if (n_children == 0 or kind in ("string_literal", "string", "character_literal")) and kind != "comment":
-            start, end = node.start_byte, node.end_byte
-            if lines is None:  # ASCII: byte offsets are str offsets; lines are joined without their newlines
-                text = code[start:end].replace("\n", "")
-            else:  # utils.py index_to_code_token slices each str line with tree-sitter's *byte* columns
-                (r0, c0), (r1, c1) = node.start_point, node.end_point
-                text = lines[r0][c0:c1] if r0 == r1 else lines[r0][c0:] + "".join(lines[r0 + 1:r1]) + lines[r1][:c1]
-            by_position[start, end] = (len(leaves), text)  # a repeated (zero-width) position keeps the later
-            leaves.append(i)                                 # token, as index_to_code does
-            if n_children:
-                inner += node.children  # a string's parts still count as subtrees
-        elif n_children:
-            if kind in _BINDERS:
-                binders.add(kind)
-            stack += [(child, i) for child in reversed(node.children)]
-    while inner:
-        node = inner.pop()
-        if node.child_count:
-            sexps.append(str(node))
-            inner.extend(node.children)
-    t.tok = [None] * len(kinds)
-    for j in leaves:
-        t.tok[j] = by_position[nodes[j].start_byte, nodes[j].end_byte]
-    t.hi = [0] * len(t.kind)
-    for i in reversed(range(len(t.kind))):  # children come after their parent in pre-order
-        t.hi[i] = t.hi[t.kids[i][-1]] if t.kids[i] else t.lo[i] + (t.tok[i] is not None)
-    t.comprehensions = "for_in_clause" in binders
-    return sexps, Counter(_dataflow(t, bool(binders)))
-
-
-def _dataflow(t: _Flat, binds: bool) -> list[tuple]:
-    if not binds:
-        # Without assignments or loops an edge has parents only when an identifier's name recurs as a later
-        # variable token; no such repeat means no edge survives get_data_flow's filter, so skip the walk.
-        seen = Counter(t.tok[j][1] for j in t.leaves if t.kind[j] != t.tok[j][1])
-        if not any(seen[t.tok[j][1]] > 1 for j in t.leaves if t.kind[j] == "identifier"):
-            return []
-    edges = []
+def _edges(code: str, root, text: str, token_nodes: list) -> list[tuple]:
+    """DFG.py DFG_python over the whole snippet, sorted by token index (dataflow_match.py get_data_flow)."""
+    structure = _flow_in_sexp().search(text) is not None  # every _FLOW kind is a named node, so it prints
+    t, edges = _Flat(_tokens(code, token_nodes)), []
+    if structure:
+        _structure(t, root)
     try:
-        _dfg(t, 0, edges, {})
+        if structure:
+            _dfg(t, 0, edges, {})
+        else:
+            _scan(t.tokens, edges, {})
         edges.sort(key=_idx)
     except Exception:  # dataflow_match.py: any failure inside DFG_python means "no dataflow" for this snippet
         edges = []
+    return edges
+
+
+def _normalise(edges: list[tuple]) -> list[tuple]:
+    """dataflow_match.py get_data_flow's filter (keep the edges that take part in a flow) and normalize_dataflow."""
     used = {e[1] for e in edges if e[4]} | {i for e in edges for i in e[4]}
     merged = {}
     for name, idx, rel, names, idxs in edges:
@@ -344,17 +465,42 @@ def _dataflow(t: _Flat, binds: bool) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------------- syntax and dataflow matches
+class _Snippet:
+    """One snippet, stripped, parsed, printed and walked once per corpus. Its dataflow is computed only when asked
+    for: a candidate's is needed only when its reference has dataflow at all (about half of CoNaLa's have none)."""
+    __slots__ = ("sexps", "_sexp_set", "_flow", "_pending")
+
+    def __init__(self, code: str):
+        code = strip_comments_and_docstrings(code)
+        root = parse(code)
+        text = str(root)
+        self.sexps, token_nodes = _walk(root, text)
+        self._sexp_set, self._flow, self._pending = None, None, (code, root, text, token_nodes)
+
+    @property
+    def sexp_set(self) -> set:
+        if self._sexp_set is None:
+            self._sexp_set = set(self.sexps)
+        return self._sexp_set
+
+    @property
+    def flow(self) -> Counter:
+        """Normalised dataflow edges (dataflow_match.py get_data_flow + normalize_dataflow: variables renamed var_0,
+        var_1, ... in order of appearance, so the match ignores identifier names)."""
+        if self._flow is None:
+            self._flow, self._pending = Counter(_normalise(_edges(*self._pending))), None
+        return self._flow
+
+
 def tree_match_counts(reference: str, candidate: str, cache: dict) -> tuple[int, int, int, int]:
-    """(syntax match, syntax total, dataflow match, dataflow total) of one stripped pair. `cache` (one dict per
-    corpus) analyses each distinct snippet once."""
-    trees = []
-    for code in (strip_comments_and_docstrings(reference), strip_comments_and_docstrings(candidate)):
+    """(syntax match, syntax total, dataflow match, dataflow total) of one pair, comments and docstrings stripped
+    first. `cache` (one dict per corpus) analyses each distinct snippet once."""
+    for code in (reference, candidate):
         if code not in cache:
-            cache[code] = _analyse(code)
-        trees.append(cache[code])
-    (ref_sexps, ref_flow), (hyp_sexps, hyp_flow) = trees
-    hyp_set = set(hyp_sexps)
+            cache[code] = _Snippet(code)
+    ref, hyp = cache[reference], cache[candidate]
     # syntax_match.py counts *reference* subtrees found anywhere in the candidate (its own TODO says the paper
     # counts candidate subtrees); dataflow_match.py matches normalised edges one-to-one
-    return (sum(s in hyp_set for s in ref_sexps), len(ref_sexps),
-            sum((ref_flow & hyp_flow).values()), sum(ref_flow.values()))
+    hyp_set, ref_flow = hyp.sexp_set, ref.flow
+    return (sum(s in hyp_set for s in ref.sexps), len(ref.sexps),
+            sum((ref_flow & hyp.flow).values()) if ref_flow else 0, sum(ref_flow.values()))
