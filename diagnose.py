@@ -16,8 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 OK, WARN, FAIL = "✅", "⚠️ ", "❌"
-MODULES = ("config", "models", "data", "codebleu_ts", "ruby_ted", "metrics", "sandbox", "feedback", "reward", "ppo",
-           "report", "rlhf")
+MODULES = ("config", "models", "data", "codebleu_dfg", "codebleu_ts", "ruby_ted", "metrics", "sandbox", "feedback",
+           "reward", "ppo", "report", "rlhf")
 
 
 def line(status: str, name: str, detail: str, fix: str = "") -> tuple[str, str]:

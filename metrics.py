@@ -89,10 +89,13 @@ class CodeBLEUCounts:
     dataflow_match: int  # normalised reference dataflow edges matched one-to-one in the candidate
     dataflow_total: int  # normalised reference dataflow edges
 
-    def __add__(self, other: CodeBLEUCounts) -> CodeBLEUCounts:
-        return CodeBLEUCounts(*(  # element-wise, in pair order, like the reference's running Counters
-            [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b
-            for a, b in zip(vars(self).values(), vars(other).values())))
+    @staticmethod
+    def total(counts: list[CodeBLEUCounts]) -> CodeBLEUCounts:
+        """Field by field, adding in pair order like the reference's running Counters (so floats agree)."""
+        add = functools.partial(functools.reduce, operator.add)
+        return CodeBLEUCounts(*(
+            [add(column) for column in zip(*field)] if isinstance(field[0], list) else add(field)
+            for field in zip(*(vars(c).values() for c in counts))))
 
 
 def _codebleu_counts(reference: str, candidate: str, tokenize, cache: dict) -> CodeBLEUCounts:
@@ -131,7 +134,7 @@ def codebleu_counts(references: list[str], candidates: list[str], tokenizer: str
 
 def codebleu_from_counts(counts: CodeBLEUCounts | list, weights=(0.25, 0.25, 0.25, 0.25),
                          tokenizer: str = "whitespace") -> dict:
-    total = functools.reduce(operator.add, counts) if isinstance(counts, list) else counts
+    total = CodeBLEUCounts.total(counts) if isinstance(counts, list) else counts
     return _codebleu_score(total, weights, tokenizer)
 
 

@@ -141,6 +141,36 @@ def test_codebleu_quirks_and_tokenizer_option():
         metrics.codebleu(["a"], ["a", "b"])
 
 
+def test_subtrees_are_tree_sitters_own_strings():
+    """The syntax match slices every subtree's S-expression out of one str(root); each must equal tree-sitter's own
+    str(node), the reference's way, also for error trees (UNEXPECTED characters, MISSING nodes), quoted characters,
+    unnamed nodes with children (`not in`), strings, comments and non-ASCII text."""
+    snippets = ["x = [i for i in y if i not in z]", "f'{a!r:>{w}}' + 'b'", "def f(a, b=1):\n    return a  # c",
+                "x = ?(", "f(`)", "a = (1, ')'", "x = \"\\\"", "if x:\n", "s = 'é' + ü", "print 'a'", "",
+                "x = $'", "for (a, b) in c: pass", "a is not None", "lambda: (yield)", "x[1:2, ::3] @= y",
+                "x = [i for in y]", "def f(:\n  pass", "a = 1 global b"]  # the last has a hidden MISSING _newline
+    for code in snippets:
+        root = codebleu_ts.parse(code)
+        expected, stack = [str(root)], list(root.children)
+        while stack:
+            node = stack.pop()
+            if node.child_count:
+                expected.append(str(node))
+                stack += node.children
+        ours, _ = codebleu_ts._walk(root, str(root))
+        assert sorted(ours) == sorted(expected), code
+    assert any("UNEXPECTED" in str(codebleu_ts.parse(c)) for c in snippets)
+    assert any("MISSING" in str(codebleu_ts.parse(c)) for c in snippets)
+
+
+def test_candidate_dataflow_is_built_when_a_later_reference_needs_it():
+    """A candidate's dataflow is built lazily: first paired with a reference without dataflow, then with one."""
+    cand = "y = x\nz = y"
+    per = metrics.codebleu_per_example(["f(x)", cand], [cand, cand])
+    assert per[0]["dataflow_match"] == 0 and per[1]["dataflow_match"] == 1.0
+    assert per[1] == metrics.sentence_codebleu(cand, cand)
+
+
 def test_strip_comments_and_docstrings_keeps_reference_quirks():
     assert metrics.strip_comments_and_docstrings("x = 1  # set x\n\ny = 2") == "x = 1  \ny = 2"
     assert metrics.strip_comments_and_docstrings("'-'.join(x)") == ".join(x)"  # a leading string is a "docstring"
