@@ -1,8 +1,7 @@
 """CodeBLEU's dataflow match graph: a port of the CodeXGLUE DFG_python extractor (codebleu 0.7.0 parser/DFG.py and
 parser/utils.py) with its normalisation (dataflow_match.py), on a tree-sitter-python tree.
 
-  dataflow      one snippet's normalised edges, as a Counter; codebleu_ts.tree_match_counts matches two of them
-  STRING_KINDS  node types that are one token however many children they have (utils.py tree_to_token_index)
+  dataflow  one snippet's normalised edges, as a Counter; codebleu_ts.tree_match_counts matches two of them
 
 It lives apart from codebleu_ts.py because this port alone is ~250 lines of reference-faithful control flow.
 Import is instant.
@@ -22,7 +21,6 @@ from collections import Counter
 # normalised variables, so ours is deterministic and equals one of the reference's hash-seed outcomes.
 _FLOW = ("assignment", "augmented_assignment", "for_in_clause", "for_statement", "while_statement",
          "default_parameter", "if_statement")  # DFG.py's special cases (a comprehension implies a for_in_clause)
-STRING_KINDS = ("string_literal", "string", "character_literal")  # utils.py: one token, however many children
 _DONE = -3  # _structure's stack marker: the subtree of the node below is finished
 
 
@@ -48,14 +46,11 @@ class _Flat:
 
 
 def _tokens(code: str, token_nodes: list) -> list[tuple]:
-    """utils.py index_to_code_token for every token but comments: (type, token index, text)."""
+    """utils.py index_to_code_token for every token: (type, token index, text)."""
     tokens, positions = [], []
     lines = None if code.isascii() else code.split("\n")
     for node in token_nodes:
-        kind = node.type
-        if kind == "comment":
-            continue
-        start, end = node.start_byte, node.end_byte
+        kind, start, end = node.type, node.start_byte, node.end_byte
         if lines is None:  # ASCII: byte offsets are str offsets; lines are joined without their newlines
             text = code[start:end].replace("\n", "")
         else:  # utils.py slices each str line with tree-sitter's *byte* columns
@@ -69,26 +64,28 @@ def _tokens(code: str, token_nodes: list) -> list[tuple]:
     return tokens
 
 
-def _structure(t: _Flat, root) -> None:
-    """Fill in t's tree structure, counting tokens as _walk finds them (a string is one token, a comment none)."""
+def _structure(t: _Flat, root, token_nodes: list) -> None:
+    """Fill in t's tree structure down to the tokens (a string is one token: its parts are left out)."""
     kinds, kids, nodes, los, his, up = t.kind, t.kids, t.node, t.lo, t.hi, []
-    stack, parents, n_tokens = [root], [-1], 0
+    stack, parents, n_tokens, token_ids = [root], [-1], 0, {node.id for node in token_nodes}
     while stack:
         node, parent = stack.pop(), parents.pop()
         if parent == _DONE:  # `node` is the index of a node whose subtree has been walked
             his[node] = n_tokens
             continue
-        i, kind, n_children = len(kinds), node.type, node.child_count
-        kinds.append(kind), kids.append([]), nodes.append(node), los.append(n_tokens), his.append(0), up.append(parent)
+        i, n_children = len(kinds), node.child_count
+        kinds.append(node.type), kids.append([]), nodes.append(node), los.append(n_tokens), his.append(0)
+        up.append(parent)
         if parent >= 0:
             kids[parent].append(i)
-        if n_children == 0 or kind in STRING_KINDS:
-            n_tokens += kind != "comment"
-            his[i] = n_tokens
-        else:
+        if node.id in token_ids:
+            n_tokens += 1
+        elif n_children:
             stack.append(i), parents.append(_DONE)
             stack += reversed(node.children)
             parents += [i] * n_children
+            continue
+        his[i] = n_tokens
     t.flow = [False] * len(kinds)
     for i, kind in enumerate(kinds):
         if kind in _FLOW:
@@ -229,7 +226,7 @@ def _edges(code: str, root, text: str, token_nodes: list) -> list[tuple]:
     structure = _flow_in_sexp().search(text) is not None  # every _FLOW kind is a named node, so it prints
     t, edges = _Flat(_tokens(code, token_nodes)), []
     if structure:
-        _structure(t, root)
+        _structure(t, root, token_nodes)
     try:
         if structure:
             _dfg(t, 0, edges, {})

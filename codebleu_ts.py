@@ -22,8 +22,9 @@ import re
 import tokenize as pytokenize
 from collections import Counter
 
-from codebleu_dfg import STRING_KINDS, dataflow
+from codebleu_dfg import dataflow
 
+_STRING_KINDS = ("string_literal", "string", "character_literal")  # utils.py: one token, however many children
 # codebleu 0.7.0 keywords/python.txt: these tokens weigh 1 in the weighted n-gram match, all others 0.2
 PYTHON_KEYWORDS = frozenset(
     "False None True and as assert async await break class continue def del elif else except finally for from "
@@ -194,7 +195,7 @@ def _sexp_token():
 def _walk(root, text: str) -> tuple[list[str], list]:
     """One pre-order walk: syntax_match.py get_all_sub_trees' str() of the root and of every node with children
     (as slices of `text` = str(root)), and the nodes that are dataflow tokens (utils.py tree_to_token_index: a
-    leaf, or a whole string literal -- whose parts are subtrees, but no tokens; comments are dropped later)."""
+    leaf but no comment, or a whole string literal -- whose parts are subtrees, but no tokens)."""
     (starts, ends), printed, check_missing = _sexp_spans(text), 0, root.has_error
     sexps, token_nodes, in_string = [text], [], 0
     stack = [root]
@@ -210,7 +211,7 @@ def _walk(root, text: str) -> tuple[list[str], list]:
                 printed += 1
             else:  # an unnamed node with children (`not in`) is printed only on its own
                 sexps.append(str(node))
-            if not in_string and node.type in STRING_KINDS:
+            if not in_string and node.type in _STRING_KINDS:
                 token_nodes.append(node)
                 in_string += 1
                 stack.append(None)
@@ -218,7 +219,7 @@ def _walk(root, text: str) -> tuple[list[str], list]:
         else:
             if node.is_named and not (check_missing and node.is_missing):
                 printed += 1
-            if not in_string:
+            if not in_string and node.type != "comment":
                 token_nodes.append(node)
     return sexps, token_nodes
 
