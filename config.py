@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     # --- run ---
-    config_name: str = "quick"  # preset this config started from (research | quick | test)
+    config_name: str = "quick"  # preset this config started from (research | quick | cpu | test)
     seed: int = 42  # seeds python, numpy and torch; with it a CPU run is reproducible
     device: str = "auto"  # auto | cpu | cuda | mps; an explicit device that is missing is an error, never a fallback
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA if supported, else fp16 (GradScaler), fp32 on CPU
@@ -64,8 +64,9 @@ class Config:
     reward_batch_size: int = 16  # preference pairs per step
     reward_max_len: int = 128  # (intent, code) tokens per reward-model input
     reward_max_train_pairs: int = 0  # train the RM on at most ~N pairs, whole intents (0 = all; CPU presets)
-    reward_policy_samples: int = 1  # SFT-policy samples per intent added to the candidates (0 = none)
+    reward_policy_samples: int = 4  # SFT-policy samples per intent (k >= 4 gives policy>policy pairs, the pairs PPO faces)
     reward_policy_intents: int = 0  # how many intents get policy samples (0 = all training intents)
+    reward_backbone: str = "encoder"  # encoder (reward_encoder, mean-pooled) | policy (the SFT causal LM, last-token pooled; InstructGPT/LHP)
     exec_timeout_s: float = 2.0  # wall-clock limit per sandboxed execution
     w_rm: float = 1.0  # weight of the normalised reward-model score in the PPO reward
     w_syntax: float = 0.0  # weight of the syntax rule signal in the PPO reward
@@ -81,7 +82,11 @@ class Config:
     mini_batch_size: int = 4  # rollouts per optimizer step inside a PPO epoch
     micro_batch_size: int = 4  # rollouts per forward pass (gradient accumulation over a minibatch)
     ppo_epochs: int = 4  # passes over each rollout batch (the seed's default)
-    learning_rate: float = 1e-5  # AdamW lr for the policy and value head (the seed's default)
+    learning_rate: float = 1e-5  # AdamW lr for the policy (the seed's default); CPU presets lower it (see PRESETS)
+    vf_learning_rate: float = 1e-3  # AdamW lr for the value head alone: head-only refit on SmolLM2 states reached explained variance 0.88 in 32 steps at 1e-3, 0.08 at 1e-5
+    lr_decay: bool = True  # both lrs decay linearly to 0 over ppo_steps (LHP lrnow = lr * (1 - frac); CleanRL anneal_lr)
+    samples_per_prompt: int = 1  # k responses per prompt in one rollout (batch_size counts responses, so prompts = batch_size / k)
+    advantage: str = "gae"  # gae (critic + GAE, the PPO default) | rloo (leave-one-out baseline, Ahmadian et al. 2024) | grpo (group-normalised, Shao et al. 2024)
     gamma: float = 1.0  # discount; 1 as in LHP/TRL, episodes are short
     lam: float = 0.95  # GAE lambda (LHP/TRL)
     cliprange: float = 0.2  # PPO ratio clip (Schulman et al. 2017)
@@ -91,11 +96,11 @@ class Config:
     adaptive_kl: bool = True  # LHP adaptive KL controller; False = fixed kl_coef
     init_kl_coef: float = 0.1  # initial (or fixed) KL penalty coefficient beta
     kl_target: float = 6.0  # LHP target KL (nats per response) for the adaptive controller
-    kl_horizon: int = 10000  # LHP horizon for the adaptive controller
+    kl_horizon: int = 10000  # LHP horizon (episodes) for the adaptive controller: beta moves at most 20% per horizon, so size it to the run
     kl_estimator: str = "k1"  # k1 (log-ratio) or k3 (Schulman's unbiased, non-negative) per-token KL
-    missing_eos_penalty: float = 0.0  # subtracted from the score of a response without EOS (N+ details; 0 = off)
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a response without EOS (TRL examples use 1.0; scores are in [0, 1], so it ranks every unfinished response below every finished one)
     target_kl: float = 0.0  # early-stop PPO epochs when approx_kl exceeds this (0 = off)
-    whiten_rewards: bool = False  # whiten per-token rewards before GAE (TRL option; LHP off)
+    whiten_rewards: bool = False  # whiten per-token rewards before GAE (LHP PpoHParams sets True with minibatches >= 8; off here: CPU batches are 4-16 responses)
     eval_every: int = 0  # evaluate during PPO every N steps (0 = only at the end)
     save_every: int = 5  # write checkpoint-ppo-<step>/ every N steps (resume point)
     # --- evaluation ---
@@ -129,6 +134,25 @@ PRESETS: dict[str, dict] = {
         ppo_steps=8,  # ~15 s per step (4 epochs over 4 rollouts)
         max_new_tokens=48,  # CoNaLa snippets are short (median ~15 tokens)
         save_every=4,
+        learning_rate=3e-6,  # one step at 1e-5 on 4 x 20 tokens gave approx_kl 0.044, clipfrac 0.15; 3e-6: 0.004 / 0.09
+        adaptive_kl=False,  # 8 x 4 = 32 episodes: LHP's controller (horizon 10,000) could move beta by 0.06%
+    ),
+    "cpu": dict(
+        device="cpu",  # 2 cores, <= ~2 h: the preset that has to show PPO beating SFT on this machine
+        dtype="fp32",
+        sft_epochs=1.0,  # the full training split once (134 steps of 16; ~16 min on 2 idle cores)
+        reward_policy_intents=400,  # k = 4 SFT samples for 400 train intents (+ the held-out ones) ~ 10 min
+        reward_max_train_pairs=4000,  # whole intents; the RM sees policy>policy pairs from every sampled intent
+        ppo_steps=60,  # 60 x 16 responses = 960 episodes, ~40 s per step
+        batch_size=16,
+        mini_batch_size=8,
+        micro_batch_size=8,
+        max_new_tokens=48,
+        learning_rate=3e-6,  # approx_kl <~ 0.02 and clipfrac <~ 0.2 per step (see quick)
+        adaptive_kl=False,  # 960 episodes: a horizon-10,000 controller could not move; a fixed beta says what it does
+        init_kl_coef=0.05,
+        save_every=10,
+        eval_batch_size=32,
     ),
     "test": dict(
         device="cpu",
@@ -145,6 +169,7 @@ PRESETS: dict[str, dict] = {
         reward_epochs=1,
         reward_policy_intents=8,
         ppo_steps=3,
+        kl_horizon=20,  # 3 x 4 = 12 episodes: the adaptive controller still moves beta visibly
         max_new_tokens=12,
         eval_batch_size=8,
         save_every=2,
@@ -158,6 +183,8 @@ CHOICES = {
     "dtype": ("auto", "fp32", "bf16", "fp16"),
     "prompt_format": ("auto", "chat", "plain"),
     "kl_estimator": ("k1", "k3"),
+    "advantage": ("gae", "rloo", "grpo"),
+    "reward_backbone": ("encoder", "policy"),
     "codebleu_tokenizer": ("whitespace", "conala"),
 }
 STAGES = ("sft", "reward", "ppo", "eval")
@@ -213,7 +240,7 @@ def validate(cfg: Config) -> None:
             "--do_sample=False cannot be used with PPO: PPO learns from the variation between sampled responses; "
             "greedy rollouts give identical responses, no exploration and no useful advantage signal"
         )
-    positive = ["temperature", "max_new_tokens", "batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
+    positive = ["temperature", "max_new_tokens", "batch_size", "samples_per_prompt", "mini_batch_size", "micro_batch_size", "ppo_epochs",
                 "sft_batch_size", "sft_micro_batch_size", "reward_batch_size", "eval_batch_size", "max_prompt_len"]
     for key in positive:
         if getattr(cfg, key) <= 0:
@@ -226,6 +253,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("batch_size must be a multiple of mini_batch_size, and mini_batch_size of micro_batch_size")
     if cfg.sft_batch_size % cfg.sft_micro_batch_size:
         raise ConfigError("sft_batch_size must be a multiple of sft_micro_batch_size")
+    if cfg.batch_size % cfg.samples_per_prompt:
+        raise ConfigError(f"--batch_size={cfg.batch_size} must be a multiple of --samples_per_prompt="
+                          f"{cfg.samples_per_prompt} (batch_size counts responses: prompts x samples)")
+    if cfg.advantage != "gae" and cfg.samples_per_prompt < 2:
+        raise ConfigError(f"--advantage={cfg.advantage} needs --samples_per_prompt >= 2: its baseline is the other "
+                          "samples of the same prompt")
     if cfg.reward_clip_min >= cfg.reward_clip_max:
         raise ConfigError("reward_clip_min must be < reward_clip_max")
 

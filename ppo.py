@@ -1,35 +1,43 @@
-"""PPO for a causal LM: clipped surrogate, GAE, a value head and KL control, all on one screen.
+"""PPO for a causal LM: clipped surrogate, GAE or a group baseline, a value head and KL control, on one screen.
 
 Sources: lm-human-preferences (LHP: train_policy.py, policy.py, language/model.py), CleanRL ppo.py, and
 "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024, "N+ details"). Implementation details:
-  1. The value head is a Linear(hidden, 1) on the policy's last hidden state, zero-initialised, so V starts at 0
-     (LHP model.py: `fc_layer(..., scale=0 if head_name == 'value')`). One forward pass gives logits and values.
+  1. The value head is a Linear(hidden, 1) on the policy's last hidden state with zero weights (LHP model.py);
+     its bias starts at the mean score of the first rollout batch, so V is exactly that constant at step 1.
+     LHP can start V at 0 because its rewards are normalised to mean 0; ours pass through a sigmoid (mean ~0.5),
+     and V = 0 then makes every early token's advantage a ramp over position, not a measure of quality.
   2. Log-probs come from logits divided by the sampling temperature, in fp32 (LHP policy.py analyze_responses).
+     PPO rollouts sample that same untruncated tempered softmax (top_k=0, top_p=1, as TRL and the N+ reference);
+     cfg.top_p applies to feedback samples and best-of-n only (policy.py `rollout` says why).
   3. Dropout is off in rollouts *and* updates (model.eval()), so the first PPO ratio is 1 (N+ details).
-  4. Everything after the first EOS is masked; a response without EOS may be penalised (N+ details, TRL).
+  4. Everything after the first EOS is masked; a response without EOS loses missing_eos_penalty (N+ details, TRL).
   5. Reward = -beta * KL on every response token, plus the score on the last real token (LHP compute_rewards).
-  6. beta follows LHP's adaptive controller: err = clip(kl/target - 1, -0.2, 0.2); beta *= 1 + err*n/horizon.
-  7. GAE with gamma=1, lam=0.95 over the response; advantages whitened over real tokens (LHP/TRL).
-  8. Clipped surrogate and clipped value loss 0.5*max(...), vf_coef 0.1 (LHP PPOTrainer.loss).
+  6. beta is fixed or follows LHP's adaptive controller: err = clip(kl/target - 1, -0.2, 0.2); beta *= 1 + err*n/horizon.
+  7. The advantage: GAE (gamma=1, lam=0.95, LHP/TRL), or a critic-free group baseline over the k samples of a
+     prompt: RLOO (Ahmadian et al. 2024) or GRPO (Shao et al. 2024). GAE and RLOO are whitened over real tokens.
+  8. Clipped surrogate, and for GAE the clipped value loss 0.5*max(...), vf_coef 0.1 (LHP PPOTrainer.loss); GRPO
+     adds beta * k3 KL to the reference as a loss term instead of a reward.
   9. ppo_epochs passes over shuffled minibatches (LHP train); micro-batch losses are token-weighted so gradient
      accumulation gives exactly the gradient of the whole minibatch (rows of similar length share a micro-batch).
- 10. Global grad-norm clip, approx_kl (k3) logging and optional early stop on it (CleanRL).
- 11. A mean KL below -1 warns (TRL); a NaN/inf loss raises NonFiniteLossError before the optimizer step.
+ 10. Adam with the value head in its own parameter group (vf_learning_rate: at the policy's 1e-5 a zero-started
+     head barely learns), both learning rates decaying linearly to 0 (LHP lrnow = lr * (1 - frac); CleanRL).
+ 11. Global grad-norm clip, approx_kl (k3) logging and optional early stop on it (CleanRL).
+ 12. A mean KL below -1 warns (TRL); a NaN/inf loss raises NonFiniteLossError before the optimizer step.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-VALUE_HEAD_FILE = "value_head.pt"  # next to the HF weights, so AutoModelForCausalLM.from_pretrained(folder) still works
+from policy import (VALUE_HEAD_FILE, PolicyWithValueHead, Rollout, decode_responses,  # noqa: F401 -- re-exported
+                    make_reference, mask_after_eos, position_ids, response_forward, rollout, token_logprobs)
+
+ADVANTAGES = ("gae", "rloo", "grpo")  # advantage estimators (Config.advantage)
 
 
 # ----------------------------------------------------------------------------- the maths
@@ -134,184 +142,121 @@ def make_kl_controller(cfg) -> FixedKLController | AdaptiveKLController:
             else FixedKLController(cfg.init_kl_coef))
 
 
-# ----------------------------------------------------------------------------- policy + value head
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding: real tokens count from 0, as in HF generate (LHP model.py positions_for)."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+# ----------------------------------------------------------------------------- group baselines (k samples per prompt)
+def group_view(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[P*k] -> [P, k]: rollouts put the k samples of prompt p in rows p*k .. p*k+k-1 (repeat_interleave)."""
+    if k < 2:
+        raise ValueError(f"a group baseline needs samples_per_prompt >= 2, got {k}: with one sample per prompt "
+                         "there is no other sample to compare with (use advantage=gae)")
+    if x.shape[0] % k:
+        raise ValueError(f"{x.shape[0]} rollouts do not split into groups of {k}")
+    return x.reshape(-1, k)
 
 
-class PolicyWithValueHead(nn.Module):
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-        self.value_head = nn.Linear(lm.config.hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)  # LHP: the value head starts at 0 (detail 1)
-        nn.init.zeros_(self.value_head.bias)
-
-    def forward(self, input_ids, attention_mask, logits_to_keep: int = 0):
-        """-> (logits [B, T, V] (only the last `logits_to_keep` positions if > 0), values [B, T])."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                      output_hidden_states=True, logits_to_keep=logits_to_keep, use_cache=False)
-        values = self.value_head(out.hidden_states[-1]).squeeze(-1)  # hidden_states[-1] is after the final norm
-        return out.logits, values
-
-    def save(self, folder: str | Path) -> None:
-        """HF weights (+config) into an existing folder, and the value head beside them in value_head.pt."""
-        self.lm.save_pretrained(folder)
-        torch.save(self.value_head.state_dict(), Path(folder) / VALUE_HEAD_FILE)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> PolicyWithValueHead:
-        from transformers import AutoModelForCausalLM
-
-        head = Path(folder) / VALUE_HEAD_FILE
-        if not head.is_file():
-            raise FileNotFoundError(f"{head}: no value head; wrap a plain LM with PolicyWithValueHead(lm) instead")
-        policy = cls(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
-        policy.value_head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True))
-        return policy
+def rloo_advantages(seq_rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, "Back to Basics"): each sample's baseline is the mean of the other k - 1
+    sequence rewards of its prompt. seq_rewards [P*k] (score - beta * summed KL) -> advantages [P*k]."""
+    r = group_view(seq_rewards, k)  # [P, k]
+    baseline = (r.sum(1, keepdim=True) - r) / (k - 1)  # [P, k] leave-one-out mean
+    return (r - baseline).reshape(-1)
 
 
-def make_optimizer(policy: nn.Module, cfg) -> torch.optim.Optimizer:
-    """Adam over the LM and the value head, eps=1e-5 (CleanRL), no weight decay (LHP). fused=True updates all
-    parameters in one kernel pass: ~5x faster than the default per-tensor loop on CPU (135M params: 0.5 -> 0.1 s)."""
-    return torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
-
-
-def make_reference(lm) -> nn.Module:
-    """The frozen KL anchor: a copy of the starting policy, eval mode, no gradients."""
-    ref = copy.deepcopy(lm.lm if isinstance(lm, PolicyWithValueHead) else lm).eval()
-    return ref.requires_grad_(False)
-
-
-def response_forward(model, query_ids, query_mask, response_ids):
-    """Logits [B, R, V] predicting each response token, and values [B, R] (None for a plain LM).
-    The lm_head runs on the response positions only (logits_to_keep): prompt logits are never used."""
-    R = response_ids.shape[1]
-    input_ids = torch.cat([query_ids, response_ids], dim=1)  # [B, P+R]
-    # Response positions are all attended: post-EOS tokens only ever precede other post-EOS tokens (causal),
-    # so they cannot change a real token's output, and no attention row is empty.
-    attention_mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)  # [B, P+R]
-    if isinstance(model, PolicyWithValueHead):
-        logits, values = model(input_ids, attention_mask, logits_to_keep=R + 1)
-        return logits[:, :-1], values[:, -R - 1:-1]  # the state *before* token t predicts it and values it
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                logits_to_keep=R + 1, use_cache=False)
-    return out.logits[:, :-1], None
-
-
-def token_logprobs(logits, tokens, temperature: float, entropy: bool = False):
-    """log pi(token) from logits / temperature, in fp32 (detail 2); optionally the per-token entropy."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [B, R, V]
-    logprobs = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, R]
-    return logprobs, (-(logp.exp() * logp).sum(-1) if entropy else None)
-
-
-# ----------------------------------------------------------------------------- rollouts
-@dataclass
-class Rollout:
-    """One PPO batch. P = prompt width (left-padded), R = response width (right-padded after EOS)."""
-    query_ids: torch.Tensor  # [B, P]
-    query_mask: torch.Tensor  # [B, P] 1 on prompt tokens
-    response_ids: torch.Tensor  # [B, R]
-    response_mask: torch.Tensor  # [B, R] 1 up to and including the first EOS
-    eos: torch.Tensor  # [B] bool: the response ended with EOS
-    logprobs: torch.Tensor  # [B, R] log pi_old(token), fp32, temperature-scaled
-    ref_logprobs: torch.Tensor  # [B, R] log pi_ref(token)
-    values: torch.Tensor  # [B, R] V_old of the state before each token
-    entropy: torch.Tensor  # [B, R] entropy of pi_old at each position
-    scores: torch.Tensor  # [B] reward-model score, as given (before the missing-EOS penalty)
-    rewards: torch.Tensor  # [B, R] -beta*KL per token + score on the last real token
-    advantages: torch.Tensor  # [B, R] GAE, whitened over real tokens
-    returns: torch.Tensor  # [B, R] value targets
-    kl_coef: float = 0.0  # beta used for `rewards`
-
-    def index(self, idx) -> Rollout:
-        return Rollout(**{f.name: getattr(self, f.name)[idx] if isinstance(getattr(self, f.name), torch.Tensor)
-                          else getattr(self, f.name) for f in dataclasses.fields(self)})
-
-    def trim(self) -> Rollout:
-        """Drop prompt columns that are padding in every row and response columns masked in every row:
-        pure speed, their outputs are never used (a micro-batch is often much shorter than the whole batch)."""
-        first = int(self.query_mask.bool().any(0).long().argmax())
-        width = int(self.response_mask.sum(1).max())
-        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name, v in cut.items():
-            if isinstance(v, torch.Tensor) and v.dim() == 2:  # [B, P] query tensors, [B, R] response tensors
-                cut[name] = v[:, first:] if name.startswith("query") else v[:, :width]
-        return Rollout(**cut)
-
-
-def mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """[B, R] 1 up to and including the first EOS, 0 after it (detail 4)."""
-    is_eos = (response_ids == eos_token_id).long()
-    return ((is_eos.cumsum(1) - is_eos) == 0).long()
-
-
-@torch.no_grad()
-def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) -> Rollout:
-    """Sample responses with the KV cache, then a policy forward (log-probs + values) and a reference forward
-    over the finished sequences. Scores stay 0: the caller scores decoded text (compute_rewards)."""
-    ctx = nullcontext() if ctx is None else ctx
-    policy.eval()  # detail 3
-    with ctx:
-        # top_k=0 switches off HF's default top-k 50. Log-probs below are of the untruncated tempered softmax
-        # (LHP/TRL); top_p < 1 samples from a slightly narrower one, which is why TRL fixes top_p=1.
-        seqs = policy.lm.generate(input_ids=query_ids, attention_mask=query_mask, do_sample=cfg.do_sample,
-                                  temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                  max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id)
-    response_ids = seqs[:, query_ids.shape[1]:]  # [B, R]
-    mask = mask_after_eos(response_ids, tokenizer.eos_token_id)  # [B, R]
-    zero = torch.zeros(response_ids.shape, device=response_ids.device)  # [B, R] fp32
-    ro = Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=mask,
-                 eos=(response_ids == tokenizer.eos_token_id).any(1), logprobs=zero, ref_logprobs=zero, values=zero,
-                 entropy=zero, scores=zero[:, 0], rewards=zero, advantages=zero, returns=zero)
-    out = {name: zero.clone() for name in ("logprobs", "ref_logprobs", "values", "entropy")}
-    # Score in micro-batches of similar length: bounded memory ([b, R, V] logits) and less padding (trim()).
-    order = torch.argsort(query_mask.sum(1) + mask.sum(1), stable=True)
-    for i in range(0, len(order), cfg.micro_batch_size):
-        idx = order[i:i + cfg.micro_batch_size]
-        mb = ro.index(idx).trim()
-        r = mb.response_ids.shape[1]
-        with ctx:
-            logits, values = response_forward(policy, mb.query_ids, mb.query_mask, mb.response_ids)
-        out["logprobs"][idx, :r], out["entropy"][idx, :r] = token_logprobs(logits, mb.response_ids, cfg.temperature,
-                                                                            entropy=True)
-        out["values"][idx, :r] = values.float()
-        with ctx:
-            ref_logits, _ = response_forward(ref_model, mb.query_ids, mb.query_mask, mb.response_ids)
-        out["ref_logprobs"][idx, :r] = token_logprobs(ref_logits, mb.response_ids, cfg.temperature)[0]
-    return dataclasses.replace(ro, **{name: torch.where(mask.bool(), v, 0.0) for name, v in out.items()})
-
-
-def decode_responses(ro: Rollout, tokenizer) -> list[str]:
-    """Response text up to (not including) EOS, for the reward function."""
-    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True)
-            for ids, m in zip(ro.response_ids, ro.response_mask)]
+def grpo_advantages(scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, DeepSeekMath §4.1, outcome supervision): (r - group mean) / (group std + eps),
+    std with Bessel's correction (torch.std, as TRL). The KL is a separate loss term, not in r. [P*k] -> [P*k]."""
+    r = group_view(scores, k)  # [P, k]
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).reshape(-1)
 
 
 def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg) -> Rollout:
-    """Fill scores, rewards, advantages (whitened) and returns (details 4-7). `scores` [B] are already normalised
-    by the caller (LHP's gain/bias, so beta keeps its meaning)."""
+    """Fill scores, rewards, advantages and returns (details 4-7). `scores` [B] come from the caller, in reward
+    units (the RM after LHP gain/bias and sigmoid-then-clip, plus weighted rule signals). The gain/bias makes
+    one beta mean the same across reward models; after the sigmoid, beta trades KL nats against that 0-1 scale."""
     mask = ro.response_mask.bool()  # [B, R]
     scores = torch.as_tensor(scores, dtype=torch.float32, device=mask.device).reshape(-1)  # [B]
     kl = torch.where(mask, kl_penalty(ro.logprobs, ro.ref_logprobs, kind=cfg.kl_estimator), 0.0)  # [B, R]
-    rewards = -kl_coef * kl
     final = scores - cfg.missing_eos_penalty * (~ro.eos).float()  # N+ details: no EOS -> lower score
     last = ro.response_mask.sum(1) - 1  # [B] index of the last real token (EOS, or the final token)
-    rewards[torch.arange(len(last), device=last.device), last] += final
-    if cfg.whiten_rewards:
-        rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
-    advantages, returns = compute_gae(rewards, ro.values, mask, gamma=cfg.gamma, lam=cfg.lam)
-    advantages = torch.where(mask, masked_whiten(advantages, mask), 0.0)
+    rows = torch.arange(len(last), device=last.device)
+    # GRPO keeps the KL out of the reward (it is a loss term in ppo_step); GAE and RLOO put it in (LHP).
+    rewards = torch.zeros_like(kl) if cfg.advantage == "grpo" else -kl_coef * kl  # [B, R]
+    rewards[rows, last] += final
+    if cfg.advantage == "gae":
+        if cfg.whiten_rewards:
+            rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
+        advantages, returns = compute_gae(rewards, ro.values, mask, gamma=cfg.gamma, lam=cfg.lam)
+    else:
+        k = cfg.samples_per_prompt
+        seq = rloo_advantages(rewards.sum(1), k) if cfg.advantage == "rloo" else grpo_advantages(final, k)  # [B]
+        advantages = torch.where(mask, seq[:, None].expand_as(kl), 0.0)  # one advantage for every token
+        returns = torch.zeros_like(kl)  # no critic
+    if cfg.advantage != "grpo":
+        advantages = torch.where(mask, masked_whiten(advantages, mask), 0.0)
     return dataclasses.replace(ro, scores=scores, rewards=rewards, advantages=advantages, returns=returns,
                                kl_coef=float(kl_coef))
+
+
+def init_value_bias(policy: PolicyWithValueHead, ro: Rollout, final_scores: torch.Tensor) -> Rollout:
+    """Detail 1: a fresh head (zero weights) outputs its bias everywhere, so setting the bias to the batch's mean
+    final score makes V exactly that constant; the rollout's stored values are set to match."""
+    if policy.value_head.weight.abs().max() != 0:
+        raise ValueError("init_value_bias needs a fresh value head (zero weights); a trained head keeps its values")
+    c = float(torch.as_tensor(final_scores, dtype=torch.float32).mean())
+    with torch.no_grad():
+        policy.value_head.bias.fill_(c)
+    return dataclasses.replace(ro, values=torch.where(ro.response_mask.bool(), c, 0.0))
 
 
 # ----------------------------------------------------------------------------- the update
 class NonFiniteLossError(RuntimeError):
     """A NaN/inf loss or gradient; raised before optimizer.step(), so the weights are still the last good ones."""
+
+
+def make_optimizer(policy: PolicyWithValueHead, cfg) -> torch.optim.Optimizer:
+    """Adam, eps=1e-5 (CleanRL), no weight decay (LHP), the value head in its own group at vf_learning_rate
+    (detail 10). fused=True updates all parameters in one kernel pass: ~5x faster than the per-tensor loop on CPU."""
+    head = list(policy.value_head.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in policy.parameters() if id(p) not in head_ids]
+    groups = [{"params": body, "lr": cfg.learning_rate, "name": "policy"},
+              {"params": head, "lr": cfg.vf_learning_rate, "name": "value_head"}]
+    for g in groups:
+        g["initial_lr"] = g["lr"]  # set_lr scales from these, so a resumed run gets the same schedule
+    return torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0, fused=True)
+
+
+def lr_fraction(step: int, cfg) -> float:
+    """CleanRL `frac = 1 - (iteration - 1) / num_iterations` with a 0-based step: 1 at the first step, 1/N at the
+    last, so no step has lr 0 (LHP anneals lrnow = lr * (1 - frac) the same way). 1 when lr_decay is off."""
+    return 1.0 - step / cfg.ppo_steps if cfg.lr_decay else 1.0
+
+
+def set_lr(optimizer: torch.optim.Optimizer, frac: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g.setdefault("initial_lr", g["lr"]) * frac  # any optimizer: its first lr is the schedule's base
+
+
+def minibatch_loss(policy, mb: Rollout, cfg, ctx) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The loss of one micro-batch (token-mean) -> (loss, stats, new log-probs [b, r]). GAE adds the clipped value
+    loss; GRPO adds beta * k3 KL to the reference (DeepSeekMath eq. 3-4); RLOO has the KL in its reward."""
+    mb_mask = mb.response_mask.bool()  # [b, r]
+    with ctx:
+        logits, vpred = response_forward(policy, mb.query_ids, mb.query_mask, mb.response_ids)
+    mb_logprobs, _ = token_logprobs(logits, mb.response_ids, cfg.temperature)
+    pg_loss, pg_clipfrac, approx_kl = ppo_policy_loss(logprobs=mb_logprobs, old_logprobs=mb.logprobs,
+                                                      advantages=mb.advantages, mask=mb_mask, cliprange=cfg.cliprange)
+    loss, stats = pg_loss, {"loss/policy": pg_loss, "policy/clipfrac": pg_clipfrac, "policy/approx_kl": approx_kl}
+    if cfg.advantage == "gae":
+        v_loss, v_clipfrac = ppo_value_loss(values=vpred.float(), old_values=mb.values, returns=mb.returns,
+                                            mask=mb_mask, cliprange_value=cfg.cliprange_value)
+        loss = loss + cfg.vf_coef * v_loss
+        stats.update({"loss/value": v_loss, "value/clipfrac": v_clipfrac})
+    elif cfg.advantage == "grpo":
+        kl_loss = masked_mean(kl_penalty(mb_logprobs, mb.ref_logprobs, kind="k3"), mb_mask)
+        loss = loss + mb.kl_coef * kl_loss
+        stats["loss/kl"] = kl_loss
+    return loss, stats, mb_logprobs
 
 
 def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str, float]:
@@ -333,26 +278,16 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
             optimizer.zero_grad(set_to_none=True)
             for micro in range(0, len(mb_inds), cfg.micro_batch_size):
                 mb = rollout.index(mb_inds[micro:micro + cfg.micro_batch_size]).trim()
-                mb_mask = mb.response_mask.bool()  # [b, r]
-                with ctx:
-                    logits, vpred = response_forward(policy, mb.query_ids, mb.query_mask, mb.response_ids)
-                mb_logprobs, _ = token_logprobs(logits, mb.response_ids, cfg.temperature)
-                pg_loss, pg_clipfrac, approx_kl = ppo_policy_loss(
-                    logprobs=mb_logprobs, old_logprobs=mb.logprobs, advantages=mb.advantages, mask=mb_mask,
-                    cliprange=cfg.cliprange)
-                v_loss, v_clipfrac = ppo_value_loss(values=vpred.float(), old_values=mb.values, returns=mb.returns,
-                                                    mask=mb_mask, cliprange_value=cfg.cliprange_value)
-                weight = mb_mask.sum() / mb_tokens  # token share of the minibatch (detail 9)
-                loss = (pg_loss + cfg.vf_coef * v_loss) * weight
+                loss, stats, mb_logprobs = minibatch_loss(policy, mb, cfg, ctx)
+                weight = mb.response_mask.sum() / mb_tokens  # token share of the minibatch (detail 9)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"non-finite PPO loss (loss/policy={pg_loss.item()}, loss/value="
-                                             f"{v_loss.item()}) at epoch {epoch}; weights are from the last good step")
-                scaler.scale(loss).backward()
+                    raise NonFiniteLossError("non-finite PPO loss (" + ", ".join(f"{k}={v.item()}" for k, v in
+                                             stats.items()) + f") at epoch {epoch}; weights are from the last good step")
+                scaler.scale(loss * weight).backward()
                 if ratio_dev is None:  # first micro-batch, before any update: the ratio must be 1 (N+ details)
                     ratio = (mb_logprobs.detach() - mb.logprobs).exp()
-                    ratio_dev = torch.where(mb_mask, ratio - 1, 0).abs().max().item()
-                for name, v in (("loss/policy", pg_loss), ("loss/value", v_loss), ("policy/clipfrac", pg_clipfrac),
-                                ("value/clipfrac", v_clipfrac), ("policy/approx_kl", approx_kl)):
+                    ratio_dev = torch.where(mb.response_mask.bool(), ratio - 1, 0).abs().max().item()
+                for name, v in stats.items():
                     acc[name] += v.detach() * weight
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -368,7 +303,6 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
             break  # CleanRL: stop the epochs once the last minibatch's approx_kl passes target_kl
     return _step_stats(rollout, cfg, sums, ratio_dev, epochs_run)
 
-
 def _step_stats(ro: Rollout, cfg, sums, ratio_dev, epochs_run) -> dict[str, float]:
     mask = ro.response_mask.bool()
     kl = torch.where(mask, kl_penalty(ro.logprobs, ro.ref_logprobs, kind=cfg.kl_estimator), 0.0)
@@ -380,25 +314,32 @@ def _step_stats(ro: Rollout, cfg, sums, ratio_dev, epochs_run) -> dict[str, floa
     stats.update({
         "objective/kl": mean_kl, "objective/kl_coef": ro.kl_coef, "objective/score": ro.scores.mean().item(),
         "objective/entropy": ro.entropy.sum(1).mean().item(),  # nats per response, exact from the full softmax
-        # CleanRL: how much of the return variance the rollout values explain (1 = perfect, <= 0 = none)
-        "value/explained_variance": (1 - masked_var(ro.returns - ro.values, mask)
-                                     / masked_var(ro.returns, mask)).item(),
         "response/length_mean": ro.response_mask.sum(1).float().mean().item(),
         "response/eos_fraction": ro.eos.float().mean().item(),
         "policy/first_ratio_dev": ratio_dev,  # max |ratio - 1| on the first micro-batch: ~1e-7 unless a mismatch
         "ppo/epochs": float(epochs_run),
     })
+    if cfg.advantage == "gae":  # CleanRL: how much of the return variance the rollout values explain (1 = all)
+        stats["value/explained_variance"] = (1 - masked_var(ro.returns - ro.values, mask)
+                                             / masked_var(ro.returns, mask)).item()
     return stats
 
 
 def train_ppo_iteration(policy, ref_model, optimizer, kl_ctl, query_ids, query_mask, tokenizer, score_fn, cfg,
-                        ctx=None, scaler=None):
-    """Rollout -> score the decoded responses -> rewards/GAE -> PPO update -> adapt beta (LHP PPOTrainer.step).
-    score_fn(list[str]) -> Tensor[B]; None scores 0 (a pure-KL step). Returns (stats, rollout, responses)."""
+                        ctx=None, scaler=None, step: int = 0, init_value: bool = False):
+    """Rollout -> score the decoded responses -> rewards/advantages -> PPO update -> adapt beta (LHP
+    PPOTrainer.step). With samples_per_prompt = k the caller passes each prompt k times, in consecutive rows.
+    score_fn(list[str]) -> Tensor[B]; None scores 0 (a pure-KL step). `step` (0-based) sets the lr schedule;
+    init_value sets a fresh value head's bias from this batch (detail 1). Returns (stats, rollout, responses)."""
+    set_lr(optimizer, lr_fraction(step, cfg))
     ro = rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=ctx)
     responses = decode_responses(ro, tokenizer)
     scores = score_fn(responses) if score_fn is not None else torch.zeros(len(responses))
+    scores = torch.as_tensor(scores, dtype=torch.float32, device=ro.eos.device).reshape(-1)  # [B]
+    if init_value and cfg.advantage == "gae":
+        ro = init_value_bias(policy, ro, scores - cfg.missing_eos_penalty * (~ro.eos).float())
     ro = compute_rewards(ro, scores, kl_coef=kl_ctl.value, cfg=cfg)
     stats = ppo_step(policy, optimizer, ro, cfg, ctx=ctx, scaler=scaler)
+    stats["policy/lr"] = optimizer.param_groups[0]["lr"]
     kl_ctl.update(stats["objective/kl"], n_steps=len(responses))  # LHP: after the step, with this batch's KL
     return stats, ro, responses
