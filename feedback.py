@@ -303,14 +303,17 @@ def preference_pairs(annotated: list[dict], min_margin: float = MIN_MARGIN) -> l
 
 
 def build_preference_pairs(train_examples: list, val_examples: list, policy_samples: dict[int, list[str]] | None,
-                           cfg, log=print) -> tuple[list[dict], list[dict]]:
-    """(train_pairs, val_pairs); the validation intents' pairs are held out for the RM's pairwise accuracy."""
-    splits = []
+                           cfg, log=print, with_candidates: bool = False):
+    """(train_pairs, val_pairs); the validation intents' pairs are held out for the RM's pairwise accuracy.
+    with_candidates=True also returns the annotated held-out candidates (for the RM-annotator rank correlation)."""
+    splits, val_annotated = [], []
     for name, examples in (("train", train_examples), ("val", val_examples)):
         cands = build_candidates(examples, policy_samples, cfg.seed)
         log(f"feedback: annotating {len(cands)} {name} candidates from {len(examples)} intents")
-        splits.append(preference_pairs(annotate(cands, cfg.exec_timeout_s, log=log)))
-    return splits[0], splits[1]
+        annotated = annotate(cands, cfg.exec_timeout_s, log=log)
+        splits.append(preference_pairs(annotated))
+        val_annotated = annotated
+    return (splits[0], splits[1], val_annotated) if with_candidates else (splits[0], splits[1])
 
 
 def pair_counts_by_kind(pairs: list[dict], by: str = "rejected_kind") -> dict[str, int]:

@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -49,41 +50,82 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, H], mask [B, T] -> [B, H] at each row's last real token, under left or right padding
+    (the largest position whose mask is 1). LHP and InstructGPT read the reward off the final token."""
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # [B, T]
+    last = torch.where(mask.bool(), pos, -1).max(1).values  # [B]
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def tokenize_causal(tokenizer, intents: list[str], codes: list[str], max_len: int, fmt: str) -> dict[str, torch.Tensor]:
+    """Causal-LM reward input: the policy's own prompt, then the code, then EOS (the token the reward is read at),
+    right-padded; over-long inputs lose prompt tokens first, as in SFT (data.collate_right)."""
+    import data
+
+    prompts = tokenizer([data.format_prompt(i, tokenizer, fmt) for i in intents], add_special_tokens=False)
+    targets = tokenizer([data.format_target(c, tokenizer) for c in codes], add_special_tokens=False)
+    batch = data.collate_right(prompts["input_ids"], targets["input_ids"], tokenizer.pad_token_id, max_len)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
 class RewardModel(nn.Module):
-    """encoder -> masked mean pool -> LayerNorm -> Linear(H, 1) -> raw score [B].
+    """backbone -> pool -> LayerNorm -> Linear(H, 1) -> raw score [B]. Two backbones:
+      * kind="encoder": a sentence encoder on the text pair (intent, code), masked mean pool (MiniLM's own pooling);
+      * kind="causal": a causal LM (e.g. the SFT policy, as InstructGPT §3.5 and LHP initialise the RM) on the
+        policy's prompt + code + EOS, last-token pooling. Cased, and it keeps whitespace, which MiniLM drops.
     `gain`/`bias` (floats) are the LHP calibration, applied by `normalize_reward`, not by forward."""
 
-    def __init__(self, encoder: nn.Module, max_len: int = 128):
+    def __init__(self, backbone: nn.Module, max_len: int = 128, kind: str = "encoder", fmt: str = "chat"):
         super().__init__()
-        hidden = encoder.config.hidden_size
-        self.encoder = encoder
+        if kind not in ("encoder", "causal"):
+            raise ValueError(f"RewardModel kind must be encoder or causal, got {kind!r}")
+        hidden = backbone.config.hidden_size
+        self.encoder, self.kind, self.fmt = backbone, kind, fmt  # `encoder` keeps old checkpoints' key names
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))  # LHP reward head init
         nn.init.zeros_(self.head.bias)
         self.gain, self.bias, self.max_len = 1.0, 0.0, max_len
 
+    def tokenize(self, tokenizer, intents: list[str], codes: list[str]) -> dict[str, torch.Tensor]:
+        if self.kind == "causal":
+            return tokenize_causal(tokenizer, intents, codes, self.max_len, self.fmt)
+        return tokenize_pairs(tokenizer, intents, codes, self.max_len)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # [B,T,H]
-        return self.head(self.norm(masked_mean(hidden, attention_mask))).squeeze(-1)  # [B]
+        if self.kind == "causal":
+            from policy import position_ids
+
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
+                               position_ids=position_ids(attention_mask), output_hidden_states=True, use_cache=False)
+            pooled = last_token(out.hidden_states[-1], attention_mask)  # [B, H] after the final norm
+        else:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            pooled = masked_mean(hidden, attention_mask)  # [B, H]
+        return self.head(self.norm(pooled)).squeeze(-1)  # [B]
 
     def save(self, folder: str | Path) -> None:
-        """HF encoder files + HEAD_FILE into an existing folder (the caller saves the tokenizer there too)."""
+        """HF backbone files + HEAD_FILE into an existing folder (the caller saves the tokenizer there too)."""
         self.encoder.save_pretrained(folder)
         torch.save({"norm": self.norm.state_dict(), "head": self.head.state_dict(), "gain": float(self.gain),
-                    "bias": float(self.bias), "max_len": int(self.max_len)}, Path(folder) / HEAD_FILE)
+                    "bias": float(self.bias), "max_len": int(self.max_len), "kind": self.kind, "fmt": self.fmt},
+                   Path(folder) / HEAD_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> "RewardModel":
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoModelForCausalLM
 
         folder = Path(folder)
         if not (folder / HEAD_FILE).is_file():
             raise ConfigError(f"{folder}: no {HEAD_FILE}; not a reward-model checkpoint")
         state = torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True)
-        rm = cls(AutoModel.from_pretrained(folder, dtype=torch.float32), max_len=state["max_len"])
+        kind = state.get("kind", "encoder")
+        loader = AutoModelForCausalLM if kind == "causal" else AutoModel
+        rm = cls(loader.from_pretrained(folder, dtype=torch.float32), max_len=state["max_len"], kind=kind,
+                 fmt=state.get("fmt", "chat"))
         rm.norm.load_state_dict(state["norm"])
         rm.head.load_state_dict(state["head"])
         rm.gain, rm.bias = state["gain"], state["bias"]
@@ -115,7 +157,7 @@ def score_texts(rm: RewardModel, tokenizer, intents: list[str], codes: list[str]
     with torch.no_grad(), (ctx or contextlib.nullcontext()):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = tokenize_pairs(tokenizer, [intents[i] for i in idx], [codes[i] for i in idx], rm.max_len)
+            batch = rm.tokenize(tokenizer, [intents[i] for i in idx], [codes[i] for i in idx])
             out[idx] = rm(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
     rm.train(was_training)
     _check_finite(out, "reward-model score")
@@ -134,10 +176,56 @@ def evaluate_pairs(rm: RewardModel, tokenizer, pairs: list[dict], device: torch.
     correct = r_chosen > r_rejected  # [N]
     out = {"loss": bradley_terry_loss(r_chosen, r_rejected).item(), "accuracy": correct.float().mean().item()}
     if by_kind:
-        kinds = sorted({p["rejected_kind"] for p in pairs})
-        out["accuracy_by_kind"] = {k: correct[[p["rejected_kind"] == k for p in pairs]].float().mean().item()
-                                   for k in kinds}
+        out["accuracy_by_kind"] = accuracy_by(correct, [p["rejected_kind"] for p in pairs])
+        out["accuracy_by_pairing"] = accuracy_by(correct, [pairing(p) for p in pairs])
+        out["pairs_by_pairing"] = dict(Counter(pairing(p) for p in pairs).most_common())
     return out
+
+
+def pairing(pair: dict) -> str:
+    """'policy>policy', 'reference>policy', 'policy>truncated', ...: which kinds a pair compares, chosen first."""
+    return f"{pair['chosen_kind']}>{pair['rejected_kind']}"
+
+
+def accuracy_by(correct: torch.Tensor, groups: list[str]) -> dict[str, float]:
+    """correct [N] bool, one group label per pair -> {group: share correct}, groups in sorted order."""
+    return {g: correct[[x == g for x in groups]].float().mean().item() for g in sorted(set(groups))}
+
+
+def ranks(x: list[float]) -> list[float]:
+    """1-based ranks, ties get the mean of the ranks they span (the convention of Spearman's rho)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    out = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            out[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the two rank vectors (ties averaged). NaN if either is constant."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"spearman needs two equal lists of >= 2 values, got {len(a)} and {len(b)}")
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb) if va and vb else float("nan")
+
+
+def policy_sample_agreement(rm: RewardModel, tokenizer, candidates: list[dict], device: torch.device) -> dict:
+    """Spearman between the RM and the synthetic annotator over held-out *policy* samples (annotated candidates
+    of kind 'policy'): do the two order the policy's own samples alike? Pooled over intents."""
+    pol = [c for c in candidates if c["kind"] == "policy"]
+    if len(pol) < 2:
+        return {"n": len(pol), "spearman": float("nan")}
+    r = score_texts(rm, tokenizer, [c["intent"] for c in pol], [c["code"] for c in pol], device)
+    return {"n": len(pol), "spearman": spearman(r.tolist(), [c["score"] for c in pol])}
 
 
 def intent_batches(pairs: list[dict], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -170,7 +258,7 @@ def subsample_pairs(pairs: list[dict], cap: int, seed: int, log=print) -> list[d
 def pair_scores(rm: RewardModel, tokenizer, mb: list[dict], device: torch.device, ctx) -> tuple[torch.Tensor, ...]:
     """(r_chosen [B], r_rejected [B]) with grad, encoding each distinct (intent, code) of the minibatch once."""
     texts = list(dict.fromkeys((p["intent"], c) for p in mb for c in (p["chosen"], p["rejected"])))
-    batch = tokenize_pairs(tokenizer, [t[0] for t in texts], [t[1] for t in texts], rm.max_len)
+    batch = rm.tokenize(tokenizer, [t[0] for t in texts], [t[1] for t in texts])
     with ctx:
         r = rm(**{k: v.to(device) for k, v in batch.items()}).float()  # [U]
     where = {t: i for i, t in enumerate(texts)}

@@ -136,7 +136,8 @@ def save_policy(lm, tok, folder: Path, cfg) -> None:
 
 # ----------------------------------------------------------------------------- stage 2: reward model
 def stage_reward(run: Run, env: dict, train, val) -> None:
-    """Synthetic feedback (reference, corruptions, other intents' snippets, SFT samples) -> Bradley-Terry RM."""
+    """Synthetic feedback (reference, corruptions, other intents' snippets, k SFT samples per intent) ->
+    Bradley-Terry RM on the encoder or on the SFT policy itself; held-out accuracy per pairing, policy>policy first."""
     import reward
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
@@ -150,15 +151,20 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         samples = decode_batches(lm, tok, fmt, [e.intent for e in chosen], cfg, ctx, sample=True,
                                  n=cfg.reward_policy_samples, desc="policy samples")
         policy_samples = {e.question_id: s for e, s in zip(chosen, samples)}
-    del lm
-    train_pairs, val_pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log)
+    train_pairs, val_pairs, val_cands = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log,
+                                                                      with_candidates=True)
     reward.write_jsonl(train_pairs, run.out / "preference_pairs_train.jsonl")
     reward.write_jsonl(val_pairs, run.out / "preference_pairs_val.jsonl")
-    run.log(f"reward: {len(train_pairs)} train / {len(val_pairs)} held-out pairs; by rejected kind "
-            f"{reward.pair_counts_by_kind(train_pairs)}")
+    reward.write_jsonl(val_cands, run.out / "feedback_candidates_val.jsonl")
+    run.log(f"reward: {len(train_pairs)} train / {len(val_pairs)} held-out pairs; by pairing "
+            f"{reward.pair_counts_by_kind(train_pairs, by='pairing')}")
     train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, log=run.log)
-    encoder, etok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
-    rm = reward.RewardModel(encoder).to(device)
+    if cfg.reward_backbone == "policy":  # InstructGPT/LHP: the RM starts from the SFT policy it will judge
+        rm, etok = reward.RewardModel(lm, kind="causal", fmt=fmt).to(device), tok
+    else:
+        del lm
+        encoder, etok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
+        rm = reward.RewardModel(encoder).to(device)
     history = reward.train_reward_model(rm, etok, train_pairs, val_pairs, cfg, device, ctx,
                                         models.make_grad_scaler(device, env["dtype"]), log=run.log)
     for h in history:
@@ -169,8 +175,17 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         calib = [(e.intent, e.snippet) for e in train]
     raw = reward.score_texts(rm, etok, [c[0] for c in calib], [c[1] for c in calib], device)
     rm.gain, rm.bias = reward.fit_calibration(raw)
-    run.log(f"reward: held-out pairwise accuracy {history[-1]['val_accuracy']:.3f}; calibration gain "
-            f"{rm.gain:.3f} bias {rm.bias:.3f} on {len(calib)} reference-policy samples")
+    held = reward.evaluate_pairs(rm, etok, val_pairs, device, ctx, by_kind=True)
+    held.update(reward.policy_sample_agreement(rm, etok, val_cands, device), backbone=cfg.reward_backbone)
+    run.state["reward_eval"] = held
+    run.save_state()
+    pvp = held["accuracy_by_pairing"].get("policy>policy", float("nan"))
+    run.stat("reward_eval", 0, accuracy=held["accuracy"], policy_policy_accuracy=pvp, spearman=held["spearman"])
+    run.log(f"reward ({cfg.reward_backbone}): held-out policy>policy accuracy {pvp:.3f} on "
+            f"{held['pairs_by_pairing'].get('policy>policy', 0)} pairs; Spearman with the annotator {held['spearman']:.3f}"
+            f" on {held['n']} held-out policy samples; all pairs {held['accuracy']:.3f}; by pairing "
+            + ", ".join(f"{k} {v:.3f}" for k, v in held["accuracy_by_pairing"].items())
+            + f"; calibration gain {rm.gain:.3f} bias {rm.bias:.3f} on {len(calib)} reference-policy samples")
     models.save_atomic(run.out / "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
 
 
@@ -205,9 +220,11 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         torch.set_rng_state(saved["torch_rng"])
         run.log(f"ppo: resumed from {resume_dir.name} (step {start})")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_prompts = cfg.batch_size // cfg.samples_per_prompt  # batch_size counts responses
     for step in range(start, cfg.ppo_steps):
         t0 = time.perf_counter()
-        exs = [train[order[(step * cfg.batch_size + i) % len(train)]] for i in range(cfg.batch_size)]
+        prompts = [train[order[(step * n_prompts + i) % len(train)]] for i in range(n_prompts)]
+        exs = [e for e in prompts for _ in range(cfg.samples_per_prompt)]  # the k samples of a prompt are adjacent
         q = data.generation_batch([e.intent for e in exs], tok, fmt, cfg.max_prompt_len)
 
         def score_fn(responses: list[str]) -> torch.Tensor:
@@ -225,7 +242,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         try:
             stats, _, responses = ppo.train_ppo_iteration(policy, ref, opt, kl_ctl, q["input_ids"].to(device),
                                                           q["attention_mask"].to(device), tok, score_fn, cfg, ctx,
-                                                          scaler)
+                                                          scaler, step=step, init_value=resume_dir is None and step == 0)
         except ppo.NonFiniteLossError as e:
             save_ppo(run, policy, tok, opt, kl_ctl, step, "checkpoint-ppo-nonfinite")
             raise ConfigError(f"PPO step {step + 1}: {e}; state saved in checkpoint-ppo-nonfinite/") from None
@@ -233,7 +250,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         run.stat("ppo", step + 1, **stats)
         run.log(f"ppo {step + 1}/{cfg.ppo_steps}  score {stats['objective/score']:.3f}  kl {stats['objective/kl']:.3f}"
                 f"  kl_coef {stats['objective/kl_coef']:.4f}  clipfrac {stats['policy/clipfrac']:.3f}  "
-                f"vloss {stats['loss/value']:.4f}  len {stats['response/length_mean']:.1f}  "
+                f"approx_kl {stats['policy/approx_kl']:.4f}  ev {stats.get('value/explained_variance', float('nan')):.2f}  "
+                f"len {stats['response/length_mean']:.1f}  "
                 f"{stats['time/step_seconds']:.1f}s  e.g. {responses[0][:60]!r}")
         last = step + 1 == cfg.ppo_steps
         if last or run.stop_requested or (cfg.save_every and (step + 1) % cfg.save_every == 0):

@@ -200,7 +200,7 @@ def _toy_pairs(n: int, seed: int) -> list[dict]:
     for i in range(n):
         v = rng.choice(names)
         out.append({"question_id": i, "intent": f"sort the list `{v}`", "reference": "SECRET_REFERENCE",
-                    "chosen": f"sorted({v})", "rejected": f"del {v}[0]", "rejected_kind": "toy"})
+                    "chosen": f"sorted({v})", "rejected": f"del {v}[0]", "chosen_kind": "toy", "rejected_kind": "toy"})
     return out
 
 
