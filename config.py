@@ -96,12 +96,15 @@ class Config:
     missing_eos_penalty: float = 0.0  # subtracted from the score of a response without EOS (N+ details; 0 = off)
     target_kl: float = 0.0  # early-stop PPO epochs when approx_kl exceeds this (0 = off)
     whiten_rewards: bool = False  # whiten per-token rewards before GAE (TRL option; LHP off)
-    eval_every: int = 0  # evaluate during PPO every N steps (0 = only at the end)
+    eval_every: int = 0  # every N PPO steps, gold + proxy on eval_slice validation intents (0 = off; evaluate.py)
     save_every: int = 5  # write checkpoint-ppo-<step>/ every N steps (resume point)
     # --- evaluation ---
     eval_bertscore: bool = True  # BERTScore is the slowest metric; off for a faster evaluation
-    bootstrap_samples: int = 1000  # paired bootstrap resamples for the PPO-vs-SFT CodeBLEU CI
-    codebleu_tokenizer: str = "whitespace"  # whitespace (reference-parity) or conala (official CoNaLa tokens)
+    bootstrap_samples: int = 1000  # paired bootstrap resamples for each CI (PPO - SFT etc., gold/CodeBLEU/chrF)
+    codebleu_tokenizer: str = "conala"  # conala (official CoNaLa tokens: the headline) or whitespace (codebleu 0.7.0)
+    eval_slice: int = 64  # the over-optimisation curve's fixed slice: the first N validation intents
+    bon_n: int = 0  # best-of-n baseline `sft-bon`: n SFT samples per test intent, the RM picks one (0 = off)
+    tensorboard: bool = False  # also write every logged stat to <run>/tensorboard/ (metrics.jsonl stays the record)
 
 
 # nanoGPT-style presets: plain overrides, each with its reason.
@@ -115,8 +118,9 @@ PRESETS: dict[str, dict] = {
         batch_size=16,
         mini_batch_size=4,
         micro_batch_size=4,
-        eval_every=100,
+        eval_every=50,  # 9 points on the over-optimisation curve
         save_every=50,
+        bon_n=16,  # Gao et al. 2022 compare PPO with best-of-n; 500 x 16 samples is minutes on one GPU
         eval_batch_size=64,
     ),
     "quick": dict(
@@ -129,6 +133,9 @@ PRESETS: dict[str, dict] = {
         ppo_steps=8,  # ~15 s per step (4 epochs over 4 rollouts)
         max_new_tokens=48,  # CoNaLa snippets are short (median ~15 tokens)
         save_every=4,
+        eval_every=4,  # 3 curve points (steps 0, 4, 8) x 16 greedy decodes
+        eval_slice=16,
+        bon_n=4,  # 100 x 4 samples
     ),
     "test": dict(
         device="cpu",
@@ -150,6 +157,9 @@ PRESETS: dict[str, dict] = {
         save_every=2,
         bootstrap_samples=100,
         exec_timeout_s=1.0,
+        eval_every=2,  # curve points at steps 0, 2, 3: exercises the curve and its plot
+        eval_slice=4,
+        bon_n=2,  # exercises the sft-bon row
     ),
 }
 
