@@ -310,6 +310,10 @@ def target_rows(system: str, metrics: dict) -> list[dict]:
     return rows
 
 
+def _signed(v: float) -> str:
+    return f"{round(v, 4) + 0.0:+.4f}"  # + 0.0 turns a rounded -0.0 into +0.0000
+
+
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -346,8 +350,8 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict],
         md += ["", f"## Paired bootstrap 95% CIs ({b0['n_items']} test items, {b0['n_resamples']} resamples)", "",
                f"Per-example gold, sentence CodeBLEU (`{tok}` tokens) and sentence chrF (sacrebleu / 100).", "",
                "| comparison | metric | mean difference | 95% CI | verdict |", "|---|---|---|---|---|"]
-        md += [f"| {b['comparison']} | {label.get(b['metric'], b['metric'])} | {b['mean_diff']:+.4f} | "
-               f"[{b['ci95_low']:+.4f}, {b['ci95_high']:+.4f}] | {b['verdict']} |" for b in bootstrap]
+        md += [f"| {b['comparison']} | {label.get(b['metric'], b['metric'])} | {_signed(b['mean_diff'])} | "
+               f"[{_signed(b['ci95_low'])}, {_signed(b['ci95_high'])}] | {b['verdict']} |" for b in bootstrap]
     if curve:
         md += ["", f"## Over-optimisation curve (first {curve[0]['n']} validation intents, greedy)", "",
                "objective/kl is that PPO step's rollout KL to the SFT policy; plots/overoptimization.png draws it "
