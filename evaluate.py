@@ -162,7 +162,12 @@ def curve_point(run, env, policy_lm, tok, step: int, kl: float) -> dict:
     stage "ppo_eval" with the PPO step and that step's objective/kl. Called by stage_ppo every eval_every steps."""
     import feedback
 
+    from config import ConfigError
+
     exs = env["val"][:run.cfg.eval_slice]
+    if not exs:
+        raise ConfigError(f"--eval_every={run.cfg.eval_every} needs validation intents: --eval_slice="
+                          f"{run.cfg.eval_slice} of {len(env['val'])}")
     was_training = policy_lm.training
     preds = greedy(policy_lm, tok, [e.intent for e in exs], run, env, f"ppo_eval step {step}")
     policy_lm.train(was_training)
