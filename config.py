@@ -101,12 +101,15 @@ class Config:
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response without EOS (TRL examples use 1.0; scores are in [0, 1], so it ranks every unfinished response below every finished one)
     target_kl: float = 0.0  # early-stop PPO epochs when approx_kl exceeds this (0 = off)
     whiten_rewards: bool = False  # whiten per-token rewards before GAE (LHP PpoHParams sets True with minibatches >= 8; off here: CPU batches are 4-16 responses)
-    eval_every: int = 0  # evaluate during PPO every N steps (0 = only at the end)
+    eval_every: int = 0  # every N PPO steps, gold + proxy on eval_slice validation intents (0 = off; evaluate.py)
     save_every: int = 5  # write checkpoint-ppo-<step>/ every N steps (resume point)
     # --- evaluation ---
     eval_bertscore: bool = True  # BERTScore is the slowest metric; off for a faster evaluation
-    bootstrap_samples: int = 1000  # paired bootstrap resamples for the PPO-vs-SFT CodeBLEU CI
-    codebleu_tokenizer: str = "whitespace"  # whitespace (reference-parity) or conala (official CoNaLa tokens)
+    bootstrap_samples: int = 1000  # paired bootstrap resamples for each CI (PPO - SFT etc., gold/CodeBLEU/chrF)
+    codebleu_tokenizer: str = "conala"  # conala (official CoNaLa tokens: the headline) or whitespace (codebleu 0.7.0)
+    eval_slice: int = 64  # the over-optimisation curve's fixed slice: the first N validation intents
+    bon_n: int = 0  # best-of-n baseline `sft-bon`: n SFT samples per test intent, the RM picks one (0 = off)
+    tensorboard: bool = False  # also write every logged stat to <run>/tensorboard/ (metrics.jsonl stays the record)
 
 
 # nanoGPT-style presets: plain overrides, each with its reason.
@@ -120,8 +123,9 @@ PRESETS: dict[str, dict] = {
         batch_size=16,
         mini_batch_size=4,
         micro_batch_size=4,
-        eval_every=100,
+        eval_every=50,  # 9 points on the over-optimisation curve
         save_every=50,
+        bon_n=16,  # Gao et al. 2022 compare PPO with best-of-n; 500 x 16 samples is minutes on one GPU
         eval_batch_size=64,
     ),
     "quick": dict(
@@ -134,6 +138,9 @@ PRESETS: dict[str, dict] = {
         ppo_steps=8,  # ~15 s per step (4 epochs over 4 rollouts)
         max_new_tokens=48,  # CoNaLa snippets are short (median ~15 tokens)
         save_every=4,
+        eval_every=4,  # 3 curve points (steps 0, 4, 8) x 16 greedy decodes
+        eval_slice=16,
+        bon_n=4,  # 100 x 4 samples
         learning_rate=3e-6,  # one step at 1e-5 on 4 x 20 tokens gave approx_kl 0.044, clipfrac 0.15; 3e-6: 0.004 / 0.09
         adaptive_kl=False,  # 8 x 4 = 32 episodes: LHP's controller (horizon 10,000) could move beta by 0.06%
     ),
@@ -153,6 +160,9 @@ PRESETS: dict[str, dict] = {
         init_kl_coef=0.05,
         save_every=10,
         eval_batch_size=32,
+        eval_every=10,  # 7 curve points x 64 validation intents (gold + proxy vs KL)
+        eval_slice=64,
+        bon_n=4,  # best-of-4 SFT samples on the 500 test intents (~6 min)
     ),
     "test": dict(
         device="cpu",
@@ -175,6 +185,9 @@ PRESETS: dict[str, dict] = {
         save_every=2,
         bootstrap_samples=100,
         exec_timeout_s=1.0,
+        eval_every=2,  # curve points at steps 0, 2, 3: exercises the curve and its plot
+        eval_slice=4,
+        bon_n=2,  # exercises the sft-bon row
     ),
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 OK, WARN, FAIL = "✅", "⚠️ ", "❌"
 MODULES = ("config", "models", "data", "codebleu_dfg", "codebleu_ts", "ruby_ted", "metrics", "sandbox", "feedback",
-           "reward", "ppo", "report", "rlhf")
+           "reward", "ppo", "report", "evaluate", "rlhf")
 
 
 def line(status: str, name: str, detail: str, fix: str = "") -> tuple[str, str]:

@@ -256,25 +256,39 @@ def annotator_score(signals: dict[str, float], exec_detail: str = "",
     return score, reasons + (f" exec_outcome={exec_detail}" if exec_detail else "")
 
 
-def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print) -> list[dict]:
-    """Adds signals, score and reasons to every candidate. Execution goes through the sandbox only (the
-    references run too, for the cap in `annotator_score`); without a sandbox the exec signal is dropped
-    (weight 0) with a warning, and every reason says so."""
+def judge(codes: list[str], references: list[str], timeout_s: float = 2.0, workers: int = 2,
+          log=print) -> list[dict]:
+    """The synthetic annotator on (code, reference) pairs -> [{signals, score, reasons}], in input order.
+    Execution goes through the sandbox only (each distinct reference runs too, for the cap in `annotator_score`);
+    without a sandbox the exec signal is dropped (weight 0) with a warning, and every reason says so."""
+    assert len(codes) == len(references), "judge needs one reference per code"
     ok, status = sandbox.sandbox_status()
     if ok:
-        refs = list(dict.fromkeys(c["reference"] for c in candidates))
-        results = sandbox.execute_many([c["code"] for c in candidates] + refs, timeout_s, workers)
-        ref_exec = {r: exec_signal(res.outcome) for r, res in zip(refs, results[len(candidates):])}
+        refs = list(dict.fromkeys(references))
+        results = sandbox.execute_many(list(codes) + refs, timeout_s, workers)
+        ref_exec = {r: exec_signal(res.outcome) for r, res in zip(refs, results[len(codes):])}
     else:
         log(f"warning: synthetic feedback without the exec signal: {status}")
-        results, ref_exec = [None] * len(candidates), {}
+        results, ref_exec = [None] * len(codes), {}
     out = []
-    for cand, res in zip(candidates, results):
-        signals = rule_signals(cand["code"], cand["reference"], res.outcome if res else None)
-        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)",
-                                         ref_exec.get(cand["reference"]))
-        out.append(dict(cand, signals=signals, score=score, reasons=reasons))
+    for code, ref, res in zip(codes, references, results):
+        signals = rule_signals(code, ref, res.outcome if res else None)
+        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)", ref_exec.get(ref))
+        out.append({"signals": signals, "score": score, "reasons": reasons})
     return out
+
+
+def gold_scores(codes: list[str], references: list[str], timeout_s: float = 2.0, workers: int = 2,
+                log=print) -> list[float]:
+    """The annotator's score of each code against its reference: the evaluation's "gold" (the human RLHF
+    stands in for), measured exactly as the reward model's training labels were."""
+    return [j["score"] for j in judge(codes, references, timeout_s, workers, log)]
+
+
+def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print) -> list[dict]:
+    """Adds signals, score and reasons (`judge`) to every candidate."""
+    judged = judge([c["code"] for c in candidates], [c["reference"] for c in candidates], timeout_s, workers, log)
+    return [dict(cand, **j) for cand, j in zip(candidates, judged)]
 
 
 # Annotator score gap below which two candidates count as a tie and give no pair. Small, because the hardest

@@ -56,6 +56,21 @@ class Run:
     def stat(self, stage: str, step: int, **stats) -> None:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"stage": stage, "step": step, **stats}) + "\n")
+        if getattr(self.cfg, "tensorboard", False):
+            self._tensorboard(stage, step, stats)
+
+    def _tensorboard(self, stage: str, step: int, stats: dict) -> None:
+        """--tensorboard: the same numbers as TensorBoard scalars, tag <stage>[/<system>]/<name>; a copy for
+        browsing, metrics.jsonl stays the record (flushed per stat, so a kill loses nothing)."""
+        if not hasattr(self, "_writer"):
+            from torch.utils.tensorboard import SummaryWriter  # lazy: needs the tensorboard package
+
+            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        prefix = "/".join([stage] + ([str(stats["system"])] if "system" in stats else []))
+        for key, value in stats.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._writer.add_scalar(f"{prefix}/{key}", value, step)
+        self._writer.flush()
 
     def save_state(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
@@ -115,8 +130,10 @@ def install_sigint(run: Run) -> None:
 SEED_TARGETS = {"bertscore": 0.50, "codebleu": 0.35, "bleu": 0.25, "rouge_l": 0.35, "ruby": 0.20}
 # Published CoNaLa figures on Evtikhiev et al. 2023's human-graded subset (not the same 500 items; context only).
 PUBLISHED = {"best-tranx-rerank": {"bleu": 0.330, "codebleu": 0.343}, "Codex": {"bleu": 0.331, "codebleu": 0.466}}
+GOLD_KEYS = ["gold", "proxy", "codebleu", "chrf", "syntax_valid_rate"]  # the headline table
 TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_match", "syntax_match",
-              "dataflow_match", "rouge_l", "ruby", "bertscore", "rm_score", "syntax_valid_rate"]
+              "dataflow_match", "rouge_l", "ruby", "bertscore", "chrf", "exact_match"]
+SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-bon": 2, "ppo": 4}  # ppo-step<N> (old runs) sort between at 3
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -150,6 +167,15 @@ def paired_bootstrap_ci(a: list[float], b: list[float], n_resamples: int, seed: 
     return {"mean_diff": sum(diffs) / n, "ci95_low": lo, "ci95_high": hi, "n_items": n, "n_resamples": n_resamples}
 
 
+def ci_verdict(ci: dict, better: str = "b", base: str = "a") -> str:
+    """A 95% CI that contains 0 is "no significant difference"; otherwise which side is better."""
+    if ci["ci95_low"] > 0:
+        return f"{better} better"
+    if ci["ci95_high"] < 0:
+        return f"{better} worse"
+    return "no significant difference"
+
+
 # ----------------------------------------------------------------------------- plots
 def _plt():
     import matplotlib
@@ -171,7 +197,8 @@ def plot_evaluation(evals: list[dict], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     xs = list(range(len(evals)))
-    for key in ["bleu", "conala_bleu", "codebleu", "rouge_l", "ruby", "bertscore", "syntax_valid_rate"]:
+    for key in ["gold", "proxy", "bleu", "conala_bleu", "codebleu", "chrf", "rouge_l", "ruby", "bertscore",
+                "syntax_valid_rate"]:
         ys = [e.get(key, float("nan")) for e in evals]
         if any(y == y for y in ys):
             ax.plot(xs, ys, marker="o", label=key)
@@ -227,12 +254,38 @@ def plot_rlhf(steps: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_overoptimization(points: list[dict], path: Path) -> None:
+    """Gold and proxy on the fixed validation slice against objective/kl (Gao et al. 2022, fig. 1): a proxy that
+    keeps rising while gold flattens or falls is the reward model being over-optimised."""
+    plt = _plt()
+    points = curve_points(points)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    xs = [p["objective/kl"] for p in points]
+    for key, marker in (("gold", "o"), ("proxy", "s")):
+        ax.plot(xs, [p[key] for p in points], marker=marker, label=f"{key} ({'annotator' if key == 'gold' else 'RM'})")
+    for p in points:
+        ax.annotate(str(p["step"]), (p["objective/kl"], p["gold"]), fontsize=7, color="grey",
+                    textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("objective/kl (nats per response, that step's rollouts)")
+    ax.set_ylabel("mean score (0-1)")
+    ax.set_title(f"Over-optimisation: {points[0]['n']} validation intents, labels = PPO step", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curve_points(stats: list[dict]) -> list[dict]:
+    """The ppo_eval points by step; a step logged twice (re-run after a resume) keeps its last value."""
+    return sorted({p["step"]: p for p in stats if p["stage"] == "ppo_eval"}.values(), key=lambda p: p["step"])
+
+
 def pipeline_order(e: dict) -> tuple:
-    """base, sft, ppo-step<N> by N, then the final ppo: evaluations during PPO are logged before base/sft."""
+    """base, sft, sft-bon, ppo-step<N> by N (runs before the curve replaced them), then the final ppo."""
     name = e["system"]
     if name.startswith("ppo-step"):
-        return (2, int(name[len("ppo-step"):]))
-    return ({"base": 0, "sft": 1}.get(name, 3), 0)
+        return (3, int(name[len("ppo-step"):]))
+    return (SYSTEM_ORDER.get(name, 5), 0)
 
 
 def write_plots(run_dir: Path) -> None:
@@ -242,6 +295,9 @@ def write_plots(run_dir: Path) -> None:
     plot_evaluation(evals, run_dir / "plots" / "evaluation_metrics_by_epoch.png")
     plot_reward([s for s in stats if s["stage"] == "reward"], run_dir / "plots" / "reward_training_metrics.png")
     plot_rlhf([s for s in stats if s["stage"] == "ppo"], run_dir / "plots" / "rlhf_training_metrics.png")
+    curve = curve_points(stats)
+    if curve:
+        plot_overoptimization(curve, run_dir / "plots" / "overoptimization.png")
 
 
 # ----------------------------------------------------------------------------- report
@@ -254,33 +310,62 @@ def target_rows(system: str, metrics: dict) -> list[dict]:
     return rows
 
 
+def _signed(v: float) -> str:
+    return f"{round(v, 4) + 0.0:+.4f}"  # + 0.0 turns a rounded -0.0 into +0.0000
+
+
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: dict | None, examples: list[dict],
-                 stage_seconds: dict, device: str, dtype: str, cfg: dict, notes: list[str]) -> dict:
+def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict], examples: list[dict],
+                 stage_seconds: dict, device: str, dtype: str, cfg: dict, notes: list[str],
+                 reward_eval: dict | None = None) -> dict:
+    """report.json (everything) and report.md: gold vs proxy, the bootstrap CIs, the over-optimisation curve,
+    all metrics, the seed targets. Every table with CodeBLEU names its tokeniser."""
     final = "ppo" if "ppo" in systems else "sft" if "sft" in systems else next(iter(systems), None)
     targets = target_rows(final, systems[final]) if final else []
-    report = {"systems": systems, "targets": targets, "bootstrap_codebleu_ppo_minus_sft": bootstrap,
-              "stage_seconds": stage_seconds, "device": device, "dtype": dtype, "notes": notes,
-              "codebleu_tokenizer": cfg["codebleu_tokenizer"], "config": cfg, "examples": examples}
+    tok = cfg["codebleu_tokenizer"]
+    stats = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    curve = curve_points(stats)
+    compat = next((b for b in bootstrap if b["comparison"] == "ppo − sft" and b["metric"] == "codebleu"), None)
+    ppo_kl = ppo_summary(stats)
+    report = {"systems": systems, "bootstrap": bootstrap, "bootstrap_codebleu_ppo_minus_sft": compat,
+              "reward_model": reward_eval, "ppo": ppo_kl, "overoptimization": curve, "targets": targets, "stage_seconds": stage_seconds, "device": device,
+              "dtype": dtype, "notes": notes, "codebleu_tokenizer": tok, "config": cfg, "examples": examples}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    n_items = next(iter(systems.values()))["n"] if systems else 0
+    label = {"codebleu": f"codebleu ({tok})", "ngram_match": f"ngram_match ({tok})",
+             "weighted_ngram_match": f"weighted_ngram_match ({tok})"}
+    bon = f"; sft-bon: the RM's pick of {cfg['bon_n']} samples (temperature {cfg['temperature']}, top_p " \
+          f"{cfg['top_p']})" if "sft-bon" in systems else ""
     md = [f"# RLHF for code: report ({cfg['config_name']})", "",
-          f"Device: {device}, precision {dtype}. Test items: {next(iter(systems.values()))['n'] if systems else 0}. "
-          f"CodeBLEU tokeniser: `{cfg['codebleu_tokenizer']}`. Decoding: greedy, max {cfg['max_new_tokens']} new tokens.",
-          "", "## Metrics (CoNaLa test, 0–1)", "",
-          "| system | " + " | ".join(TABLE_KEYS) + " |", "|---|" + "---|" * len(TABLE_KEYS)]
-    for name, m in systems.items():
-        md.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in TABLE_KEYS) + " |")
+          f"Device: {device}, precision {dtype}. Test items: {n_items}. CodeBLEU tokeniser: `{tok}`. "
+          f"Decoding: greedy, max {cfg['max_new_tokens']} new tokens{bon}.",
+          "", f"## Gold and proxy (CoNaLa test, 0–1; CodeBLEU on `{tok}` tokens)", "",
+          "gold: the synthetic annotator that labelled the reward model's training pairs (0.5 chrF + 0.2 syntax + "
+          "0.15 sandboxed execution capped at the reference's + 0.15 quality), which sees the reference. "
+          "proxy: the reward model's calibrated score, what PPO maximises; it never sees the reference.", ""]
+    md += _table(systems, GOLD_KEYS, label)
     if bootstrap:
-        b = bootstrap
-        verdict = ("PPO better" if b["ci95_low"] > 0 else "PPO worse" if b["ci95_high"] < 0
-                   else "no significant difference")
-        md += ["", f"PPO − SFT sentence CodeBLEU: {b['mean_diff']:+.4f}, paired bootstrap 95% CI "
-                   f"[{b['ci95_low']:+.4f}, {b['ci95_high']:+.4f}] over {b['n_items']} items ({verdict})."]
-    md += ["", f"## Seed targets ({final})", "", "| metric | value | target | status |", "|---|---|---|---|"]
-    md += [f"| {r['metric']} | {_fmt(r['value'])} | {r['target']:.2f} | {r['status']} |" for r in targets]
+        b0 = bootstrap[0]
+        md += ["", f"## Paired bootstrap 95% CIs ({b0['n_items']} test items, {b0['n_resamples']} resamples)", "",
+               f"Per-example gold, sentence CodeBLEU (`{tok}` tokens) and sentence chrF (sacrebleu / 100).", "",
+               "| comparison | metric | mean difference | 95% CI | verdict |", "|---|---|---|---|---|"]
+        md += [f"| {b['comparison']} | {label.get(b['metric'], b['metric'])} | {_signed(b['mean_diff'])} | "
+               f"[{_signed(b['ci95_low'])}, {_signed(b['ci95_high'])}] | {b['verdict']} |" for b in bootstrap]
+    md += reward_ppo_lines(reward_eval, ppo_kl)
+    if curve:
+        md += ["", f"## Over-optimisation curve (first {curve[0]['n']} validation intents, greedy)", "",
+               "objective/kl is that PPO step's rollout KL to the SFT policy; plots/overoptimization.png draws it "
+               "(Gao et al. 2022).", "", "| PPO step | objective/kl | gold | proxy |", "|---|---|---|---|"]
+        md += [f"| {c['step']} | {c['objective/kl']:.4f} | {c['gold']:.4f} | {_fmt(c['proxy'])} |" for c in curve]
+    md += ["", f"## All metrics (CoNaLa test, 0–1; CodeBLEU and its n-gram parts on `{tok}` tokens)", ""]
+    md += _table(systems, TABLE_KEYS, label)
+    md += ["", f"## Seed targets ({final}; CodeBLEU on `{tok}` tokens)", "",
+           "| metric | value | target | status |", "|---|---|---|---|"]
+    md += [f"| {label.get(r['metric'], r['metric'])} | {_fmt(r['value'])} | {r['target']:.2f} | {r['status']} |"
+           for r in targets]
     md += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {k} | {v:.0f} |" for k, v in stage_seconds.items()]
     if examples:
@@ -295,3 +380,42 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: dict | None
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
     return report
+
+
+def ppo_summary(stats: list[dict]) -> dict | None:
+    """The KL the PPO policy reached: objective/kl (nats per response, to the SFT reference) at the last step and
+    averaged over the last 5 steps (one step sees only batch_size responses), and the steps run."""
+    steps = [s for s in stats if s["stage"] == "ppo" and "objective/kl" in s]
+    if not steps:
+        return None
+    tail = steps[-5:]
+    return {"steps": steps[-1]["step"], "kl_last": steps[-1]["objective/kl"],
+            "kl_last5_mean": sum(s["objective/kl"] for s in tail) / len(tail),
+            "score_first5_mean": sum(s["objective/score"] for s in steps[:5]) / len(steps[:5]),
+            "score_last5_mean": sum(s["objective/score"] for s in tail) / len(tail),
+            "step_seconds_mean": sum(s.get("time/step_seconds", 0.0) for s in steps) / len(steps)}
+
+
+def reward_ppo_lines(reward_eval: dict | None, ppo_kl: dict | None) -> list[str]:
+    """report.md: the RM on held-out pairs, policy>policy first (the pairs PPO faces), and the KL PPO reached."""
+    md = []
+    if reward_eval:
+        by, n = reward_eval["accuracy_by_pairing"], reward_eval["pairs_by_pairing"]
+        keys = sorted(by, key=lambda k: (k != "policy>policy", -n.get(k, 0)))
+        md += ["", f"## Reward model ({reward_eval.get('backbone', 'encoder')} backbone) on held-out intents", "",
+               f"**policy>policy accuracy: {_fmt(by.get('policy>policy'))}** on {n.get('policy>policy', 0)} pairs of two "
+               f"SFT samples of the same intent (the comparisons PPO faces); Spearman with the annotator over "
+               f"{reward_eval['n']} held-out policy samples: {_fmt(reward_eval['spearman'])}; all pairs: "
+               f"{_fmt(reward_eval['accuracy'])}.", "", "| pairing (chosen>rejected) | pairs | accuracy |", "|---|---|---|"]
+        md += [f"| {k} | {n.get(k, 0)} | {_fmt(by[k])} |" for k in keys]
+    if ppo_kl:
+        md += ["", f"PPO: {ppo_kl['steps']} steps, {ppo_kl['step_seconds_mean']:.1f} s per step; KL to the SFT policy "
+               f"(objective/kl, nats per response) {ppo_kl['kl_last']:.3f} at the last step, "
+               f"{ppo_kl['kl_last5_mean']:.3f} over the last 5; objective/score {ppo_kl['score_first5_mean']:.3f} "
+               f"(first 5 steps) -> {ppo_kl['score_last5_mean']:.3f} (last 5)."]
+    return md
+
+
+def _table(systems: dict[str, dict], keys: list[str], label: dict) -> list[str]:
+    return ["| system | " + " | ".join(label.get(k, k) for k in keys) + " |", "|---|" + "---|" * len(keys)] + \
+        [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |" for name, m in systems.items()]

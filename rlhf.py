@@ -20,35 +20,10 @@ import data
 import models
 import report
 from config import ConfigError, die
+from evaluate import decode_batches  # stage_reward samples SFT candidates with it
 from report import Interrupted, Run
 
 EXTRA_FLAGS = ("resume=", "overwrite", "diagnose", "debug")
-
-
-# ----------------------------------------------------------------------------- decoding
-def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: bool, n: int = 1,
-                   desc: str = "decode") -> list[list[str]]:
-    """Generate n answers per intent, batched by prompt length (less left padding), returned in input order.
-    Greedy for evaluation; sampling with the config's temperature/top_p for synthetic-feedback candidates."""
-    import torch
-    from tqdm import tqdm
-
-    order = sorted(range(len(intents)), key=lambda i: len(intents[i]))
-    answers: list[list[str]] = [[] for _ in intents]
-    lm.eval()
-    for start in tqdm(range(0, len(order), cfg.eval_batch_size), desc=desc, unit="batch", dynamic_ncols=True):
-        idx = order[start:start + cfg.eval_batch_size]
-        batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
-        batch = {k: v.to(lm.device) for k, v in batch.items()}
-        kwargs = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) if sample else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.no_grad(), ctx:
-            out = lm.generate(**batch, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
-        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for j, text in enumerate(texts):
-            answers[idx[j // n]].append(data.extract_code(text))
-    return answers
 
 
 # ----------------------------------------------------------------------------- stage 1: SFT
@@ -194,6 +169,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     """PPO from the SFT policy; the reference model is the frozen SFT policy (LHP)."""
     import torch
 
+    import evaluate
     import ppo
     import reward
     import sandbox
@@ -221,6 +197,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         run.log(f"ppo: resumed from {resume_dir.name} (step {start})")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_prompts = cfg.batch_size // cfg.samples_per_prompt  # batch_size counts responses
+    if cfg.eval_every and start == 0:  # the curve starts at the SFT policy, KL 0
+        evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
     for step in range(start, cfg.ppo_steps):
         t0 = time.perf_counter()
         prompts = [train[order[(step * n_prompts + i) % len(train)]] for i in range(n_prompts)]
@@ -256,8 +234,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         last = step + 1 == cfg.ppo_steps
         if last or run.stop_requested or (cfg.save_every and (step + 1) % cfg.save_every == 0):
             save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not last:
-            evaluate_system(run, env, f"ppo-step{step + 1}", policy.lm, tok, step + 1)
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):  # over-optimisation curve
+            evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
         if run.stop_requested and not last:
             raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved")
     models.save_atomic(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
@@ -281,64 +259,16 @@ def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
 
 
 # ----------------------------------------------------------------------------- stage 4: evaluation
-def evaluate_system(run: Run, env: dict, name: str, lm, tok, step: int) -> dict:
-    """Greedy decoding on CoNaLa test, every metric, the RM's mean score and the syntax-valid rate."""
-    import metrics
-    import reward
-
-    cfg, test = run.cfg, env["test"]
-    if name in run.state["evaluated"]:
-        return run.state["evaluated"][name]
-    lm.to(env["device"])
-    fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
-    preds = [a[0] for a in decode_batches(lm, tok, fmt, [e.intent for e in test], cfg, env["ctx"], sample=False,
-                                          desc=f"eval {name}")]
-    refs = [e.snippet for e in test]
-    scores = metrics.evaluate(refs, preds, bertscore_model=cfg.bertscore_model, bertscore_layers=cfg.bertscore_layers,
-                              with_bertscore=cfg.eval_bertscore, codebleu_tokenizer=cfg.codebleu_tokenizer,
-                              per_example=True)
-    per_example = scores.pop("per_example")
-    result = {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
-    if (run.out / "checkpoint-reward").exists():
-        rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(env["device"])
-        rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
-        raw = reward.score_texts(rm, rm_tok, [e.intent for e in test], preds, env["device"])
-        result["rm_score"] = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
-                                                     rm.gain, rm.bias).mean().item()
-    report.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "prediction": p,
-                         "sentence_codebleu": c} for e, p, c in zip(test, preds, per_example["codebleu"])],
-                       run.out / f"predictions-{name}.jsonl")
-    run.stat("eval", step, system=name, **{k: v for k, v in result.items() if k != "n"})
-    run.state["evaluated"][name] = dict(result, per_example_codebleu=per_example["codebleu"])
-    run.save_state()
-    run.log(f"eval {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
-    return run.state["evaluated"][name]
-
-
 def stage_eval(run: Run, env: dict) -> None:
-    cfg, t0 = run.cfg, time.perf_counter()
-    systems = {"base": cfg.policy_model}
-    if sft_path(run, env) != cfg.policy_model:
+    """base, SFT, best-of-n over SFT (--bon_n) and PPO on CoNaLa test: metrics, gold and proxy (evaluate.py)."""
+    import evaluate
+
+    systems = {"base": run.cfg.policy_model}
+    if sft_path(run, env) != run.cfg.policy_model:
         systems["sft"] = sft_path(run, env)
     if (run.out / "checkpoint-final").exists():
         systems["ppo"] = str(run.out / "checkpoint-final")
-    results = {}
-    for name, spec in systems.items():
-        lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
-        results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
-        del lm
-    boot = None
-    if "ppo" in results and "sft" in results:
-        boot = report.paired_bootstrap_ci(results["sft"]["per_example_codebleu"], results["ppo"]["per_example_codebleu"],
-                                          cfg.bootstrap_samples, cfg.seed)
-    preds = {n: report.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
-    examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results})
-                for i, e in enumerate(env["test"][:5])]
-    table = {n: {k: v for k, v in r.items() if k != "per_example_codebleu"} for n, r in results.items()}
-    report.write_plots(run.out)
-    seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
-    report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
-                        str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"])
+    evaluate.stage_eval(run, env, systems)
 
 
 # ----------------------------------------------------------------------------- wiring
@@ -368,8 +298,8 @@ def run_pipeline(run: Run) -> None:
     dtype = models.resolve_dtype(cfg.dtype, device)
     train, val, test = data.load_splits(cfg)
     uses_rules = any((cfg.w_syntax, cfg.w_exec, cfg.w_similarity, cfg.w_quality))
-    env = dict(device=device, dtype=dtype, ctx=models.autocast_ctx(device, dtype), test=test, notes=[],
-               uses_rules=uses_rules)
+    env = dict(device=device, dtype=dtype, ctx=models.autocast_ctx(device, dtype), val=val, test=test,
+               notes=[], uses_rules=uses_rules)
     run.log(f"run {run.out}: config {cfg.config_name}, device {device}, {str(dtype).replace('torch.', '')}, "
             f"{len(train)} train / {len(val)} val / {len(test)} test examples, stages {cfg.stages}")
     stages = {"sft": lambda: stage_sft(run, env, train, val), "reward": lambda: stage_reward(run, env, train, val),

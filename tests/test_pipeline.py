@@ -47,6 +47,7 @@ EXPECTED = ["config.json", "argv.txt", "pipeline.log", "training.log", "metrics.
             "plots/evaluation_metrics_by_epoch.png", "plots/reward_training_metrics.png",
             "plots/rlhf_training_metrics.png", "checkpoint-sft", "checkpoint-reward", "checkpoint-ppo-2",
             "checkpoint-final", "predictions-base.jsonl", "predictions-sft.jsonl", "predictions-ppo.jsonl",
+            "predictions-sft-bon.jsonl", "plots/overoptimization.png",
             "report.md", "report.json", "preference_pairs_train.jsonl", "preference_pairs_val.jsonl"]
 
 
@@ -60,12 +61,35 @@ def test_every_output_exists_and_policy_checkpoints_reload(full_run):
         assert model.config.num_hidden_layers == 2
         assert json.loads((full_run / ckpt / "rlhf_config.json").read_text())["seed"] == 5
     rep = json.loads((full_run / "report.json").read_text())
-    assert set(rep["systems"]) == {"base", "sft", "ppo"}
+    assert set(rep["systems"]) == {"base", "sft", "sft-bon", "ppo"}
     assert {r["status"] for r in rep["targets"]} <= {"MET", "MISSED"}
     assert rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_low"] <= rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_high"]
     stages = {json.loads(ln)["stage"] for ln in (full_run / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"sft", "reward", "ppo", "eval"}
+    assert stages == {"sft", "reward", "ppo", "ppo_eval", "eval"}
     assert "MISSED" in (full_run / "report.md").read_text() or "MET" in (full_run / "report.md").read_text()
+
+
+def test_report_has_gold_proxy_cis_best_of_n_and_the_curve(full_run):
+    rep = json.loads((full_run / "report.json").read_text())
+    assert rep["codebleu_tokenizer"] == "conala" and rep["systems"]["sft-bon"]["bon_n"] == 2
+    for m in rep["systems"].values():
+        assert 0 <= m["gold"] <= 1 and 0 <= m["proxy"] <= 1 and m["codebleu_tokenizer"] == "conala"
+    pairs = {(b["comparison"], b["metric"]) for b in rep["bootstrap"]}
+    assert pairs == {(c, m) for c in ("sft − base", "ppo − sft", "sft-bon − sft", "ppo − sft-bon")
+                     for m in ("gold", "codebleu", "chrf")}
+    assert all(b["ci95_low"] <= b["mean_diff"] <= b["ci95_high"] for b in rep["bootstrap"])
+    assert [c["step"] for c in rep["overoptimization"]] == [0, 2, 3]  # eval_every=2 of 3 steps, from the SFT policy
+    assert rep["overoptimization"][0]["objective/kl"] == 0 and rep["overoptimization"][0]["n"] == 4
+    md = (full_run / "report.md").read_text()
+    for heading in ("## Gold and proxy", "## Paired bootstrap 95% CIs", "## Over-optimisation curve",
+                    "## All metrics", "| sft-bon |", "| ppo − sft | gold |", "codebleu (conala)"):
+        assert heading in md, heading
+    rows = [json.loads(ln) for ln in (full_run / "predictions-sft-bon.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    for r in rows:  # the RM's favourite of the two samples is the answer
+        assert len(r["candidates"]) == 2 and r["prediction"] == r["candidates"][r["picked"]]
+        assert r["candidate_proxy"][r["picked"]] == max(r["candidate_proxy"]) == pytest.approx(r["proxy"], abs=1e-6)
+        assert 0 <= r["gold"] <= 1 and "similarity=" in r["gold_reasons"]
 
 
 def test_refuses_to_overwrite_and_rejects_a_file_as_output_dir(full_run, tmp_path):

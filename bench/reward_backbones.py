@@ -1,0 +1,73 @@
+"""Both reward-model backbones on the same synthetic-feedback pairs: held-out accuracy per pairing (policy>policy
+first) and Spearman with the annotator over held-out policy samples. Prints a table; asserts nothing.
+
+    python bench/reward_backbones.py RUN_DIR [--backbones=encoder,policy] [--key=value ...]
+
+RUN_DIR is an rlhf.py output folder whose reward stage has run: it reads preference_pairs_{train,val}.jsonl,
+feedback_candidates_val.jsonl, config.json and the SFT policy (checkpoint-sft/, or the config's --policy), and
+trains each backbone with the run's own settings (reward_epochs, lr, reward_max_train_pairs, seed). Config
+overrides given here apply on top (e.g. --reward_epochs=2). Nothing in RUN_DIR is changed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import config  # noqa: E402
+import data  # noqa: E402
+import models  # noqa: E402
+import reward  # noqa: E402
+
+
+def train_one(backbone: str, cfg, run: Path, train_pairs, val_pairs, val_cands, device) -> dict:
+    ctx = models.autocast_ctx(device, models.resolve_dtype(cfg.dtype, device))
+    models.seed_everything(cfg.seed)
+    if backbone == "policy":
+        lm, tok = models.load_causal_lm(cfg.policy or str(run / "checkpoint-sft"), seed=cfg.seed)
+        rm = reward.RewardModel(lm, kind="causal", fmt=data.resolve_prompt_format(tok, cfg.prompt_format))
+    else:
+        encoder, tok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
+        rm = reward.RewardModel(encoder)
+    t0 = time.perf_counter()
+    history = reward.train_reward_model(rm.to(device), tok, train_pairs, val_pairs, cfg, device, ctx, log=print)
+    held = reward.evaluate_pairs(rm, tok, val_pairs, device, ctx, by_kind=True)
+    held.update(reward.policy_sample_agreement(rm, tok, val_cands, device), train_seconds=time.perf_counter() - t0,
+                history=history)
+    return held
+
+
+def main(argv: list[str]) -> None:
+    run = Path(argv[0])
+    rest = [a for a in argv[1:] if not a.startswith("--backbones=")]
+    backbones = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--backbones=")), "encoder,policy")
+    saved = json.loads((run / "config.json").read_text())
+    cfg = config.make_config(saved.pop("config_name"), {**saved, **config.explicit_overrides(rest)})
+    device = models.resolve_device(cfg.device)
+    train_pairs = reward.subsample_pairs(reward.read_jsonl(run / "preference_pairs_train.jsonl"),
+                                         cfg.reward_max_train_pairs, cfg.seed)
+    val_pairs = reward.read_jsonl(run / "preference_pairs_val.jsonl")
+    val_cands = reward.read_jsonl(run / "feedback_candidates_val.jsonl")
+    results = {b: train_one(b, cfg, run, train_pairs, val_pairs, val_cands, device) for b in backbones.split(",")}
+    out = run.parent / f"{run.name}-reward-backbones.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{len(train_pairs)} training pairs, {len(val_pairs)} held-out pairs, "
+          f"{results[next(iter(results))]['n']} held-out policy samples; wrote {out}")
+    pairings = sorted({k for r in results.values() for k in r["accuracy_by_pairing"]},
+                      key=lambda k: (k != "policy>policy", k))
+    print("| pairing | pairs | " + " | ".join(results) + " |\n|---|---|" + "---|" * len(results))
+    first = next(iter(results.values()))
+    for k in pairings:
+        print(f"| {k} | {first['pairs_by_pairing'].get(k, 0)} | "
+              + " | ".join(f"{r['accuracy_by_pairing'].get(k, float('nan')):.3f}" for r in results.values()) + " |")
+    print("| all pairs | " + str(len(val_pairs)) + " | " + " | ".join(f"{r['accuracy']:.3f}" for r in results.values())
+          + " |\n| Spearman vs annotator (policy samples) | | "
+          + " | ".join(f"{r['spearman']:.3f}" for r in results.values()) + " |\n| train seconds | | "
+          + " | ".join(f"{r['train_seconds']:.0f}" for r in results.values()) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
