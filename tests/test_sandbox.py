@@ -210,8 +210,8 @@ def test_unavailable_sandbox_refuses_to_run(monkeypatch):
 
 
 def test_classify_without_report():
-    assert sandbox.classify(137, "", "n0nce")[0] == "killed"
-    assert sandbox.classify(-9, "", "n0nce")[0] == "killed"
-    assert sandbox.classify(3, "", "n0nce")[0] == "runtime_error"
-    assert sandbox.classify(0, "noise\nn0nce name_error NameError: x\n", "n0nce") == ("name_error", "NameError: x")
-    assert sandbox.classify(0, "fake ok\n", "n0nce")[0] == "runtime_error"  # a report without the nonce is ignored
+    assert sandbox.classify(137, "") == ("killed", "signal SIGKILL")
+    assert sandbox.classify(-9, "")[0] == "killed"
+    assert sandbox.classify(3, "")[0] == "runtime_error"
+    assert sandbox.classify(sandbox.EXIT_CODES["name_error"], "NameError: x\n") == ("name_error", "NameError: x")
+    assert sandbox.classify(0, "ok\n")[0] == "runtime_error"  # only the supervisor's exit status names an outcome
