@@ -88,6 +88,7 @@ def child(src, w):
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # output floods cost nothing, and the report is not among its fds
     os.close(null)
+    os.set_blocking(w, False)  # a snippet flooding the detail pipe gets an error, not a hang
     kind, detail = "ok", ""
     try:
         code = compile(src, "<snippet>", "exec")
@@ -221,12 +222,18 @@ def _end(proc: subprocess.Popen | None, init_fd: int | None, cgroup: sandbox_lim
     if init_fd is not None:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(init_fd, signal.SIGKILL)
-        os.close(init_fd)
     if proc is not None:
-        if proc.poll() is None:
+        try:
+            proc.wait(timeout=1.0 if init_fd is not None else 0)  # bwrap exits once its child (the init) is dead,
+            # and reaps it first
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            proc.wait()
+    if init_fd is not None:
+        with contextlib.suppress(ChildProcessError, OSError):  # ours only if bwrap died first and we are a
+            os.waitid(os.P_PIDFD, init_fd, os.WEXITED | os.WNOHANG)  # subreaper (a container's PID 1)
+        os.close(init_fd)
     if cgroup is not None:
         cgroup.remove()
 
