@@ -384,3 +384,40 @@ def test_layers_say_what_is_on():
     assert {"namespaces", "filesystem", "rlimits", "seccomp", "supervisor", "init kill", "cgroup"} <= set(lay)
     assert all(v.startswith(("on", "off: ")) for v in lay.values()), lay
     assert "ptrace" in lay["seccomp"] and "memfd_create" in lay["seccomp"]
+
+
+def _writable_v2_cgroup() -> str | None:
+    try:
+        mount = sandbox_limits._v2_mount()
+        rel = next(ln[3:].strip() for ln in open("/proc/self/cgroup") if ln.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    path = os.path.normpath(f"{mount}/{rel}") if mount else None
+    return path if path and os.access(path, os.W_OK) and os.geteuid() == 0 else None
+
+
+@needs_sandbox
+@pytest.mark.skipif(_writable_v2_cgroup() is None, reason="no writable cgroup v2 directory here")
+def test_cgroup_layer_holds_the_sandbox(monkeypatch):
+    # The optional layer, forced on: where cgroup v2 delegates no memory/pids controllers (this machine), the
+    # limit files are skipped and the rest is real: --block-fd holds the supervisor until it is in the cgroup, its
+    # child inherits it, cgroup.kill ends it, and the cgroup is removed afterwards.
+    parent = _writable_v2_cgroup()
+    skipped = []
+
+    class WithoutControllers(sandbox_limits.RunCgroup):
+        def _write(self, name, value):
+            if name in ("memory.max", "pids.max") and not os.path.exists(os.path.join(self.path, name)):
+                skipped.append(name)
+                return
+            super()._write(name, value)
+
+    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (parent, ""))
+    monkeypatch.setattr(sandbox_limits, "RunCgroup", WithoutControllers)
+    res = sandbox.execute_snippet("raise RuntimeError(open('/proc/self/cgroup').read().split('0::')[1])", 3.0)
+    assert res.outcome == "runtime_error" and "/rlhf-sandbox-" in res.detail, res
+    assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # removed after the run
+    res = sandbox.execute_snippet("import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(30)\n", 1.0)
+    assert res.outcome == "timeout"
+    assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # empty, so it was killed
+    assert sandbox.layers()["cgroup"].startswith("on: ")
