@@ -7,7 +7,8 @@ layer below names the attack it stops (the attacks are tests in tests/test_sandb
     `bwrap --uid 65534` alone only relabels uid 0 inside a user namespace. `nobody` cannot reach a venv under
     /root, so the sandbox runs the system interpreter (`/usr/bin/python3`) in isolated mode (`-I`).
   * namespaces (`--unshare-all --unshare-user`): user, pid, net (loopback only: no exfiltration, no downloads),
-    ipc, uts, cgroup. `--disable-userns` stops a nested user namespace, whose root may mount an uncapped tmpfs.
+    ipc, uts, cgroup. No nested user namespace (its root may mount an uncapped tmpfs): seccomp, and
+    `--disable-userns` where bwrap >= 0.8.
   * filesystem: a read-only view of `/` (no file outside the sandbox changes); every writable mount is a capped
     tmpfs: /tmp (64 MiB, holds the working dir) and /dev/shm (16 MiB); /dev, /home, /root, /run, /var/tmp are
     read-only (a write flood there took host RAM).
@@ -174,6 +175,11 @@ def find_python() -> str | None:
     return next((p for p in PYTHON_CANDIDATES if os.access(p, os.X_OK)), None)
 
 
+@functools.lru_cache(maxsize=None)
+def _bwrap_has(option: str) -> bool:
+    return option in subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True).stdout
+
+
 def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | None = None) -> list[str]:
     """The bubblewrap command line (see the module docstring for why each part is there)."""
     cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--proc", "/proc",
@@ -183,8 +189,10 @@ def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | No
         if os.path.isdir(d):
             cmd += ["--tmpfs", d, "--remount-ro", d]
     cmd += ["--dir", "/tmp/work", "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work",
-            "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--as-pid-1", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
+    if _bwrap_has("--disable-userns"):  # bwrap >= 0.8; the seccomp filter also refuses nested user namespaces
+        cmd.append("--disable-userns")
     if block_fd is not None:  # the cgroup layer: hold the supervisor until it has been moved into its cgroup
         cmd += ["--block-fd", str(block_fd)]
     return cmd + [python, "-I", "-c", RUNNER]
@@ -322,7 +330,7 @@ def layers() -> dict[str, str]:
             "filesystem": f"on: read-only /, {TMPFS_BYTES >> 20} MiB /tmp, {SHM_BYTES >> 20} MiB /dev/shm",
             "rlimits": f"on: cpu, as={MEMORY_BYTES >> 20}MiB, nproc={NPROC}, fsize={FSIZE_BYTES >> 20}MiB, "
                        f"nofile={NOFILE}",
-            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}",
+            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}, clone(CLONE_NEWUSER); ENOSYS for clone3",
             "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
             "init kill": "on: by pidfd" if hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)",
             "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}"}

@@ -1,6 +1,6 @@
 """The two kernel layers of the sandbox that bubblewrap does not build itself: a seccomp filter and a cgroup per run.
 
-* `seccomp_program()` is a classic-BPF program for `bwrap --seccomp FD`, assembled here by hand (about 15
+* `seccomp_program()` is a classic-BPF program for `bwrap --seccomp FD`, assembled here by hand (about 25
   instructions, no libseccomp binding needed). It returns EPERM for the syscalls in `DENIED`; everything else is
   allowed, because the namespaces and rlimits are the main boundary and the filter only closes what they leave.
 * `RunCgroup` is one cgroup v2 leaf per run (memory.max, pids.max, cgroup.kill). It is optional: it needs a
@@ -24,21 +24,44 @@ import time
 #       attaching to the supervisor (or, before it, bwrap's init) to clear its parent-death signal, rewriting its
 #       memory to forge the outcome, or stealing its report descriptor;
 #   memfd_create, memfd_secret -- anonymous files that count against neither RLIMIT_AS nor any tmpfs cap;
-#   shmget, msgget -- System V segments and queues: kernel memory that outlives the process that wrote it.
+#   shmget, msgget -- System V segments and queues: kernel memory that outlives the process that wrote it;
+#   unshare, setns, and clone with CLONE_NEWUSER -- a nested user namespace, whose root may mount an uncapped
+#       tmpfs (bwrap >= 0.8's --disable-userns closes it too; this also covers older bubblewrap). clone3 passes
+#       its flags in memory a filter cannot read, so it gets ENOSYS and the C library falls back to clone.
 SYSCALLS = {
     "x86_64": {"ptrace": 101, "shmget": 29, "msgget": 68, "process_vm_readv": 310, "process_vm_writev": 311,
-               "memfd_create": 319, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447},
+               "memfd_create": 319, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447,
+               "unshare": 272, "setns": 308, "clone": 56, "clone3": 435},
     "aarch64": {"ptrace": 117, "shmget": 194, "msgget": 186, "process_vm_readv": 270, "process_vm_writev": 271,
-                "memfd_create": 279, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447},
+                "memfd_create": 279, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447,
+                "unshare": 97, "setns": 268, "clone": 220, "clone3": 435},
 }
-DENIED = tuple(SYSCALLS["x86_64"])
+DENIED = tuple(name for name in SYSCALLS["x86_64"] if not name.startswith("clone"))
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # include/uapi/linux/audit.h
 X32_SYSCALL_BIT = 0x40000000  # x86_64's x32 ABI reaches the same calls under numbers with this bit set
+CLONE_NEWUSER = 0x10000000  # include/uapi/linux/sched.h
 
 # Classic BPF (include/uapi/linux/bpf_common.h, seccomp.h): struct sock_filter is {u16 code; u8 jt; u8 jf; u32 k}.
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
-SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, EPERM = 0x7FFF0000, 0x00050000, 1
-SECCOMP_DATA_NR, SECCOMP_DATA_ARCH = 0, 4  # offsets in struct seccomp_data
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, EPERM, ENOSYS = 0x7FFF0000, 0x00050000, 1, 38
+SECCOMP_DATA_NR, SECCOMP_DATA_ARCH, SECCOMP_DATA_ARG0 = 0, 4, 16  # offsets in struct seccomp_data (args[0]'s
+# low 32 bits on a little-endian machine, which both tables are)
+
+
+def _assemble(program: list[tuple]) -> bytes:
+    """(code, k, jt, jf) with jt/jf a label name or 0 (next instruction), and ("label", name) markers."""
+    labels, pc = {}, 0
+    for ins in program:
+        if ins[0] == "label":
+            labels[ins[1]] = pc
+        else:
+            pc += 1
+    out = []
+    for ins in (i for i in program if i[0] != "label"):
+        code, k, jt, jf = ins
+        here = len(out) + 1  # classic BPF jumps are relative to the next instruction
+        out.append(struct.pack("=HBBI", code, labels[jt] - here if jt else 0, labels[jf] - here if jf else 0, k))
+    return b"".join(out)
 
 
 def seccomp_program(machine: str | None = None) -> bytes:
@@ -46,22 +69,21 @@ def seccomp_program(machine: str | None = None) -> bytes:
     machine = machine or platform.machine()
     if machine not in SYSCALLS:
         raise ValueError(f"no seccomp syscall table for {machine} (known: {', '.join(SYSCALLS)})")
-    numbers = [SYSCALLS[machine][name] for name in DENIED]
-    # (code, k, jump-to-deny-if-true, jump-to-deny-if-false); the deny instruction is the last one.
-    body = [(BPF_LD_W_ABS, SECCOMP_DATA_ARCH, False, False),
-            (BPF_JEQ_K, AUDIT_ARCH[machine], False, True),  # a foreign ABI (i386 int 0x80 on x86_64): deny all
-            (BPF_LD_W_ABS, SECCOMP_DATA_NR, False, False)]
+    nr = SYSCALLS[machine]
+    prog = [(BPF_LD_W_ABS, SECCOMP_DATA_ARCH, 0, 0),
+            (BPF_JEQ_K, AUDIT_ARCH[machine], 0, "deny"),  # a foreign ABI (i386 int 0x80 on x86_64): deny all
+            (BPF_LD_W_ABS, SECCOMP_DATA_NR, 0, 0)]
     if machine == "x86_64":
-        body.append((BPF_JGE_K, X32_SYSCALL_BIT, True, False))
-    body += [(BPF_JEQ_K, n, True, False) for n in numbers]
-    deny_at = len(body) + 1  # after the ALLOW
-    out = []
-    for pc, (code, k, deny_if_true, deny_if_false) in enumerate(body):
-        jump = deny_at - (pc + 1)  # classic BPF jumps are relative to the next instruction
-        out.append(struct.pack("=HBBI", code, jump if deny_if_true else 0, jump if deny_if_false else 0, k))
-    out.append(struct.pack("=HBBI", BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    out.append(struct.pack("=HBBI", BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM))
-    return b"".join(out)
+        prog.append((BPF_JGE_K, X32_SYSCALL_BIT, "deny", 0))
+    prog += [(BPF_JEQ_K, nr[name], "deny", 0) for name in DENIED]
+    prog += [(BPF_JEQ_K, nr["clone3"], "enosys", 0),
+             (BPF_JEQ_K, nr["clone"], 0, "allow"),
+             (BPF_LD_W_ABS, SECCOMP_DATA_ARG0, 0, 0),  # clone's flags
+             (BPF_JSET_K, CLONE_NEWUSER, "deny", "allow"),
+             ("label", "allow"), (BPF_RET_K, SECCOMP_RET_ALLOW, 0, 0),
+             ("label", "deny"), (BPF_RET_K, SECCOMP_RET_ERRNO | EPERM, 0, 0),
+             ("label", "enosys"), (BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS, 0, 0)]
+    return _assemble(prog)
 
 
 def seccomp_fd() -> int:

@@ -277,19 +277,25 @@ def test_seccomp_denies_what_the_namespaces_leave():
             " ctypes.c_ulong, ctypes.c_ulong]\n"
             "got = {'vm_readv': libc.process_vm_readv(os.getpid(), ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0),"
             " 'shmget': libc.shmget(0, 1 << 20, 0o1600), 'msgget': libc.msgget(0, 0o1600),"
-            " 'memfd': libc.memfd_create(b'x', 0), 'unshare_userns': libc.unshare(0x10000000)}\n"
+            " 'memfd': libc.memfd_create(b'x', 0), 'unshare_userns': libc.unshare(0x10000000),"
+            " 'setns': libc.setns(os.open('/proc/self/ns/net', os.O_RDONLY), 0)}\n"
+            "if os.fork() == 0:\n    os._exit(0)\n"  # a plain fork is still allowed
+            "import subprocess\nsubprocess.run(['/bin/true'], check=True)\n"  # so is spawning (clone3 falls back)
             "raise RuntimeError(json.dumps(got))\n")
     got = _detail_json(sandbox.execute_snippet(code, timeout_s=3.0))
-    assert got == dict.fromkeys(got, -1) and len(got) == 5, got  # every one refused
+    assert got == dict.fromkeys(got, -1) and len(got) == 6, got  # every one refused
 
 
 def test_seccomp_program_layout():
     for machine in sandbox_limits.SYSCALLS:
         prog = sandbox_limits.seccomp_program(machine)
         n = len(prog) // 8
-        assert len(prog) % 8 == 0 and n == 3 + (machine == "x86_64") + len(sandbox_limits.DENIED) + 2
-        last = [int.from_bytes(prog[i * 8 + 4:i * 8 + 8], sys.byteorder) for i in (n - 2, n - 1)]
-        assert last == [sandbox_limits.SECCOMP_RET_ALLOW, sandbox_limits.SECCOMP_RET_ERRNO | 1]
+        assert len(prog) % 8 == 0 and n == 3 + (machine == "x86_64") + len(sandbox_limits.DENIED) + 7
+        rets = [int.from_bytes(prog[i * 8 + 4:i * 8 + 8], sys.byteorder) for i in range(n - 3, n)]
+        assert rets == [sandbox_limits.SECCOMP_RET_ALLOW, sandbox_limits.SECCOMP_RET_ERRNO | 1,
+                        sandbox_limits.SECCOMP_RET_ERRNO | 38]
+        for i in range(n - 3):  # every jump lands inside the program
+            assert i + 1 + max(prog[i * 8 + 2], prog[i * 8 + 3]) < n
     with pytest.raises(ValueError, match="no seccomp syscall table"):
         sandbox_limits.seccomp_program("sparc")
 
