@@ -38,6 +38,8 @@ def load_old(commit: str):
     mod = importlib.util.module_from_spec(spec)
     sys.modules["sandbox_before"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
+    path.unlink()  # loaded: the module keeps no hold on its file
+    path.parent.rmdir()
     return mod
 
 
