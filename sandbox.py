@@ -307,7 +307,8 @@ def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
             init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, deadline)
             if block_w is not None:
                 if init_fd is not None:
-                    cgroup.add(sandbox_limits.pid_of(init_fd))
+                    with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
+                        cgroup.add(sandbox_limits.pid_of(init_fd))
                 os.write(block_w, b"x")
             rc = _wait(proc, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
