@@ -141,8 +141,12 @@ def check_sandbox():
         ok, detail = sandbox.sandbox_status()
     except Exception as e:
         ok, detail = False, f"{type(e).__name__}: {e}"
-    return line(OK if ok else WARN, "sandbox", detail,
-                "install bubblewrap (apt-get install bubblewrap); until then the execution signal is off")
+    result = line(OK if ok else WARN, "sandbox", detail,
+                  "install bubblewrap (apt-get install bubblewrap); until then the execution signal is off")
+    if ok:  # which isolation layers are on; the cgroup layer is optional (it needs a delegated cgroup v2)
+        for name, state in sandbox.layers().items():
+            print(f"   {'':<24} {name}: {state}", flush=True)
+    return result
 
 
 def check_resources(output_root: Path):

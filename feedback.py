@@ -22,7 +22,9 @@ import sandbox
 # ----------------------------------------------------------------------------- rule signals, each in [0, 1]
 # Execution outcome -> signal. name_error is 0.5, not 0: CoNaLa references are fragments over free
 # variables (`mylist.sort()`), so "ran until it needed an undefined input" is no evidence either way.
-EXEC_SCORE = {"ok": 1.0, "name_error": 0.5, "runtime_error": 0.25, "timeout": 0.0, "killed": 0.0, "syntax_error": 0.0}
+# too_large (code over sandbox.MAX_CODE_CHARS, never run) is 0: a policy must not learn to pad its way out of a test.
+EXEC_SCORE = {"ok": 1.0, "name_error": 0.5, "runtime_error": 0.25, "timeout": 0.0, "killed": 0.0, "syntax_error": 0.0,
+              "too_large": 0.0}
 FENCE_PENALTY = 0.5  # a markdown fence is wrong output format, but the code inside may still be right
 PROSE_PENALTY = 0.5  # same for an English sentence after the code
 _PROSE = re.compile(r"[A-Za-z][\w'`,-]*(?: [\w'`,-]+){2,}[.:!?]?")  # 3+ plain words: no brackets or operators
@@ -31,7 +33,7 @@ _PROSE = re.compile(r"[A-Za-z][\w'`,-]*(?: [\w'`,-]+){2,}[.:!?]?")  # 3+ plain w
 def syntax_signal(code: str) -> float:
     """1 if Python's own `ast` parses the code, else 0. We use `ast` rather than tree-sitter because it is the
     grammar of the interpreter that will run the code, and needs no extra package. Blank code is 0."""
-    if not code.strip():
+    if not code.strip() or len(code) > sandbox.MAX_CODE_CHARS:  # the cap bounds the parse's time and memory
         return 0.0
     try:
         ast.parse(code, filename=sandbox.SNIPPET_FILENAME)

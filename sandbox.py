@@ -1,36 +1,48 @@
-"""Sandboxed execution of model-written Python: bubblewrap namespaces + rlimits + an unprivileged uid.
+"""Sandboxed execution of model-written Python: bubblewrap namespaces, rlimits, seccomp, and a supervisor.
 
-Model output is hostile input. Facts checked on the reference machine (see the reward issue):
-  * rlimits alone are not enough: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the
-    child to `nobody` (uid/gid 65534) *before* exec'ing bubblewrap (Popen user=/group=, no preexec_fn, so it is
-    safe from the thread pool in `execute_many`). `bwrap --uid 65534` alone is not enough: it only relabels
-    uid 0 inside a user namespace, and the process is still root to the kernel's NPROC check.
-  * a venv python under /root (mode 700) is unreachable for `nobody`; the snippet only needs the standard
-    library, so the child runs the system interpreter (`/usr/bin/python3`) in isolated mode (`-I`).
-  * `nobody` can write to /tmp, so the filesystem is isolated too: a read-only view of `/`, a private
-    size-capped tmpfs on /tmp holding the fresh working directory (it vanishes with the mount namespace),
-    and private tmpfs over /home, /root, /run and /var/tmp.
-The command line (built by `bwrap_command`):
-  bwrap --ro-bind / / --dev /dev --proc /proc --size 64MiB --tmpfs /tmp --tmpfs /home --tmpfs /root
-        --tmpfs /run --tmpfs /var/tmp --dir /tmp/work --chdir /tmp/work --setenv HOME /tmp/work
-        --unshare-all --die-with-parent --new-session /usr/bin/python3 -I -c RUNNER
-with an empty environment, run as uid/gid 65534 when the parent is root. `--unshare-all` gives new user, pid,
-network (loopback only), ipc, uts and cgroup namespaces. The RUNNER (our code, in the child, before the
-snippet) sets RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC and RLIMIT_FSIZE; the parent enforces a wall-clock timeout
-and SIGKILLs the bwrap process group, and --die-with-parent + the pid namespace take every descendant with it.
+Model output is hostile input, and the execution outcome is a reward an RL policy will learn to exploit. Each
+layer below names the attack it stops (the attacks are tests in tests/test_sandbox.py).
+  * uid: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the child to `nobody` (65534)
+    *before* exec'ing bubblewrap (Popen user=/group=, no preexec_fn, so it is safe from `execute_many`'s threads).
+    `bwrap --uid 65534` alone only relabels uid 0 inside a user namespace. `nobody` cannot reach a venv under
+    /root, so the sandbox runs the system interpreter (`/usr/bin/python3`) in isolated mode (`-I`).
+  * namespaces (`--unshare-all --unshare-user`): user, pid, net (loopback only: no exfiltration, no downloads),
+    ipc, uts, cgroup. No nested user namespace (its root may mount an uncapped tmpfs): seccomp, and
+    `--disable-userns` where bwrap >= 0.8.
+  * filesystem: a read-only view of `/` (no file outside the sandbox changes); every writable mount is a capped
+    tmpfs: /tmp (64 MiB, holds the working dir) and /dev/shm (16 MiB); /dev, /home, /root, /run, /var/tmp are
+    read-only (a write flood there took host RAM).
+  * rlimits (set by the supervisor): CPU, AS (a 50 GB allocation is a MemoryError), NPROC (fork bomb), FSIZE,
+    NOFILE (bounds the pipe and socket buffers a snippet can hold).
+  * seccomp (`sandbox_limits.py`): EPERM for ptrace, process_vm_readv/writev and friends (no reaching into the
+    supervisor), memfd_create and System V shm/msg (memory that neither RLIMIT_AS nor a tmpfs cap counts).
+  * the supervisor (RUNNER) is the sandbox's pid 1 (`--as-pid-1`): it forks the snippet as its child and reports
+    the child's fate from the parent side, by its own exit status. The snippet never holds the report descriptor,
+    the supervisor is non-dumpable (no /proc/1/mem), and pid 1 ignores every signal sent from inside the
+    namespace, so the snippet can neither write, pad, flood nor forge the report.
+  * the host kills the sandbox's init by its host pid (`--info-fd`, held as a pidfd) on every exit path: the
+    kernel then kills the whole pid namespace, whatever the snippet did to its own sessions or death signals.
+    `--die-with-parent` covers the host process dying. bwrap is always reaped (no zombies under a PID-1 trainer).
+  * optional, where a writable cgroup v2 delegates memory+pids: one cgroup per run (memory.max counts tmpfs,
+    socket buffers and the sum over forks; pids.max; cgroup.kill). `sandbox_status()` says which layers are on.
 If bubblewrap (or the interpreter, or user namespaces) is missing, `sandbox_status()` says why and
 `execute_snippet` raises: model output is never run unsandboxed.
 
-Outcomes: ok | syntax_error | name_error | runtime_error | timeout | killed. `name_error` covers NameError and
-ModuleNotFoundError: CoNaLa snippets are fragments over free variables (`df`, `mylist`) and third-party
-modules the sandbox does not have, so "ran until it needed an undefined input" is its own class.
+Outcomes: ok | syntax_error | name_error | runtime_error | timeout | killed | too_large. `name_error` covers
+NameError and ModuleNotFoundError: CoNaLa snippets are fragments over free variables (`df`, `mylist`) and
+third-party modules the sandbox lacks, so "ran until it needed an undefined input" is its own class. `too_large`
+is code over MAX_CODE_CHARS, decided without parsing it. What the supervisor cannot see is intent: the snippet's
+own process ends however the snippet chooses, so code that stops itself early the way the runner would (its exit
+status for `ok`, or `sys.exit(0)`) counts as ok, as a snippet that catches its own error always has.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
+import math
 import os
-import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -41,35 +53,45 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed")
+import sandbox_limits
+
+OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed", "too_large")
+# The supervisor's exit status per outcome (the snippet's child uses the first four for its own class). Above
+# any status Python or a shell picks by itself, below bwrap's 128+signal.
+EXIT_CODES = {"ok": 100, "syntax_error": 101, "name_error": 102, "runtime_error": 103, "killed": 104}
 NOBODY = 65534  # uid/gid the child drops to when the parent is root
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
 TMPFS_BYTES = 64 << 20  # private /tmp (working dir included): a write flood fills 64 MiB of RAM, not the disk
+SHM_BYTES = 16 << 20  # private /dev/shm: POSIX semaphores and shm_open need it writable; 300 MB went here
 MEMORY_BYTES = 512 << 20  # RLIMIT_AS: the interpreter needs ~30 MiB; a 50 GB allocation fails with MemoryError
 NPROC = 32  # RLIMIT_NPROC: counted per uid inside the sandbox's user namespace, so it bounds a fork bomb
-FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: largest file the child may write (also caps its report file)
-HIDDEN_DIRS = ("/home", "/root", "/run", "/var/tmp")  # covered by empty tmpfs: no secrets, no shared writable dirs
+FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: largest file the child may write
+NOFILE = 64  # RLIMIT_NOFILE: each open pipe or socket can pin ~200 KB of kernel buffers outside RLIMIT_AS
+CGROUP_MEMORY_BYTES = 768 << 20  # memory.max of the optional per-run cgroup: every process and tmpfs page
+MAX_CODE_CHARS = 32_000  # the longest CoNaLa snippet is 232 chars; ast.parse of 32K chars takes <0.1 s
+MAX_TIMEOUT_S = 600.0  # a per-snippet wall clock beyond 10 minutes is a config mistake, not a budget
+HIDDEN_DIRS = ("/home", "/root", "/run", "/var/tmp")  # empty read-only tmpfs: no secrets, no shared writable dirs
 SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile warnings ("invalid escape") are noise
 warnings.filterwarnings("ignore", module=SNIPPET_FILENAME)  # only warnings attributed to that filename
 
-# Runs inside the sandbox before the snippet. It reads "<nonce>\n<code>" from stdin, sets the rlimits, points
-# fds 0-2 at /dev/null (so output floods cost nothing) and reports "<nonce> <outcome> <detail>" on a dup of the
-# original stdout. A snippet that os._exit()s skips the report; a snippet that inspects the runner's frame
-# could forge it -- acceptable for a reward signal, not for a security boundary (the namespaces are that).
+# The supervisor: pid 1 of the sandbox. argv = cpu, as, nproc, fsize, nofile; stdin = the code. It forks the
+# snippet as its child and learns the child's class from the child's exit status; the child's one-line detail
+# comes on a pipe read only after the child is dead. The report (its stdout, a host file) is written only by
+# the supervisor, after every other process in the namespace has been killed, as "<detail>\n"; the outcome is
+# the supervisor's exit status. PR_SET_DUMPABLE=0 closes /proc/1/mem and /proc/1/fd to the child; seccomp
+# closes ptrace; pid 1 ignores SIGINT here and, as a namespace init, every signal it has no handler for.
 RUNNER = r'''
-import os, resource, sys
-def main():
-    nonce = sys.stdin.readline().strip()
-    src = sys.stdin.read()
-    cpu = int(sys.argv[1])
-    for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (%(as)d, %(as)d)),
-                     (resource.RLIMIT_NPROC, (%(nproc)d, %(nproc)d)), (resource.RLIMIT_FSIZE, (%(fsize)d, %(fsize)d))):
-        resource.setrlimit(res, lim)
-    report = os.dup(1)
+import os, resource, signal, sys
+CODES = @EXIT_CODES@
+
+def child(src, w):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    pid, kind, detail = os.getpid(), "ok", ""
+        os.dup2(null, fd)  # output floods cost nothing, and the report is not among its fds
+    os.close(null)
+    os.set_blocking(w, False)  # a snippet flooding the detail pipe gets an error, not a hang
+    kind, detail = "ok", ""
     try:
         code = compile(src, "<snippet>", "exec")
     except (SyntaxError, ValueError) as e:
@@ -79,16 +101,62 @@ def main():
             exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
         except SystemExit as e:
             if e.code not in (None, 0):
-                kind, detail = "runtime_error", "SystemExit(%%r)" %% (e.code,)
+                kind, detail = "runtime_error", "SystemExit(%r)" % (e.code,)
         except (NameError, ModuleNotFoundError) as e:
-            kind, detail = "name_error", "%%s: %%s" %% (type(e).__name__, e)
+            kind, detail = "name_error", "%s: %s" % (type(e).__name__, e)
         except BaseException as e:
-            kind, detail = "runtime_error", "%%s: %%s" %% (type(e).__name__, e)
-    if os.getpid() == pid:  # forked children of the snippet never report
-        os.write(report, ("%%s %%s %%s\n" %% (nonce, kind, " ".join(detail.split())[:300])).encode())
-    os._exit(0)  # skip atexit hooks and non-daemon threads the snippet may have left
+            kind, detail = "runtime_error", "%s: %s" % (type(e).__name__, e)
+    try:
+        os.write(w, " ".join(detail.split())[:300].encode("utf-8", "replace"))
+    except OSError:
+        pass
+    os._exit(CODES[kind])  # skip atexit hooks and non-daemon threads the snippet may have left
+
+def fate(status, detail):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return "killed", "signal %s" % (signal.Signals(sig).name if sig in signal.valid_signals() else sig)
+    code = os.waitstatus_to_exitcode(status)
+    kind = next((k for k, c in CODES.items() if c == code and k != "killed"), None)
+    if kind is None:
+        return "runtime_error", "exited with status %d before the runner finished" % code
+    return kind, detail
+
+def main():
+    cpu, mem, nproc, fsize, nofile = map(int, sys.argv[1:6])
+    src = sys.stdin.read()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.closerange(3, 1 << 16)  # nothing bwrap or the host left open reaches the child
+    import ctypes
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
+                     (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (fsize, fsize)),
+                     (resource.RLIMIT_NOFILE, (nofile, nofile))):
+        resource.setrlimit(res, lim)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        child(src, w)
+    os.close(w)
+    while True:
+        got, status = os.wait()  # as pid 1 it also reaps the snippet's orphans
+        if got == pid:
+            break
+    try:
+        os.kill(-1, signal.SIGKILL)  # whatever the snippet left running (kill(-1) spares pid 1 itself)
+    except ProcessLookupError:
+        pass
+    os.set_blocking(r, False)
+    try:
+        detail = os.read(r, 512).decode("utf-8", "replace")  # a flood of the pipe is cut at 512 bytes
+    except BlockingIOError:
+        detail = ""
+    kind, detail = fate(status, detail)
+    os.write(1, (" ".join(detail.split())[:300] + "\n").encode())
+    os._exit(CODES[kind])
 main()
-''' % {"as": MEMORY_BYTES, "nproc": NPROC, "fsize": FSIZE_BYTES}
+'''.replace("@EXIT_CODES@", repr(EXIT_CODES))
 
 
 class SandboxUnavailable(RuntimeError):
@@ -107,16 +175,27 @@ def find_python() -> str | None:
     return next((p for p in PYTHON_CANDIDATES if os.access(p, os.X_OK)), None)
 
 
-def bwrap_command(python: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _bwrap_has(option: str) -> bool:
+    return option in subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True).stdout
+
+
+def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | None = None) -> list[str]:
     """The bubblewrap command line (see the module docstring for why each part is there)."""
-    cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+    cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--proc", "/proc",
+           "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
            "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     for d in HIDDEN_DIRS:
         if os.path.isdir(d):
-            cmd += ["--tmpfs", d]
+            cmd += ["--tmpfs", d, "--remount-ro", d]
     cmd += ["--dir", "/tmp/work", "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work",
-            "--unshare-all", "--die-with-parent", "--new-session", python, "-I", "-c", RUNNER]
-    return cmd
+            "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+            "--as-pid-1", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
+    if _bwrap_has("--disable-userns"):  # bwrap >= 0.8; the seccomp filter also refuses nested user namespaces
+        cmd.append("--disable-userns")
+    if block_fd is not None:  # the cgroup layer: hold the supervisor until it has been moved into its cgroup
+        cmd += ["--block-fd", str(block_fd)]
+    return cmd + [python, "-I", "-c", RUNNER]
 
 
 def _drop_privileges() -> dict:
@@ -126,41 +205,136 @@ def _drop_privileges() -> dict:
     return {}
 
 
-def classify(returncode: int, report: str, nonce: str) -> tuple[str, str]:
-    """(outcome, detail) from the bwrap exit status and the runner's report file."""
-    for line in reversed(report.splitlines()):
-        if line.startswith(nonce + " "):
-            kind, _, detail = line[len(nonce) + 1:].partition(" ")
-            if kind in OUTCOMES:
-                return kind, detail
-    if returncode < 0 or returncode > 128:  # bwrap exits 128+N when its child dies of signal N
+def check_timeout(timeout_s) -> float:
+    """The wall clock per snippet, or a ValueError that names the valid range (NaN, inf, <= 0 included)."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
+    return float(timeout_s)
+
+
+def classify(returncode: int, report: str) -> tuple[str, str]:
+    """(outcome, detail) from the supervisor's exit status (propagated by bwrap) and its one-line report."""
+    kind = next((k for k, c in EXIT_CODES.items() if c == returncode), None)
+    if kind is not None:
+        return kind, report.strip()
+    if returncode < 0 or returncode > 128:  # bwrap exits 128+N when the supervisor dies of signal N
         sig = -returncode if returncode < 0 else returncode - 128
         return "killed", f"signal {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"
-    return "runtime_error", f"exited with status {returncode} without reporting"
+    return "runtime_error", f"sandbox exited with status {returncode}: {report.strip()[:200]}"
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    """proc.wait(timeout) without its sleep-polling, which wakes up to 50 ms late: a pidfd is readable at exit."""
+    try:
+        fd = os.pidfd_open(proc.pid)  # our unreaped child: its pid cannot have been reused
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
+def _end(proc: subprocess.Popen | None, init_fd: int | None, cgroup: sandbox_limits.RunCgroup | None) -> None:
+    """Every exit path: kill the sandbox's init (the kernel then kills its whole pid namespace), the cgroup,
+    bwrap itself, and reap bwrap."""
+    if cgroup is not None:
+        cgroup.kill()
+    if init_fd is not None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+    if proc is not None:
+        try:
+            _wait(proc, 1.0 if init_fd is not None else 0.0)  # bwrap exits once its child (the init) is dead,
+            # and reaps it first
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if init_fd is not None:
+        with contextlib.suppress(ChildProcessError, OSError):  # ours only if bwrap died first and we are a
+            os.waitid(os.P_PIDFD, init_fd, os.WEXITED | os.WNOHANG)  # subreaper (a container's PID 1)
+        os.close(init_fd)
+    if cgroup is not None:
+        cgroup.remove()
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_parent() -> tuple[str | None, str]:
+    return sandbox_limits.cgroup_parent()
+
+
+def _new_cgroup() -> sandbox_limits.RunCgroup | None:
+    parent, _ = _cgroup_parent()
+    if parent is None:
+        return None
+    try:
+        return sandbox_limits.RunCgroup(parent, CGROUP_MEMORY_BYTES, NPROC + 4)
+    except OSError:
+        return None  # the other layers still hold; sandbox_status reported the layer as on, a later run may work
 
 
 def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
-    nonce = secrets.token_hex(8)
-    cpu = max(1, int(timeout_s + 0.999))  # RLIMIT_CPU is whole seconds; the wall clock is the finer limit
+    cpu = max(1, math.ceil(timeout_s))  # RLIMIT_CPU is whole seconds; the wall clock is the finer limit
+    argv = [str(n) for n in (cpu, MEMORY_BYTES, NPROC, FSIZE_BYTES, NOFILE)]
     start = time.monotonic()
-    # Plain files (not pipes) for stdin/stdout: the child's writes are capped by its RLIMIT_FSIZE, so a
-    # snippet flooding its report fd cannot grow the parent's memory.
-    with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout:
-        fin.write(f"{nonce}\n{code}".encode("utf-8", "surrogatepass"))
+    deadline = start + timeout_s
+    proc = init_fd = None
+    cgroup = _new_cgroup()
+    # Plain files (not pipes) for stdin and the report: nothing in the sandbox can block the parent on them.
+    with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr, \
+            contextlib.ExitStack() as ours:
+        fin.write(code.encode("utf-8", "surrogatepass"))
         fin.seek(0)
-        proc = subprocess.Popen(bwrap_command(python) + [str(cpu)], stdin=fin, stdout=fout,
-                                stderr=subprocess.STDOUT, env={}, cwd="/", start_new_session=True,
-                                **_drop_privileges())
+        info_r, info_w = os.pipe()
+        ours.callback(os.close, info_r)
+        theirs = [info_w, sandbox_limits.seccomp_fd()]
+        block_w = None
+        if cgroup is not None:
+            block_r, block_w = os.pipe()
+            ours.callback(os.close, block_w)
+            theirs.append(block_r)
         try:
-            rc = proc.wait(timeout=timeout_s)
+            try:
+                cmd = bwrap_command(python, *theirs) + argv
+                proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, env={}, cwd="/",
+                                        start_new_session=True, pass_fds=theirs, **_drop_privileges())
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+            init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, deadline)
+            if block_w is not None:
+                if init_fd is not None:
+                    with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
+                        cgroup.add(sandbox_limits.pid_of(init_fd))
+                os.write(block_w, b"x")
+            rc = _wait(proc, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # --die-with-parent then kills the pid namespace
-            proc.wait()
             return ExecResult("timeout", f"wall clock > {timeout_s:g} s", time.monotonic() - start)
+        finally:
+            _end(proc, init_fd, cgroup)
         fout.seek(0)
-        report = fout.read(1 << 16).decode("utf-8", "replace")
-    outcome, detail = classify(rc, report, nonce)
+        report = fout.read(4096).decode("utf-8", "replace")  # only the supervisor writes here, once
+        if rc not in EXIT_CODES.values():
+            ferr.seek(0)
+            report += ferr.read(300).decode("utf-8", "replace")  # bwrap's own error, if it failed to start
+    outcome, detail = classify(rc, report)
     return ExecResult(outcome, detail, time.monotonic() - start)
+
+
+def layers() -> dict[str, str]:
+    """Each isolation layer -> "on ..." or "off: why"; the optional ones may be off (diagnose.py prints this)."""
+    parent, why = _cgroup_parent()
+    return {"namespaces": "on: user/pid/net/ipc/uts/cgroup/mount, no nested user namespaces",
+            "filesystem": f"on: read-only /, {TMPFS_BYTES >> 20} MiB /tmp, {SHM_BYTES >> 20} MiB /dev/shm",
+            "rlimits": f"on: cpu, as={MEMORY_BYTES >> 20}MiB, nproc={NPROC}, fsize={FSIZE_BYTES >> 20}MiB, "
+                       f"nofile={NOFILE}",
+            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}, clone(CLONE_NEWUSER); ENOSYS for clone3",
+            "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
+            "init kill": "on: by pidfd" if hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)",
+            "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,12 +347,19 @@ def sandbox_status() -> tuple[bool, str]:
     python = find_python()
     if python is None:
         return False, f"execution disabled: no system python3 at {', '.join(PYTHON_CANDIDATES)}"
-    # The probe asserts the isolation facts from inside: only loopback, read-only root, private /tmp. (The uid drop
-    # is visible only from outside; tests/test_sandbox.py checks it.)
+    try:
+        sandbox_limits.seccomp_program()
+    except ValueError as e:
+        return False, f"execution disabled: {e}"
+    # The probe asserts the isolation facts from inside: only loopback, read-only root and /dev, private /tmp,
+    # seccomp on. (The uid drop is visible only from outside; tests/test_sandbox.py checks it.)
     probe = ("import os\nnets = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]\n"
              "assert nets == ['lo'], 'network: %s' % nets\n"
-             "try:\n    open('/.sandbox-probe', 'w')\n    raise AssertionError('root filesystem is writable')\n"
-             "except OSError:\n    pass\nassert os.listdir('/tmp') == ['work'], 'shared /tmp'\n")
+             "for p in ('/.sandbox-probe', '/dev/.sandbox-probe'):\n    try:\n        open(p, 'w')\n"
+             "        raise AssertionError(p + ' is writable')\n    except OSError:\n        pass\n"
+             "assert os.listdir('/tmp') == ['work'], 'shared /tmp'\n"
+             "try:\n    os.memfd_create('probe')\n    raise AssertionError('no seccomp filter')\n"
+             "except PermissionError:\n    pass\n")
     try:
         res = _run_sandboxed(probe, timeout_s=10.0, python=python)
     except OSError as e:
@@ -187,21 +368,22 @@ def sandbox_status() -> tuple[bool, str]:
         return False, f"execution disabled: sandbox probe failed ({res.outcome}: {res.detail})"
     version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
     uid = f"uid {NOBODY}" if os.geteuid() == 0 else f"uid {os.geteuid()}"
-    return True, (f"{version}, {python} -I as {uid}: private user/pid/net/ipc namespaces, read-only /, "
-                  f"private {TMPFS_BYTES >> 20} MiB /tmp; rlimits cpu/as={MEMORY_BYTES >> 20}MiB/"
-                  f"nproc={NPROC}/fsize={FSIZE_BYTES >> 20}MiB")
+    off = [k for k, v in layers().items() if v.startswith("off")]
+    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only / with capped tmpfs, rlimits, seccomp, "
+                  f"pid-1 supervisor, init kill" + (f"; off: {', '.join(off)}" if off else ""))
 
 
 def execute_snippet(code: str, timeout_s: float = 2.0) -> ExecResult:
     """Run one snippet in the sandbox -> ExecResult(outcome, detail, seconds). Raises SandboxUnavailable.
 
-    Unparseable code is `syntax_error` without starting a sandbox (`ast.parse` builds a tree, it runs nothing).
-    """
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    Code over MAX_CODE_CHARS is `too_large` and unparseable code `syntax_error`, both without starting a sandbox
+    (`ast.parse` builds a tree, it runs nothing, and the size cap bounds its time and memory)."""
+    timeout_s = check_timeout(timeout_s)
     ok, detail = sandbox_status()
     if not ok:
         raise SandboxUnavailable(detail)
+    if len(code) > MAX_CODE_CHARS:
+        return ExecResult("too_large", f"{len(code)} characters > MAX_CODE_CHARS={MAX_CODE_CHARS}")
     try:
         ast.parse(code, filename=SNIPPET_FILENAME)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
@@ -211,6 +393,7 @@ def execute_snippet(code: str, timeout_s: float = 2.0) -> ExecResult:
 
 def execute_many(codes: list[str], timeout_s: float = 2.0, workers: int = 2) -> list[ExecResult]:
     """execute_snippet over a list, identical code run once, `workers` sandboxes at a time; results in order."""
+    check_timeout(timeout_s)
     unique = list(dict.fromkeys(codes))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = dict(zip(unique, pool.map(lambda c: execute_snippet(c, timeout_s), unique)))

@@ -1,9 +1,15 @@
 """The sandbox contains hostile snippets, and the outcome classes are right on small known snippets.
 
-Every attack from the reward issue runs for real; the parent (this pytest process) must survive each one and
-no file outside the sandbox's own temp dir may change.
+Every attack from the reward issue and from the hardening issue (13) runs for real; the parent (this pytest
+process) must survive each one and no file outside the sandbox's own temp dir may change. Each hostile test is
+bounded in count, size and time by itself, so a broken sandbox fails the test instead of taking the machine down.
 """
+import json
+import math
 import os
+import resource
+import subprocess
+import sys
 import shutil
 import socket
 import tempfile
@@ -14,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import sandbox
+import sandbox_limits
 
 OK, STATUS = sandbox.sandbox_status()
 needs_sandbox = pytest.mark.skipif(not OK, reason=f"no sandbox here: {STATUS}")
@@ -210,8 +217,213 @@ def test_unavailable_sandbox_refuses_to_run(monkeypatch):
 
 
 def test_classify_without_report():
-    assert sandbox.classify(137, "", "n0nce")[0] == "killed"
-    assert sandbox.classify(-9, "", "n0nce")[0] == "killed"
-    assert sandbox.classify(3, "", "n0nce")[0] == "runtime_error"
-    assert sandbox.classify(0, "noise\nn0nce name_error NameError: x\n", "n0nce") == ("name_error", "NameError: x")
-    assert sandbox.classify(0, "fake ok\n", "n0nce")[0] == "runtime_error"  # a report without the nonce is ignored
+    assert sandbox.classify(137, "") == ("killed", "signal SIGKILL")
+    assert sandbox.classify(-9, "")[0] == "killed"
+    assert sandbox.classify(3, "")[0] == "runtime_error"
+    assert sandbox.classify(sandbox.EXIT_CODES["name_error"], "NameError: x\n") == ("name_error", "NameError: x")
+    assert sandbox.classify(0, "ok\n")[0] == "runtime_error"  # only the supervisor's exit status names an outcome
+
+
+# ----------------------------------------------------------------------------- issue 13: hardening
+def _detail_json(res) -> dict:
+    """The snippets below report what they managed as `raise RuntimeError(json)`; the detail keeps 300 chars."""
+    assert res.outcome == "runtime_error", res
+    return json.loads(res.detail.split(": ", 1)[1])
+
+
+@needs_sandbox
+def test_snippet_cannot_reach_the_sandbox_init_or_outlive_its_call():
+    # Issue 13.1: the snippet ptrace-attached to bwrap's pid 1 and cleared its parent-death signal, and processes in
+    # another session survived the timeout. Here: every route to pid 1, then a setsid'd sleeper and a busy loop.
+    code = ("import ctypes, json, os, time\nlibc = ctypes.CDLL(None, use_errno=True)\ngot = {}\n"
+            "got['attach'] = libc.ptrace(16, 1, 0, 0) == 0\n"  # PTRACE_ATTACH to the sandbox's init
+            "got['traceme'] = libc.ptrace(0, 0, 0, 0) == 0\n"  # PTRACE_TRACEME: the syscall itself
+            "for p in ('/proc/1/mem', '/proc/1/fd/1'):\n    try:\n        os.close(os.open(p, os.O_WRONLY))\n"
+            "        got[p] = True\n    except OSError:\n        got[p] = False\n"
+            "if any(got.values()):\n    raise RuntimeError(json.dumps(got))\n"
+            "if os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\n    os._exit(0)\n"
+            "while True:\n    pass\n")
+    seen = {}
+
+    def spy():  # the sandbox's pid namespace, read from outside while it runs
+        time.sleep(0.6)
+        for pid in _descendants(os.getpid()):
+            try:
+                ns = os.readlink(f"/proc/{pid}/ns/pid")
+            except OSError:
+                continue
+            if ns != os.readlink("/proc/self/ns/pid"):
+                seen.setdefault("ns", ns)
+
+    t = threading.Thread(target=spy)
+    t.start()
+    res = sandbox.execute_snippet(code, timeout_s=1.5)
+    t.join()
+    assert res.outcome == "timeout", res  # (runtime_error would carry what it reached)
+    assert seen.get("ns"), "the spy never saw the sandbox"
+    deadline = time.monotonic() + 0.5  # the init was killed on return; the kernel finishes the namespace at once
+    while _pids_in_namespace(seen["ns"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pids_in_namespace(seen["ns"]) == []
+
+
+@needs_sandbox
+def test_seccomp_denies_what_the_namespaces_leave():
+    code = ("import ctypes, json, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "buf = ctypes.create_string_buffer(8)\n"
+            "class Iov(ctypes.Structure):\n    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n"
+            "iov = Iov(ctypes.cast(buf, ctypes.c_void_p), 8)\n"
+            "libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p,"
+            " ctypes.c_ulong, ctypes.c_ulong]\n"
+            "got = {'vm_readv': libc.process_vm_readv(os.getpid(), ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0),"
+            " 'shmget': libc.shmget(0, 1 << 20, 0o1600), 'msgget': libc.msgget(0, 0o1600),"
+            " 'memfd': libc.memfd_create(b'x', 0), 'unshare_userns': libc.unshare(0x10000000),"
+            " 'setns': libc.setns(os.open('/proc/self/ns/net', os.O_RDONLY), 0)}\n"
+            "if os.fork() == 0:\n    os._exit(0)\n"  # a plain fork is still allowed
+            "import subprocess\nsubprocess.run(['/bin/true'], check=True)\n"  # so is spawning (clone3 falls back)
+            "raise RuntimeError(json.dumps(got))\n")
+    got = _detail_json(sandbox.execute_snippet(code, timeout_s=3.0))
+    assert got == dict.fromkeys(got, -1) and len(got) == 6, got  # every one refused
+
+
+def test_seccomp_program_layout():
+    for machine in sandbox_limits.SYSCALLS:
+        prog = sandbox_limits.seccomp_program(machine)
+        n = len(prog) // 8
+        assert len(prog) % 8 == 0 and n == 3 + (machine == "x86_64") + len(sandbox_limits.DENIED) + 7
+        rets = [int.from_bytes(prog[i * 8 + 4:i * 8 + 8], sys.byteorder) for i in range(n - 3, n)]
+        assert rets == [sandbox_limits.SECCOMP_RET_ALLOW, sandbox_limits.SECCOMP_RET_ERRNO | 1,
+                        sandbox_limits.SECCOMP_RET_ERRNO | 38]
+        for i in range(n - 3):  # every jump lands inside the program
+            assert i + 1 + max(prog[i * 8 + 2], prog[i * 8 + 3]) < n
+    with pytest.raises(ValueError, match="no seccomp syscall table"):
+        sandbox_limits.seccomp_program("sparc")
+
+
+@needs_sandbox
+def test_memory_outside_rlimit_as_is_capped():
+    # Issue 13.2: /var/tmp, /dev/shm and memfds took 1.2 GB of host RAM per snippet. Each target gets at most
+    # 200 MB in 4 MB files (under RLIMIT_FSIZE), freed before the next, so a broken sandbox peaks at 200 MB.
+    code = ("import json, os\nMB = 1 << 20\ngot = {}\n"
+            "def fill(opener):\n    n, fds = 0, []\n    try:\n        while n < 200:\n"
+            "            fd = opener(len(fds))\n            fds.append(fd)\n"
+            "            for _ in range(4):\n                os.write(fd, b'x' * MB)\n                n += 1\n"
+            "    except OSError:\n        pass\n    for fd in fds:\n        os.close(fd)\n    return n\n"
+            "for d in ('/dev/shm', '/var/tmp', '/run', '/dev', '/tmp', '/home'):\n"
+            "    got[d] = fill(lambda i: os.open('%s/f%d' % (d, i), os.O_CREAT | os.O_WRONLY, 0o600))\n"
+            "    for i in range(60):\n        try:\n            os.unlink('%s/f%d' % (d, i))\n"
+            "        except OSError:\n            pass\n"
+            "got['memfd'] = fill(lambda i: os.memfd_create('f%d' % i))\n"
+            "raise RuntimeError(json.dumps(got))\n")
+    got = _detail_json(sandbox.execute_snippet(code, timeout_s=10.0))
+    assert got["/dev/shm"] <= sandbox.SHM_BYTES >> 20 and got["/tmp"] <= sandbox.TMPFS_BYTES >> 20, got
+    assert got["/var/tmp"] == got["/run"] == got["/dev"] == got["/home"] == got["memfd"] == 0, got
+
+
+@needs_sandbox
+def test_outcome_cannot_be_forged():
+    # Issue 13.3, route 1: read the runner's nonce and report fd from the caller's frames, write "ok" on every
+    # descriptor (and via pid 1's /proc entries), exit, then fail. 20/20 were "ok" before the supervisor.
+    forge = ("import os, sys\nf, words = sys._getframe(), set()\nwhile f is not None:\n"
+             "    words |= {v for v in f.f_locals.values() if isinstance(v, str) and 0 < len(v) < 64}\n"
+             "    f = f.f_back\n"
+             "lines = b''.join(('%s ok \\n' % w).encode() for w in words) + b'ok\\n'\n"
+             "fds = [os.open(p, os.O_WRONLY) for p in ('/proc/1/fd/1', '/proc/1/fd/3') if os.path.exists(p)\n"
+             "       and os.access(p, os.W_OK)]\n"
+             "for fd in list(range(64)) + fds:\n    try:\n        os.write(fd, lines)\n    except OSError:\n"
+             "        pass\n"
+             "if os.fork() == 0:\n    os._exit(0)\n")  # a forked child's exit must not speak for the parent
+    for ending in ("os._exit(0)", "1 / 0"):
+        res = sandbox.execute_snippet(forge + ending, timeout_s=3.0)
+        assert res.outcome == "runtime_error", (ending, res)
+    # Route 2: flood every descriptor (the old report past the 64 KiB the parent read), then succeed for real.
+    flood = ("import os\nfor fd in range(64):\n    for _ in range(4):\n        try:\n"
+             "            os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\nx = sorted([2, 1])\n")
+    assert sandbox.execute_snippet(flood, timeout_s=3.0).outcome == "ok"
+
+
+@needs_sandbox
+def test_oversized_code_is_its_own_class_without_parent_work():
+    # Issue 13.4: ast.parse of 10 MB took 31 s and 4.8 GB in the parent, outside the timeout.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    res = sandbox.execute_snippet("x = [1, 2, 3]\n" * (10_000_000 // 14), timeout_s=1.0)
+    assert res.outcome == "too_large" and "MAX_CODE_CHARS" in res.detail, res
+    assert time.monotonic() - start < 0.5 and res.seconds == 0.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 50_000  # KiB: no tree was built
+    assert sandbox.execute_snippet("x = 1\n" * (sandbox.MAX_CODE_CHARS // 6), 1.0).outcome == "ok"  # at the cap
+    import feedback
+
+    assert feedback.exec_signal("too_large") == 0.0 and feedback.syntax_signal("x = 1\n" * 2_000_000) == 0.0
+
+
+@needs_sandbox
+def test_no_zombies_when_the_caller_is_a_subreaper():
+    # Issue 13.5: each call left a zombie bwrap re-parented to init; a trainer that is PID 1 of a container never
+    # reaps them. PR_SET_CHILD_SUBREAPER makes this child process stand in for that PID 1.
+    script = ("import ctypes, os, sys\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
+              "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"  # PR_SET_CHILD_SUBREAPER
+              "for code in ['x = 1', '1 / 0', 'while True: pass'] * 3 + ['import os; os.fork()']:\n"
+              "    sandbox.execute_snippet(code, timeout_s=0.5)\n"
+              "import time; time.sleep(0.3)\nkids = []\nfor p in os.listdir('/proc'):\n"
+              "    try:\n        stat = open('/proc/%s/stat' % p).read().rsplit(')', 1)[1].split()\n"
+              "    except (OSError, IndexError):\n        continue\n"
+              "    if int(stat[1]) == os.getpid():\n        kids.append(stat[0])\n"
+              "print(len(kids), kids.count('Z'))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(Path(sandbox.__file__).parent)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "0"], out.stdout  # no children left at all, zombie or alive
+
+
+@pytest.mark.parametrize("timeout_s", [math.nan, math.inf, -math.inf, 0, -1.0, 1e300, "2", True, None])
+def test_bad_timeouts_are_a_clear_value_error(timeout_s):
+    # Issue 13.6: inf gave an OverflowError from deep inside, NaN a ValueError about integers.
+    with pytest.raises(ValueError, match=r"timeout_s must be a number of seconds in \(0, 600\]"):
+        sandbox.execute_snippet("x = 1", timeout_s=timeout_s)
+    with pytest.raises(ValueError, match="timeout_s must be"):
+        sandbox.execute_many(["x = 1"], timeout_s=timeout_s)
+
+
+def test_layers_say_what_is_on():
+    lay = sandbox.layers()
+    assert {"namespaces", "filesystem", "rlimits", "seccomp", "supervisor", "init kill", "cgroup"} <= set(lay)
+    assert all(v.startswith(("on", "off: ")) for v in lay.values()), lay
+    assert "ptrace" in lay["seccomp"] and "memfd_create" in lay["seccomp"]
+
+
+def _writable_v2_cgroup() -> str | None:
+    try:
+        mount = sandbox_limits._v2_mount()
+        rel = next(ln[3:].strip() for ln in open("/proc/self/cgroup") if ln.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    path = os.path.normpath(f"{mount}/{rel}") if mount else None
+    return path if path and os.access(path, os.W_OK) and os.geteuid() == 0 else None
+
+
+@needs_sandbox
+@pytest.mark.skipif(_writable_v2_cgroup() is None, reason="no writable cgroup v2 directory here")
+def test_cgroup_layer_holds_the_sandbox(monkeypatch):
+    # The optional layer, forced on: where cgroup v2 delegates no memory/pids controllers (this machine), the
+    # limit files are skipped and the rest is real: --block-fd holds the supervisor until it is in the cgroup, its
+    # child inherits it, cgroup.kill ends it, and the cgroup is removed afterwards.
+    parent = _writable_v2_cgroup()
+    skipped = []
+
+    class WithoutControllers(sandbox_limits.RunCgroup):
+        def _write(self, name, value):
+            if name in ("memory.max", "pids.max") and not os.path.exists(os.path.join(self.path, name)):
+                skipped.append(name)
+                return
+            super()._write(name, value)
+
+    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (parent, ""))
+    monkeypatch.setattr(sandbox_limits, "RunCgroup", WithoutControllers)
+    res = sandbox.execute_snippet("raise RuntimeError(open('/proc/self/cgroup').read().split('0::')[1])", 3.0)
+    assert res.outcome == "runtime_error" and "/rlhf-sandbox-" in res.detail, res
+    assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # removed after the run
+    res = sandbox.execute_snippet("import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(30)\n", 1.0)
+    assert res.outcome == "timeout"
+    assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # empty, so it was killed
+    assert sandbox.layers()["cgroup"].startswith("on: ")
