@@ -66,7 +66,8 @@ def load_conala_file(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (copy CoNaLa v1.1 there, or set --conala_path)")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise DataError(f"{path}: {path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES} (data.MAX_FILE_BYTES)")
+        raise DataError(f"{path}: {path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES} "
+                        "(data.MAX_FILE_BYTES)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
