@@ -244,7 +244,8 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         outcome = "unclear"
     lost = sum(lost_files(Path(p), snap) for p, snap in before.items())
     detail = last if not is_diag else next((ln for ln in out.splitlines() if ln.startswith("❌")), last)
-    return dict(case, argv=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc, lost=lost, seconds=round(seconds, 1), detail=detail[:200])
+    return dict(case, argv=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc, lost=lost,
+                seconds=round(seconds, 1), detail=detail[:200])
 
 
 def main() -> int:
