@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +23,105 @@ TINY_ENCODER = "tiny:bert"  # 2-layer random BERT built from a config, with the 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; rlhf.py/diagnose.py print it as one line and exit 2."""
+
+
+# ----------------------------------------------------------------------------- domains
+# Every field has a domain (DOMAINS below); validate() checks each one and names the valid range in its error.
+# Each domain can also produce values outside itself, so tests/test_config.py tries them on every field.
+@dataclass(frozen=True)
+class Range:
+    """A number in [lo, hi] (open ends excluded); floats must also be finite (NaN and inf are never valid)."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        if math.isinf(self.lo) and math.isinf(self.hi):
+            return "a finite number"
+        if math.isinf(self.hi):
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if math.isinf(self.lo):
+            return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number {self.describe()}"
+        ok = (self.lo < value if self.lo_open else self.lo <= value) and \
+             (value < self.hi if self.hi_open else value <= self.hi)
+        return None if ok else f"must be {self.describe()}"
+
+    def bad_values(self, typ: type) -> list:
+        bad = [float("nan"), float("inf"), float("-inf")] if typ is float else []
+        if not math.isinf(self.lo):
+            bad.append(typ(self.lo) if self.lo_open else typ(self.lo) - (1 if typ is int else 0.5))
+        if not math.isinf(self.hi):
+            bad.append(typ(self.hi) if self.hi_open else typ(self.hi) + (1 if typ is int else 0.5))
+        return bad
+
+
+@dataclass(frozen=True)
+class Choices:
+    options: tuple
+
+    def describe(self) -> str:
+        return f"valid choices are {', '.join(map(str, self.options))}"
+
+    def problem(self, value) -> str | None:
+        return None if value in self.options else self.describe()
+
+    def bad_values(self, typ: type) -> list:
+        return ["", "nope"] if typ is str else []
+
+
+@dataclass(frozen=True)
+class Text:
+    """Free text (a path, a model spec); never a NUL byte (the OS refuses it in paths), empty only if allowed."""
+    empty_ok: bool = True
+
+    def describe(self) -> str:
+        return "a string without NUL bytes" + ("" if self.empty_ok else ", not empty")
+
+    def problem(self, value) -> str | None:
+        return None if "\0" not in value and (self.empty_ok or value.strip()) else f"must be {self.describe()}"
+
+    def bad_values(self, typ: type) -> list:
+        return ["a\0b"] + ([] if self.empty_ok else ["", "  "])
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A comma-separated, non-empty subset of STAGES, each at most once."""
+
+    def describe(self) -> str:
+        return f"valid stages are {', '.join(STAGES)} (comma-separated, each once)"
+
+    def problem(self, value) -> str | None:
+        names = [s.strip() for s in value.split(",") if s.strip()]
+        ok = names and all(s in STAGES for s in names) and len(set(names)) == len(names)
+        return None if ok else self.describe()
+
+    def bad_values(self, typ: type) -> list:
+        return ["", ",", "sft,rl", "sft,sft"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A boolean: its type check is the whole domain."""
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def problem(self, value) -> str | None:
+        return None
+
+    def bad_values(self, typ: type) -> list:
+        return []
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else str(x)
 
 
 @dataclass
@@ -112,6 +212,88 @@ class Config:
     tensorboard: bool = False  # also write every logged stat to <run>/tensorboard/ (metrics.jsonl stays the record)
 
 
+POSITIVE, NON_NEGATIVE, COUNT, LIMIT = Range(0, lo_open=True), Range(0), Range(1), Range(0)  # COUNT/LIMIT: ints
+UNIT, LR = Range(0, 1), Range(0, 1, lo_open=True)
+DOMAINS: dict[str, object] = {
+    "config_name": Choices(("research", "quick", "cpu", "test")),
+    "seed": Range(0, 2**31 - 1),  # numpy's seed is 32-bit; each stage adds a small offset
+    "device": Choices(("auto", "cpu", "cuda", "mps")),
+    "dtype": Choices(("auto", "fp32", "bf16", "fp16")),
+    "output_dir": Text(),
+    "stages": Stages(),
+    "policy": Text(),
+    "conala_path": Text(empty_ok=False),
+    "val_fraction": Range(0, 1, lo_open=True, hi_open=True),
+    "train_limit": LIMIT,  # 0 = all; a negative limit would slice from the end
+    "test_limit": LIMIT,
+    "prompt_format": Choices(("auto", "chat", "plain")),
+    "max_prompt_len": COUNT,
+    "policy_model": Text(empty_ok=False),
+    "reward_encoder": Text(empty_ok=False),
+    "bertscore_model": Text(empty_ok=False),
+    "bertscore_layers": COUNT,  # the upper bound is the encoder's depth, checked when it loads (metrics.py)
+    "do_sample": Flag(),
+    "temperature": POSITIVE,
+    "top_p": Range(0, 1, lo_open=True),
+    "max_new_tokens": COUNT,
+    "eval_batch_size": COUNT,
+    "sft_epochs": POSITIVE,
+    "sft_learning_rate": LR,
+    "sft_batch_size": COUNT,
+    "sft_micro_batch_size": COUNT,
+    "sft_max_len": Range(2),  # at least one prompt and one target token
+    "reward_epochs": COUNT,
+    "reward_learning_rate": LR,
+    "reward_batch_size": COUNT,
+    "reward_max_len": Range(4),  # [CLS] intent [SEP] code [SEP] needs a few tokens
+    "reward_max_train_pairs": LIMIT,
+    "reward_policy_samples": LIMIT,
+    "reward_policy_intents": LIMIT,
+    "reward_backbone": Choices(("encoder", "policy")),
+    "exec_timeout_s": Range(0, 3600, lo_open=True),
+    "w_rm": NON_NEGATIVE,
+    "w_syntax": NON_NEGATIVE,
+    "w_exec": NON_NEGATIVE,
+    "w_similarity": NON_NEGATIVE,
+    "w_quality": NON_NEGATIVE,
+    "reward_scale": POSITIVE,
+    "reward_clip_min": UNIT,  # the clip acts on a sigmoid, so bounds outside [0, 1] mean nothing
+    "reward_clip_max": UNIT,
+    "ppo_steps": COUNT,  # 0 would report the untouched SFT policy as "ppo"
+    "batch_size": COUNT,
+    "mini_batch_size": COUNT,
+    "micro_batch_size": COUNT,
+    "ppo_epochs": COUNT,
+    "learning_rate": LR,
+    "vf_learning_rate": LR,
+    "lr_decay": Flag(),
+    "samples_per_prompt": COUNT,  # batch_size must be a multiple of it (validate)
+    "advantage": Choices(("gae", "rloo", "grpo")),
+    "gamma": UNIT,
+    "lam": UNIT,
+    "cliprange": Range(0, 1, lo_open=True),
+    "cliprange_value": POSITIVE,
+    "vf_coef": NON_NEGATIVE,
+    "max_grad_norm": POSITIVE,
+    "adaptive_kl": Flag(),
+    "init_kl_coef": NON_NEGATIVE,
+    "kl_target": POSITIVE,
+    "kl_horizon": COUNT,
+    "kl_estimator": Choices(("k1", "k3")),
+    "missing_eos_penalty": NON_NEGATIVE,
+    "target_kl": NON_NEGATIVE,
+    "whiten_rewards": Flag(),
+    "eval_every": LIMIT,
+    "save_every": LIMIT,  # 0 = only the final checkpoint
+    "eval_bertscore": Flag(),
+    "bootstrap_samples": COUNT,
+    "codebleu_tokenizer": Choices(("whitespace", "conala")),
+    "eval_slice": COUNT,
+    "bon_n": LIMIT,  # 0 = no best-of-n system
+    "tensorboard": Flag(),
+}
+
+
 # nanoGPT-style presets: plain overrides, each with its reason.
 PRESETS: dict[str, dict] = {
     "research": dict(
@@ -191,15 +373,7 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-CHOICES = {
-    "device": ("auto", "cpu", "cuda", "mps"),
-    "dtype": ("auto", "fp32", "bf16", "fp16"),
-    "prompt_format": ("auto", "chat", "plain"),
-    "kl_estimator": ("k1", "k3"),
-    "advantage": ("gae", "rloo", "grpo"),
-    "reward_backbone": ("encoder", "policy"),
-    "codebleu_tokenizer": ("whitespace", "conala"),
-}
+CHOICES = {key: d.options for key, d in DOMAINS.items() if isinstance(d, Choices) and key != "config_name"}
 STAGES = ("sft", "reward", "ppo", "eval")
 
 
@@ -225,7 +399,7 @@ def field_types() -> dict[str, type]:
 
 def make_config(preset: str = "quick", overrides: dict | None = None) -> Config:
     """Preset + overrides -> validated Config. Overrides may be raw strings (CLI) or typed values."""
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown config {preset!r}; valid: {', '.join(PRESETS)}")
     types = field_types()
     values = dict(PRESETS[preset], config_name=preset)
@@ -239,29 +413,21 @@ def make_config(preset: str = "quick", overrides: dict | None = None) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"--{key}={getattr(cfg, key)!r}: valid choices are {', '.join(allowed)}")
+    """Types, then every field's domain (DOMAINS), then the rules that tie fields together."""
     for key, typ in field_types().items():
-        if not isinstance(getattr(cfg, key), typ) and not (typ is float and isinstance(getattr(cfg, key), int)):
-            raise ConfigError(f"--{key}={getattr(cfg, key)!r}: expected {typ.__name__}")
-    bad = [s for s in stage_list(cfg) if s not in STAGES]
-    if bad or not stage_list(cfg):
-        raise ConfigError(f"--stages={cfg.stages!r}: valid stages are {', '.join(STAGES)} (comma-separated)")
+        value = getattr(cfg, key)
+        if isinstance(value, bool) and typ is not bool or \
+                not isinstance(value, typ) and not (typ is float and isinstance(value, int)):
+            raise ConfigError(f"--{key}={value!r}: expected {typ.__name__}")
+    for key, domain in DOMAINS.items():
+        problem = domain.problem(getattr(cfg, key))
+        if problem:
+            raise ConfigError(f"--{key}={_show(getattr(cfg, key))}: {problem}")
     if "ppo" in stage_list(cfg) and not cfg.do_sample:
         raise ConfigError(
             "--do_sample=False cannot be used with PPO: PPO learns from the variation between sampled responses; "
             "greedy rollouts give identical responses, no exploration and no useful advantage signal"
         )
-    positive = ["temperature", "max_new_tokens", "batch_size", "samples_per_prompt", "mini_batch_size", "micro_batch_size", "ppo_epochs",
-                "sft_batch_size", "sft_micro_batch_size", "reward_batch_size", "eval_batch_size", "max_prompt_len"]
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"--{key}={getattr(cfg, key)}: must be > 0")
-    if not 0.0 < cfg.top_p <= 1.0:
-        raise ConfigError(f"--top_p={cfg.top_p}: must be in (0, 1]")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ConfigError(f"--val_fraction={cfg.val_fraction}: must be in (0, 1)")
     if cfg.batch_size % cfg.mini_batch_size or cfg.mini_batch_size % cfg.micro_batch_size:
         raise ConfigError("batch_size must be a multiple of mini_batch_size, and mini_batch_size of micro_batch_size")
     if cfg.sft_batch_size % cfg.sft_micro_batch_size:
@@ -273,7 +439,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--advantage={cfg.advantage} needs --samples_per_prompt >= 2: its baseline is the other "
                           "samples of the same prompt")
     if cfg.reward_clip_min >= cfg.reward_clip_max:
-        raise ConfigError("reward_clip_min must be < reward_clip_max")
+        raise ConfigError(f"--reward_clip_min={cfg.reward_clip_min} must be < --reward_clip_max={cfg.reward_clip_max}")
+    weights = ("w_rm", "w_syntax", "w_exec", "w_similarity", "w_quality")
+    if "ppo" in stage_list(cfg) and not any(getattr(cfg, w) for w in weights):
+        raise ConfigError(f"{', '.join(weights)} are all 0: PPO would optimise a constant reward; set one > 0")
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def stage_list(cfg: Config) -> list[str]:
@@ -344,10 +517,17 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def load_config(path: str | Path) -> Config:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config ({e})") from None
-    return make_config(data.pop("config_name", "quick"), data)
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ConfigError(f"{path}: cannot read config ({str(e)[:200]}); restore it from a checkpoint's "
+                          "rlhf_config.json") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config keys, got {type(data).__name__}; restore it "
+                          "from a checkpoint's rlhf_config.json")
+    try:
+        return make_config(data.pop("config_name", "quick"), data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def die(msg: str, code: int = 2) -> None:

@@ -14,6 +14,10 @@ from pathlib import Path
 import torch
 
 EXPECTED_COUNTS = {"train": 2379, "test": 500}
+# Input limits, checked at load so a hostile file fails in milliseconds instead of in the tokenizer (a 10 MB intent
+# once took 156 s and 5.7 GB). CoNaLa v1.1's longest intent is 200 characters and its longest snippet 529.
+MAX_TEXT_CHARS = 2000  # per intent, rewritten_intent or snippet
+MAX_FILE_BYTES = 64 * 2**20  # per data file; conala-train.json is 0.6 MB
 # Our own short system message: SmolLM2's chat template otherwise inserts a generic one (~20 tokens per
 # example), and this one also asks for the CoNaLa answer style: code only, no prose, no markdown.
 SYSTEM_PROMPT = "Answer with one line of Python code only."
@@ -44,6 +48,10 @@ def validate_record(rec, where: str) -> Example:
                         f"got {type(rec['rewritten_intent']).__name__}")
     if not isinstance(rec["snippet"], str) or not rec["snippet"].strip():
         raise DataError(f"{where}: 'snippet' must be a non-empty string")
+    for key in ("intent", "rewritten_intent", "snippet"):
+        if rec[key] is not None and len(rec[key]) > MAX_TEXT_CHARS:
+            raise DataError(f"{where}: {key!r} has {len(rec[key])} characters, over the limit of {MAX_TEXT_CHARS} "
+                            "(data.MAX_TEXT_CHARS)")
     qid = rec.get("question_id", -1)
     if not isinstance(qid, int) or isinstance(qid, bool):
         raise DataError(f"{where}: 'question_id' must be an integer, got {type(qid).__name__}")
@@ -57,13 +65,23 @@ def load_conala_file(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found (copy CoNaLa v1.1 there, or set --conala_path)")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES} "
+                        "(data.MAX_FILE_BYTES)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; a CoNaLa file is a list of flat records") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if not records:

@@ -79,13 +79,23 @@ def check_dataset(conala_path: str):
     import data
 
     root = Path(conala_path)
-    sums = {}
+    sums, results = {}, []
     if (root / "SHA256SUMS").exists():
-        for raw in (root / "SHA256SUMS").read_text().splitlines():
-            if raw.strip():
-                digest, fname = raw.split()
-                sums[fname] = digest
-    results = []
+        try:
+            lines = (root / "SHA256SUMS").read_bytes().decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            lines = []
+            results.append(line(FAIL, "conala SHA256SUMS", f"cannot read it ({e})", "restore SHA256SUMS from the repo"))
+        for i, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            digest, _, fname = raw.strip().partition(" ")  # sha256sum's format: `<64 hex>  <name>` (`*name`: binary)
+            fname = fname.strip().lstrip("*")
+            if len(digest) != 64 or not all(c in "0123456789abcdefABCDEF" for c in digest) or not fname:
+                results.append(line(FAIL, "conala SHA256SUMS", f"line {i} is not `<sha256>  <file>`: {raw[:60]!r}",
+                                    "restore SHA256SUMS from the repo"))
+                continue
+            sums[fname] = digest.lower()
     for split, expected in data.EXPECTED_COUNTS.items():
         path = root / f"conala-{split}.json"
         try:

@@ -3,7 +3,8 @@
   codebleu / sentence_codebleu  CodeBLEU (Ren et al. 2020) as the `codebleu` 0.7.0 package (k4black's port of the
   codebleu_per_example          CodeXGLUE evaluator) computes it, quirks included, hand-written on tree-sitter +
   codebleu_counts / _from_counts  tree-sitter-python; per-pair counts sum to the corpus score (paired bootstrap)
-  ruby / ruby_level             RUBY (Tran et al. 2019): exact Zhang-Shasha tree edit distance, else token edit distance
+  ruby / ruby_level             RUBY (Tran et al. 2019): exact Zhang-Shasha tree edit distance, else token edit
+                                distance; the work is size-bounded (RUBY_MAX_TREE_PAIRS), ruby_level says which
   rouge_l                       ROUGE-L F of the token LCS on tranX tokens (as Evtikhiev et al. 2023 did)
   bleu                          sacrebleu corpus BLEU / 100
   conala_bleu                   the official CoNaLa evaluation (tokenize_for_bleu_eval + unsmoothed corpus BLEU-4)
@@ -35,8 +36,8 @@ from pathlib import Path
 # re-exported names (noqa) keep the whole API importable from metrics
 from codebleu_ts import (PYTHON_KEYWORDS, ngram_counts, ngrams, parse, strip_comments_and_docstrings,  # noqa: F401
                          syntax_valid, tree_match_counts)
-from config import EMBEDDED_ENCODER
-from ruby_ted import token_similarity, tree_edit_distance, tree_similarity  # noqa: F401
+from config import EMBEDDED_ENCODER, ConfigError
+from ruby_ted import token_similarity, tree_edit_distance, tree_similarity, tree_size  # noqa: F401
 
 CODEBLEU_KEYS = ("codebleu", "ngram_match", "weighted_ngram_match", "syntax_match", "dataflow_match")
 TOKENIZERS = ("whitespace", "conala")
@@ -169,22 +170,44 @@ def sentence_codebleu(reference: str, candidate: str, weights=(0.25, 0.25, 0.25,
 
 
 # ----------------------------------------------------------------------------- RUBY
+# RUBY's work bound. Zhang-Shasha grows with |T_ref| x |T_cand| (a 300-line pair once took 64 s) and Levenshtein
+# with |ref| x |cand| tokens, so each has a cap, and ruby_level names the level actually used:
+#   "tree"                     both sides parse and |T_ref| x |T_cand| <= RUBY_MAX_TREE_PAIRS (exact, unchanged)
+#   "string"                   a side does not parse (Tran et al. 2019's fallback)
+#   "string (tree too large)"  both parse but the tree pair is over the cap: the string level instead
+#   "string (truncated)"       at the string level, a side has > RUBY_MAX_TOKENS tokens: both are cut to that many
+# CoNaLa's largest snippet tree has 148 nodes, so no CoNaLa-sized pair reaches either cap.
+RUBY_MAX_TREE_PAIRS = 200 * 200  # ~0.5 s of pure-Python Zhang-Shasha on a 2-core laptop
+RUBY_MAX_TOKENS = 1000  # per side, ~0.5 s of Levenshtein
+
+
 def _ruby(reference: str, candidate: str, cache: dict | None = None) -> tuple[float, str]:
     ref_root, hyp_root = parse(reference, cache), parse(candidate, cache)
+    level = _ruby_level(ref_root, hyp_root)
+    if level == "tree":
+        return tree_similarity(ref_root, hyp_root), "tree"
+    # Tran et al. 2019 STS: token edit distance when a tree is unavailable (tranX tokens, like codegen-metrics)
+    ref, hyp = conala_tokens(reference), conala_tokens(candidate)
+    if max(len(ref), len(hyp)) > RUBY_MAX_TOKENS:
+        return token_similarity(ref[:RUBY_MAX_TOKENS], hyp[:RUBY_MAX_TOKENS]), "string (truncated)"
+    return token_similarity(ref, hyp), level
+
+
+def _ruby_level(ref_root, hyp_root) -> str:
     if ref_root.has_error or hyp_root.has_error:
-        # Tran et al. 2019 STS: token edit distance when a tree is unavailable (tranX tokens, like codegen-metrics)
-        return token_similarity(conala_tokens(reference), conala_tokens(candidate)), "string"
-    return tree_similarity(ref_root, hyp_root), "tree"
+        return "string"
+    return "tree" if tree_size(ref_root) * tree_size(hyp_root) <= RUBY_MAX_TREE_PAIRS else "string (tree too large)"
 
 
 def ruby(reference: str, candidate: str) -> float:
-    """RUBY (Tran et al. 2019) without its PDG level: tree similarity when both sides parse cleanly, else string."""
+    """RUBY (Tran et al. 2019) without its PDG level: tree similarity when both sides parse cleanly, else string;
+    bounded in work by RUBY_MAX_TREE_PAIRS and RUBY_MAX_TOKENS (ruby_level says when a bound applied)."""
     return _ruby(reference, candidate)[0]
 
 
 def ruby_level(reference: str, candidate: str) -> str:
-    """Which RUBY level `ruby` used: "tree" or "string"."""
-    return "tree" if not (parse(reference).has_error or parse(candidate).has_error) else "string"
+    """Which RUBY level `ruby` used: "tree", "string", "string (tree too large)" or "string (truncated)"."""
+    return _ruby(reference, candidate)[1]
 
 
 # ----------------------------------------------------------------------------- BLEU, ROUGE-L, BERTScore
@@ -246,10 +269,10 @@ def bertscore_details(references: list[str], candidates: list[str], model: str =
     _check_pairs(references, candidates)
     path = models.encoder_path(model)
     if num_layers is None:
-        config_file = Path(path) / "config.json"
-        num_layers = json.loads(config_file.read_text())["num_hidden_layers"] if config_file.exists() else None
+        num_layers = encoder_depth(model)
         if num_layers is None:
             raise ValueError(f"bertscore: give num_layers for {model!r} (no local config.json to read it from)")
+    check_bertscore_layers(model, num_layers)
     # bert-score 0.3.12 utils.py greedy_cos_idf (issues #47, #107): a candidate or reference that is empty after
     # .strip() scores P = R = F = 0, with a warning. Its sent_encode gets there via build_inputs_with_special_tokens,
     # which transformers 5's fast tokenizers lack, so we give empty pairs that 0 and send only the others to
@@ -264,6 +287,24 @@ def bertscore_details(references: list[str], candidates: list[str], model: str =
     return {"bertscore": f1.mean().item(), "bertscore_precision": precision.mean().item(),
             "bertscore_recall": recall.mean().item(), "bertscore_model": model, "bertscore_layers": num_layers,
             "bertscore_per_example": f1.tolist()}
+
+
+def encoder_depth(model: str) -> int | None:
+    """num_hidden_layers from the encoder's local config.json; None for a hub id that is not on disk."""
+    import models
+
+    config_file = Path(models.encoder_path(model)) / "config.json"
+    try:
+        return int(json.loads(config_file.read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_bertscore_layers(model: str, num_layers: int) -> None:
+    """bert-score reads hidden layer `num_layers`; past the encoder's depth it would read another layer silently."""
+    depth = encoder_depth(model)
+    if depth is not None and not 1 <= num_layers <= depth:
+        raise ConfigError(f"--bertscore_layers={num_layers}: {model} has {depth} layers; use 1 to {depth}")
 
 
 def bertscore(references: list[str], candidates: list[str], model: str = EMBEDDED_ENCODER,

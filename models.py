@@ -91,7 +91,18 @@ def embedded_path(spec: str) -> Path:
     return path
 
 
+def _load_errors() -> tuple:
+    """What a damaged or missing model raises inside from_pretrained (safetensors has its own exception)."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, EOFError, SafetensorError
+
+
 def _hub_hint(spec: str, err: Exception) -> ConfigError:
+    if Path(spec).exists():  # a local folder or file: a damaged checkpoint, not a network problem
+        return ConfigError(f"{spec}: cannot load the model there ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:160] if str(err) else ''}); the checkpoint is damaged or "
+                           "incomplete: restore it or point to another")
     return ConfigError(f"cannot load model {spec!r}: {str(err).splitlines()[0][:200]} -- a hub id needs network access "
                        "to huggingface.co (or a local copy); the embedded defaults work offline")
 
@@ -163,7 +174,7 @@ def load_causal_lm(spec: str, seed: int = 0):
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
     except ConfigError:
         raise
-    except (OSError, ValueError) as e:
+    except _load_errors() as e:
         raise _hub_hint(spec, e) from None
     if hasattr(model.config, "quantization_config"):
         model = _plain_copy(model)
@@ -201,7 +212,7 @@ def load_encoder(spec: str, seed: int = 0):
         return AutoModel.from_pretrained(path, dtype=torch.float32), tok
     except ConfigError:
         raise
-    except (OSError, ValueError) as e:
+    except _load_errors() as e:
         raise _hub_hint(spec, e) from None
 
 

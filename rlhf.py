@@ -332,6 +332,11 @@ def main(argv: list[str]) -> int:
 
         if diagnose.run([a for a in argv if a != "--diagnose"]) != 0:
             die("diagnose found failures (❌ above); fix them or run without --diagnose", 1)
+    data.load_splits(cfg)  # bad data fails here, before --overwrite moves an old run aside
+    if "eval" in config.stage_list(cfg) and cfg.eval_bertscore:
+        import metrics
+
+        metrics.check_bertscore_layers(cfg.bertscore_model, cfg.bertscore_layers)
     out = report.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
     sys.stdout, sys.stderr = report.Tee(sys.stdout, out / "training.log"), report.Tee(sys.stderr, out / "training.log")
     config.save_config(cfg, out / "config.json")

@@ -106,6 +106,11 @@ def _levenshtein(a: list, b: list) -> int:
     return prev[-1]
 
 
+def tree_size(root) -> int:
+    """How many nodes RUBY's tree of `root` has (linear; metrics.py bounds Zhang-Shasha's work with it)."""
+    return len(_ruby_tree(root, {})[0])
+
+
 def tree_similarity(reference_root, candidate_root) -> float:
     vocab = {}
     t1, t2 = _ruby_tree(reference_root, vocab), _ruby_tree(candidate_root, vocab)

@@ -1,4 +1,5 @@
 """config.py: presets, typed --key=value overrides, one-line errors, and the do_sample guard."""
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,8 @@ def test_presets_resolve_and_keep_seed_defaults():
         assert cfg.config_name == name
     quick = config.make_config("quick")
     assert (quick.do_sample, quick.temperature, quick.top_p) == (True, 0.8, 0.95)
-    assert (quick.ppo_epochs, quick.learning_rate, quick.batch_size, quick.reward_epochs) == (4, 1e-5, 4, 3)
+    assert (quick.ppo_epochs, quick.batch_size, quick.reward_epochs) == (4, 4, 3)
+    assert config.Config().learning_rate == 1e-5  # the seed's lr is the dataclass default; CPU presets lower it
     assert quick.conala_path == "./conala-corpus"
 
 
@@ -25,7 +27,7 @@ def test_good_overrides_are_typed():
 
 @pytest.mark.parametrize("argv,message", [
     (["--lerning_rate=1e-4"], "unknown option --lerning_rate; valid options: config"),
-    (["--config", "huge"], "unknown config 'huge'; valid: research, quick, test"),
+    (["--config", "huge"], "unknown config 'huge'; valid: research, quick, cpu, test"),
     (["--seed=abc"], "--seed='abc': expected int"),
     (["--do_sample=maybe"], "expected a boolean"),
     (["--device=tpu"], "valid choices are auto, cpu, cuda, mps"),
@@ -58,3 +60,64 @@ def test_every_field_has_a_comment():
     for f in config.field_types():
         decl = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f}:"))
         assert "  # " in decl, f"field {f} has no comment"
+
+
+# ----------------------------------------------------------------------------- every field's domain
+def test_every_field_has_a_domain_and_presets_are_inside_them():
+    assert [f.name for f in dataclasses.fields(config.Config)] == list(config.DOMAINS)
+    assert config.DOMAINS["config_name"].options == tuple(config.PRESETS)
+    for name in config.PRESETS:
+        config.make_config(name)  # every preset value lies in its domain
+
+
+BAD_VALUES = [(f.name, bad) for f in dataclasses.fields(config.Config)
+              for bad in config.DOMAINS[f.name].bad_values(config.field_types()[f.name])]
+
+
+@pytest.mark.parametrize("key,bad", BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
+def test_out_of_domain_values_are_one_line_errors_naming_the_range(key, bad):
+    with pytest.raises(config.ConfigError) as err:
+        config.make_config("test", {key: bad})
+    msg = str(err.value)
+    assert msg.startswith(f"--{key}=") and config.DOMAINS[key].describe() in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("key,bad", [(k, v) for k, v in BAD_VALUES if not isinstance(v, str) or "\0" not in v])
+def test_out_of_domain_values_fail_from_the_command_line_too(key, bad):
+    with pytest.raises(config.ConfigError, match="must be|valid"):
+        config.parse_cli(["--config", "test", f"--{key}={bad}"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"seed": True}, "expected int"),  # bool is an int to Python, not to the config
+    ({"temperature": "inf"}, "must be a finite number > 0"),
+    ({"ppo_steps": "0"}, "--ppo_steps=0: must be >= 1"),
+    ({"ppo_steps": "-1"}, "--ppo_steps=-1: must be >= 1"),
+    ({"test_limit": "-3"}, "--test_limit=-3: must be >= 0"),
+    ({"save_every": "-1"}, "--save_every=-1: must be >= 0"),
+    ({"reward_clip_min": "0.6", "reward_clip_max": "0.5"}, "--reward_clip_min=0.6 must be < --reward_clip_max=0.5"),
+    ({"w_rm": "0"}, "PPO would optimise a constant reward"),
+    ({"batch_size": "6", "mini_batch_size": "4"}, "batch_size must be a multiple of mini_batch_size"),
+])
+def test_silently_wrong_values_and_cross_field_rules(overrides, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.make_config("test", overrides)
+    assert message in str(err.value)
+    config.make_config("test", {**overrides, "stages": "sft,eval"}) if message.startswith("PPO") else None
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "expected a JSON object of config keys, got list"),
+    ('{"seed": 1', "cannot read config"),
+    ("", "cannot read config"),
+    ('{"config_name": ["x"]}', "unknown config"),
+    ('{"seed": -5}', "--seed=-5: must be in [0, 2147483647]"),
+])
+def test_a_broken_saved_config_names_its_file(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load_config(tmp_path / "config.json")
+    assert str(tmp_path / "config.json") in str(err.value) and message in str(err.value)
+    (tmp_path / "config.json").write_bytes(b'{"seed": "\xff"}')
+    with pytest.raises(config.ConfigError, match="cannot read config"):
+        config.load_config(tmp_path / "config.json")

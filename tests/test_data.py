@@ -110,3 +110,60 @@ def test_sft_labels_cover_snippet_and_eos_only(tok):
 ])
 def test_extract_code(generated, expected):
     assert data.extract_code(generated) == expected
+
+
+# ----------------------------------------------------------------------------- hostile files: one line, fast
+@pytest.mark.parametrize("payload,message", [
+    (b'[{"intent": "caf\xe9"}]', "not UTF-8 text (byte 16"),
+    (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
+    (json.dumps([dict(GOOD, intent="x" * (data.MAX_TEXT_CHARS + 1), rewritten_intent=None)]).encode(),
+     f"record 0: 'intent' has {data.MAX_TEXT_CHARS + 1} characters, over the limit of {data.MAX_TEXT_CHARS}"),
+    (json.dumps([GOOD, dict(GOOD, snippet="y" * 10**7)]).encode(), "record 1: 'snippet' has 10000000 characters"),
+])
+def test_hostile_files_fail_at_load_in_one_line(tmp_path, payload, message):
+    path = tmp_path / "conala-train.json"
+    path.write_bytes(payload)
+    with pytest.raises(data.DataError) as err:
+        data.load_conala_file(path)
+    assert str(path) in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100)
+    path = write(tmp_path, [GOOD, GOOD])
+    with pytest.raises(data.DataError, match="over the limit of 100"):
+        data.load_conala_file(path)
+
+
+@pytest.mark.parametrize("sums,message", [
+    ("not-a-digest\n", "line 1 is not `<sha256>  <file>`"),
+    ("a" * 64 + "\n", "line 1 is not"),
+    ("\xff\n", "cannot read it"),
+])
+def test_diagnose_reports_a_malformed_sha256sums_as_one_failed_check(tmp_path, capsys, sums, message):
+    import shutil
+
+    import diagnose
+
+    shutil.copytree(ROOT / "conala-corpus", tmp_path / "c")
+    (tmp_path / "c" / "SHA256SUMS").write_text(sums, encoding="latin-1")
+    results = diagnose.check_dataset(str(tmp_path / "c"))
+    assert ("❌", "conala SHA256SUMS") in results and message in capsys.readouterr().out
+    (tmp_path / "c" / "SHA256SUMS").write_bytes(b"\xff\xfe\n")
+    assert ("❌", "conala SHA256SUMS") in diagnose.check_dataset(str(tmp_path / "c"))
+
+
+def test_diagnose_and_rlhf_give_one_line_for_non_utf8_data(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "conala-train.json").write_bytes(b'[{"intent": "\xff"}]')
+    (tmp_path / "conala-test.json").write_bytes(b"[" * 100_000)
+    res = subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--config", "test", f"--conala_path={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "not UTF-8 text" in res.stderr
+    import diagnose
+
+    results = diagnose.check_dataset(str(tmp_path))
+    assert ("❌", "conala train") in results and ("❌", "conala test") in results

@@ -396,3 +396,46 @@ def test_cli_writes_json(tmp_path, capsys):
     assert "codebleu" in table and "whitespace" in table
     result = json.loads(out.read_text())
     assert result["n"] == 2 and result["codebleu_tokenizer"] == "whitespace" and 0 < result["codebleu"] <= 1
+
+
+# ----------------------------------------------------------------------------- RUBY's work bound
+def _lines(n, k):
+    return "\n".join(f"x{i} = foo(a{i}, b[{i}] + {k}) * bar(c{i})" for i in range(n))
+
+
+def test_ruby_below_the_bound_is_the_exact_tree_level():
+    a, b = _lines(8, 1), _lines(8, 2)  # ~150 nodes a side: under RUBY_MAX_TREE_PAIRS like every CoNaLa pair
+    ra, rb = metrics.parse(a), metrics.parse(b)
+    assert metrics.tree_size(ra) * metrics.tree_size(rb) <= metrics.RUBY_MAX_TREE_PAIRS
+    assert metrics.ruby_level(a, b) == "tree" and metrics.ruby(a, b) == metrics.tree_similarity(ra, rb)
+
+
+def test_ruby_over_the_bound_falls_back_to_the_string_level_and_says_so(monkeypatch):
+    import time
+
+    a, b = _lines(20, 1), _lines(20, 2)
+    assert metrics.ruby_level(a, b) == "string (tree too large)"
+    assert metrics.ruby(a, b) == metrics.token_similarity(metrics.conala_tokens(a), metrics.conala_tokens(b))
+    big_a, big_b = _lines(300, 1), _lines(300, 2)  # took 64 s before the bound
+    t0 = time.perf_counter()
+    assert metrics.ruby_level(big_a, big_b) == "string (truncated)"
+    cut = metrics.RUBY_MAX_TOKENS
+    assert metrics.ruby(big_a, big_b) == metrics.token_similarity(metrics.conala_tokens(big_a)[:cut],
+                                                                  metrics.conala_tokens(big_b)[:cut])
+    assert time.perf_counter() - t0 < 10
+    monkeypatch.setattr(metrics, "RUBY_MAX_TREE_PAIRS", 10**9)  # the cap is the only thing that changed the level
+    assert metrics.ruby_level(a, b) == "tree"
+
+
+def test_bertscore_layers_past_the_encoders_depth_is_a_config_error():
+    import models
+    from config import ConfigError
+
+    try:
+        models.encoder_path("tiny:bert")
+    except ConfigError as e:
+        pytest.skip(str(e))
+    metrics.check_bertscore_layers("tiny:bert", 2)
+    for bad in (3, 0):
+        with pytest.raises(ConfigError, match=f"--bertscore_layers={bad}: tiny:bert has 2 layers; use 1 to 2"):
+            metrics.check_bertscore_layers("tiny:bert", bad)
