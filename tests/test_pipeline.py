@@ -65,7 +65,7 @@ def test_every_output_exists_and_policy_checkpoints_reload(full_run):
     assert {r["status"] for r in rep["targets"]} <= {"MET", "MISSED"}
     assert rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_low"] <= rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_high"]
     stages = {json.loads(ln)["stage"] for ln in (full_run / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"sft", "reward", "ppo", "ppo_eval", "eval"}
+    assert stages == {"sft", "reward", "reward_eval", "ppo", "ppo_eval", "eval"}
     assert "MISSED" in (full_run / "report.md").read_text() or "MET" in (full_run / "report.md").read_text()
 
 
