@@ -332,9 +332,14 @@ def build_preference_pairs(train_examples: list, val_examples: list, policy_samp
     return (splits[0], splits[1], val_annotated) if with_candidates else (splits[0], splits[1])
 
 
+def pairing(pair: dict) -> str:
+    """'policy>policy', 'reference>policy', 'policy>truncated', ...: which kinds a pair compares, chosen first."""
+    return f"{pair['chosen_kind']}>{pair['rejected_kind']}"
+
+
 def pair_counts_by_kind(pairs: list[dict], by: str = "rejected_kind") -> dict[str, int]:
     """Pair counts per rejected kind (the corruption a pair teaches against); by="pairing" counts
     'chosen>rejected' combinations instead."""
     if by == "pairing":
-        return dict(Counter(f"{p['chosen_kind']}>{p['rejected_kind']}" for p in pairs).most_common())
+        return dict(Counter(pairing(p) for p in pairs).most_common())
     return dict(Counter(p[by] for p in pairs).most_common())

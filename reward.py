@@ -15,7 +15,6 @@ import math
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from config import ConfigError, die
 from feedback import (annotate, build_candidates, build_preference_pairs, pair_counts_by_kind,  # noqa: F401
-                      rule_signals)
+                      pairing, rule_signals)
 from report import read_jsonl, write_jsonl  # noqa: F401 -- re-exported: reward.write_jsonl(pairs, path)
 
 HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
@@ -178,13 +177,8 @@ def evaluate_pairs(rm: RewardModel, tokenizer, pairs: list[dict], device: torch.
     if by_kind:
         out["accuracy_by_kind"] = accuracy_by(correct, [p["rejected_kind"] for p in pairs])
         out["accuracy_by_pairing"] = accuracy_by(correct, [pairing(p) for p in pairs])
-        out["pairs_by_pairing"] = dict(Counter(pairing(p) for p in pairs).most_common())
+        out["pairs_by_pairing"] = pair_counts_by_kind(pairs, by="pairing")
     return out
-
-
-def pairing(pair: dict) -> str:
-    """'policy>policy', 'reference>policy', 'policy>truncated', ...: which kinds a pair compares, chosen first."""
-    return f"{pair['chosen_kind']}>{pair['rejected_kind']}"
 
 
 def accuracy_by(correct: torch.Tensor, groups: list[str]) -> dict[str, float]:
