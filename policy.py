@@ -71,7 +71,7 @@ def response_forward(model, query_ids, query_mask, response_ids):
     # Response positions are all attended: post-EOS tokens only ever precede other post-EOS tokens (causal),
     # so they cannot change a real token's output, and no attention row is empty.
     attention_mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)  # [B, P+R]
-    if isinstance(model, PolicyWithValueHead):
+    if isinstance(getattr(model, "module", model), PolicyWithValueHead):  # also inside DDP, whose forward syncs grads
         logits, values = model(input_ids, attention_mask, logits_to_keep=R + 1)
         return logits[:, :-1], values[:, -R - 1:-1]  # the state *before* token t predicts it and values it
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),

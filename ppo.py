@@ -23,6 +23,9 @@ Sources: lm-human-preferences (LHP: train_policy.py, policy.py, language/model.p
      head barely learns), both learning rates decaying linearly to 0 (LHP lrnow = lr * (1 - frac); CleanRL).
  11. Global grad-norm clip, approx_kl (k3) logging and optional early stop on it (CleanRL).
  12. A mean KL below -1 warns (TRL); a NaN/inf loss raises NonFiniteLossError before the optimizer step.
+ 13. Several ranks (torchrun, dist.py): the policy is DDP-wrapped, each rank samples and scores its own prompts,
+     whitening and every statistic use global sums, and the minibatches are cut from one global permutation,
+     so N ranks x batch b take the update of one process with batch N*b (ppo_step says how).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+import dist
 from policy import (VALUE_HEAD_FILE, PolicyWithValueHead, Rollout, decode_responses,  # noqa: F401 -- re-exported
                     make_reference, mask_after_eos, position_ids, response_forward, rollout, token_logprobs)
 
@@ -41,27 +45,32 @@ ADVANTAGES = ("gae", "rloo", "grpo")  # advantage estimators (Config.advantage)
 
 
 # ----------------------------------------------------------------------------- the maths
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean over entries where mask is true (TRL/LHP). torch.where, not x*mask, so a NaN under the mask stays out."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, reduce=None) -> torch.Tensor:
+    """Mean over entries where mask is true (TRL/LHP). torch.where, not x*mask, so a NaN under the mask stays out.
+    `reduce` (e.g. dist.all_reduce_sum) turns the sum and the count into global ones: the mean over every rank's
+    entries, so N ranks x batch b whiten exactly as one process with batch N*b. None: this tensor alone."""
     mask = mask.bool()
     kept = torch.where(mask, x, torch.zeros_like(x))
-    return kept.sum() / mask.sum() if dim is None else kept.sum(dim) / mask.sum(dim)
+    if dim is not None:
+        return kept.sum(dim) / mask.sum(dim)
+    return kept.sum() / mask.sum() if reduce is None else reduce(kept.sum()) / reduce(mask.sum())
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce=None) -> torch.Tensor:
+    mean = masked_mean(x, mask, reduce=reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce=reduce)  # two passes: the global mean first, then the spread
     if unbiased:
-        n = mask.bool().sum()
+        n = mask.bool().sum() if reduce is None else reduce(mask.bool().sum())
         if n < 2:
             raise ValueError(f"masked_var needs at least 2 unmasked entries for Bessel's correction, got {int(n)}")
         var = var * n / (n - 1)  # TRL masked_var: Bessel's correction
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (LHP utils.whiten, for rewards)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce=None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (LHP utils.whiten, for rewards).
+    With `reduce`, mean and std are those of every rank's entries together (see masked_mean)."""
+    mean, var = masked_mean(x, mask, reduce=reduce), masked_var(x, mask, reduce=reduce)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
 
@@ -169,10 +178,11 @@ def grpo_advantages(scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Te
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).reshape(-1)
 
 
-def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg) -> Rollout:
+def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg, reduce=None) -> Rollout:
     """Fill scores, rewards, advantages and returns (details 4-7). `scores` [B] come from the caller, in reward
     units (the RM after LHP gain/bias and sigmoid-then-clip, plus weighted rule signals). The gain/bias makes
-    one beta mean the same across reward models; after the sigmoid, beta trades KL nats against that 0-1 scale."""
+    one beta mean the same across reward models; after the sigmoid, beta trades KL nats against that 0-1 scale.
+    `reduce` makes the whitening global over ranks; the k samples of a prompt always sit on one rank."""
     mask = ro.response_mask.bool()  # [B, R]
     scores = torch.as_tensor(scores, dtype=torch.float32, device=mask.device).reshape(-1)  # [B]
     kl = torch.where(mask, kl_penalty(ro.logprobs, ro.ref_logprobs, kind=cfg.kl_estimator), 0.0)  # [B, R]
@@ -184,7 +194,7 @@ def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg) -> R
     rewards[rows, last] += final
     if cfg.advantage == "gae":
         if cfg.whiten_rewards:
-            rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False), 0.0)
+            rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False, reduce=reduce), 0.0)
         advantages, returns = compute_gae(rewards, ro.values, mask, gamma=cfg.gamma, lam=cfg.lam)
     else:
         k = cfg.samples_per_prompt
@@ -192,17 +202,20 @@ def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg) -> R
         advantages = torch.where(mask, seq[:, None].expand_as(kl), 0.0)  # one advantage for every token
         returns = torch.zeros_like(kl)  # no critic
     if cfg.advantage != "grpo":
-        advantages = torch.where(mask, masked_whiten(advantages, mask), 0.0)
+        advantages = torch.where(mask, masked_whiten(advantages, mask, reduce=reduce), 0.0)
     return dataclasses.replace(ro, scores=scores, rewards=rewards, advantages=advantages, returns=returns,
                                kl_coef=float(kl_coef))
 
 
-def init_value_bias(policy: PolicyWithValueHead, ro: Rollout, final_scores: torch.Tensor) -> Rollout:
+def init_value_bias(policy: PolicyWithValueHead, ro: Rollout, final_scores: torch.Tensor, reduce=None) -> Rollout:
     """Detail 1: a fresh head (zero weights) outputs its bias everywhere, so setting the bias to the batch's mean
-    final score makes V exactly that constant; the rollout's stored values are set to match."""
+    final score makes V exactly that constant; the rollout's stored values are set to match. With `reduce` the
+    mean is over every rank's batch, so all replicas get the same bias."""
     if policy.value_head.weight.abs().max() != 0:
         raise ValueError("init_value_bias needs a fresh value head (zero weights); a trained head keeps its values")
-    c = float(torch.as_tensor(final_scores, dtype=torch.float32).mean())
+    final_scores = torch.as_tensor(final_scores, dtype=torch.float32)
+    c = float(final_scores.mean() if reduce is None else
+              reduce(final_scores.sum()) / reduce(torch.tensor(float(final_scores.numel()))))
     with torch.no_grad():
         policy.value_head.bias.fill_(c)
     return dataclasses.replace(ro, values=torch.where(ro.response_mask.bool(), c, 0.0))
@@ -260,68 +273,91 @@ def minibatch_loss(policy, mb: Rollout, cfg, ctx) -> tuple[torch.Tensor, dict, t
 
 
 def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str, float]:
-    """ppo_epochs passes over shuffled minibatches of `rollout` (which compute_rewards has filled)."""
+    """ppo_epochs passes over shuffled minibatches of `rollout` (which compute_rewards has filled).
+
+    Several ranks (detail 13): `policy` is DDP-wrapped and `rollout` is this rank's b rows of a global batch of
+    W*b, rank r holding global rows r*b .. r*b+b-1. One permutation of the global batch (rank 0's) cuts every
+    rank's minibatches, and each rank runs its own rows of each one; its loss is weighted by its token share of
+    the *global* minibatch times W, because DDP averages gradients over the W ranks. The update is therefore
+    that of one process with the whole batch, up to float summation order (tests/test_dist.py checks it)."""
     ctx = nullcontext() if ctx is None else ctx
     if scaler is None:  # a disabled scaler makes scale/unscale_/step plain backward and optimizer.step
         scaler = torch.amp.GradScaler("cpu", enabled=False)
     policy.eval()  # detail 3: no dropout, so on the first minibatch new log-probs == old ones (ratio 1)
+    W, r = dist.world_size(), dist.rank()
     B, sums, ratio_dev, epochs_run = rollout.query_ids.shape[0], defaultdict(list), None, 0
     lengths = rollout.query_mask.sum(1) + rollout.response_mask.sum(1)  # [B] real tokens per row
     for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, device=rollout.query_ids.device)
-        for start in range(0, B, cfg.mini_batch_size):
-            mb_inds = perm[start:start + cfg.mini_batch_size]
+        perm = dist.broadcast_tensor(torch.randperm(B * W, device=rollout.query_ids.device))  # [W*B] global rows
+        for start in range(0, B * W, cfg.mini_batch_size):
+            g_inds = perm[start:start + cfg.mini_batch_size]
+            mb_inds = g_inds[(g_inds >= r * B) & (g_inds < (r + 1) * B)] - r * B  # this rank's rows of it
             # Rows of similar length share a micro-batch, so trim() cuts more padding; the sum is the same gradient.
             mb_inds = mb_inds[torch.argsort(lengths[mb_inds], stable=True)]
-            mb_tokens = rollout.response_mask[mb_inds].sum()
-            acc = defaultdict(float)
+            mb_tokens = dist.all_reduce_sum(rollout.response_mask[mb_inds].sum())  # the global minibatch's tokens
+            scale = 1.0
+            if len(mb_inds) == 0:  # none of this minibatch is ours: one zero-weighted row keeps DDP's backward
+                mb_inds, scale = torch.zeros(1, dtype=torch.long, device=perm.device), 0.0
+            acc, bad = defaultdict(float), None
             optimizer.zero_grad(set_to_none=True)
-            for micro in range(0, len(mb_inds), cfg.micro_batch_size):
+            micros = list(range(0, len(mb_inds), cfg.micro_batch_size))
+            for micro in micros:
                 mb = rollout.index(mb_inds[micro:micro + cfg.micro_batch_size]).trim()
-                loss, stats, mb_logprobs = minibatch_loss(policy, mb, cfg, ctx)
-                weight = mb.response_mask.sum() / mb_tokens  # token share of the minibatch (detail 9)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError("non-finite PPO loss (" + ", ".join(f"{k}={v.item()}" for k, v in
-                                             stats.items()) + f") at epoch {epoch}; weights are from the last good step")
-                scaler.scale(loss * weight).backward()
+                with dist.no_sync(policy, last=micro == micros[-1]):
+                    loss, stats, mb_logprobs = minibatch_loss(policy, mb, cfg, ctx)
+                    weight = scale * W * mb.response_mask.sum() / mb_tokens  # token share of the minibatch (detail 9)
+                    if not torch.isfinite(loss) and bad is None:
+                        bad = "non-finite PPO loss (" + ", ".join(f"{k}={v.item()}" for k, v in stats.items()) + ")"
+                    if W == 1 and bad:  # one process stops at once; several must first finish DDP's backward
+                        break
+                    scaler.scale(loss * weight).backward()
                 if ratio_dev is None:  # first micro-batch, before any update: the ratio must be 1 (N+ details)
                     ratio = (mb_logprobs.detach() - mb.logprobs).exp()
-                    ratio_dev = torch.where(mb.response_mask.bool(), ratio - 1, 0).abs().max().item()
+                    ratio_dev = torch.where(mb.response_mask.bool(), ratio - 1, 0).abs().max()
                 for name, v in stats.items():
-                    acc[name] += v.detach() * weight
+                    acc[name] += v.detach() * weight / W
+            if dist.any_flag(bad is not None):  # every rank raises together, before any optimizer step
+                raise NonFiniteLossError(f"{bad or 'non-finite PPO loss on another rank'} at epoch {epoch}; "
+                                         "weights are from the last good step")
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps itself
                 raise NonFiniteLossError(f"non-finite gradient norm at epoch {epoch}; weights are unchanged")
             scaler.step(optimizer)
             scaler.update()
-            for name, v in acc.items():
-                sums[name].append(float(v))
+            names = sorted(acc)  # one all-reduce for every statistic of the minibatch
+            totals = dist.all_reduce_sum(torch.stack([torch.as_tensor(acc[n], dtype=torch.float32) for n in names]))
+            for name, v in zip(names, totals.tolist()):
+                sums[name].append(v)
             sums["policy/grad_norm"].append(float(grad_norm))
         epochs_run += 1
         if cfg.target_kl and sums["policy/approx_kl"][-1] > cfg.target_kl:
             break  # CleanRL: stop the epochs once the last minibatch's approx_kl passes target_kl
+    ratio_dev = dist.all_reduce_max(ratio_dev.float()).item()
     return _step_stats(rollout, cfg, sums, ratio_dev, epochs_run)
 
 def _step_stats(ro: Rollout, cfg, sums, ratio_dev, epochs_run) -> dict[str, float]:
+    """Rollout statistics of the global batch: every mean is over all ranks' rows (dist.global_mean), so the
+    logged numbers and the KL the controller sees do not depend on the world size."""
     mask = ro.response_mask.bool()
     kl = torch.where(mask, kl_penalty(ro.logprobs, ro.ref_logprobs, kind=cfg.kl_estimator), 0.0)
-    mean_kl = kl.sum(1).mean().item()  # nats per response (LHP objective/kl)
+    mean_kl = dist.global_mean(kl.sum(1)).item()  # nats per response (LHP objective/kl)
     if mean_kl < -1:
         warnings.warn(f"objective/kl = {mean_kl:.2f} < -1: the policy's log-probs do not match its samples; "
                       "check that generation and log-probs use the same temperature, top_k and masks (TRL guard)")
     stats = {name: sum(v) / len(v) for name, v in sums.items()}
     stats.update({
-        "objective/kl": mean_kl, "objective/kl_coef": ro.kl_coef, "objective/score": ro.scores.mean().item(),
-        "objective/entropy": ro.entropy.sum(1).mean().item(),  # nats per response, exact from the full softmax
-        "response/length_mean": ro.response_mask.sum(1).float().mean().item(),
-        "response/eos_fraction": ro.eos.float().mean().item(),
+        "objective/kl": mean_kl, "objective/kl_coef": ro.kl_coef, "objective/score": dist.global_mean(ro.scores).item(),
+        "objective/entropy": dist.global_mean(ro.entropy.sum(1)).item(),  # nats per response, from the full softmax
+        "response/length_mean": dist.global_mean(ro.response_mask.sum(1).float()).item(),
+        "response/eos_fraction": dist.global_mean(ro.eos.float()).item(),
         "policy/first_ratio_dev": ratio_dev,  # max |ratio - 1| on the first micro-batch: ~1e-7 unless a mismatch
         "ppo/epochs": float(epochs_run),
     })
     if cfg.advantage == "gae":  # CleanRL: how much of the return variance the rollout values explain (1 = all)
-        stats["value/explained_variance"] = (1 - masked_var(ro.returns - ro.values, mask)
-                                             / masked_var(ro.returns, mask)).item()
+        reduce = dist.all_reduce_sum if dist.world_size() > 1 else None
+        stats["value/explained_variance"] = (1 - masked_var(ro.returns - ro.values, mask, reduce=reduce)
+                                             / masked_var(ro.returns, mask, reduce=reduce)).item()
     return stats
 
 
@@ -330,16 +366,20 @@ def train_ppo_iteration(policy, ref_model, optimizer, kl_ctl, query_ids, query_m
     """Rollout -> score the decoded responses -> rewards/advantages -> PPO update -> adapt beta (LHP
     PPOTrainer.step). With samples_per_prompt = k the caller passes each prompt k times, in consecutive rows.
     score_fn(list[str]) -> Tensor[B]; None scores 0 (a pure-KL step). `step` (0-based) sets the lr schedule;
-    init_value sets a fresh value head's bias from this batch (detail 1). Returns (stats, rollout, responses)."""
+    init_value sets a fresh value head's bias from this batch (detail 1). Returns (stats, rollout, responses).
+    Several ranks: `policy` is DDP-wrapped, the query rows are this rank's share, sampling and scoring go through
+    the unwrapped module, and whitening, the value bias, the stats and the KL controller use the global batch."""
     set_lr(optimizer, lr_fraction(step, cfg))
-    ro = rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=ctx)
+    core = dist.unwrap(policy)  # generate and no-grad scoring need no gradient sync
+    reduce = dist.all_reduce_sum if dist.world_size() > 1 else None
+    ro = rollout(core, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=ctx)
     responses = decode_responses(ro, tokenizer)
     scores = score_fn(responses) if score_fn is not None else torch.zeros(len(responses))
     scores = torch.as_tensor(scores, dtype=torch.float32, device=ro.eos.device).reshape(-1)  # [B]
     if init_value and cfg.advantage == "gae":
-        ro = init_value_bias(policy, ro, scores - cfg.missing_eos_penalty * (~ro.eos).float())
-    ro = compute_rewards(ro, scores, kl_coef=kl_ctl.value, cfg=cfg)
+        ro = init_value_bias(core, ro, scores - cfg.missing_eos_penalty * (~ro.eos).float(), reduce=reduce)
+    ro = compute_rewards(ro, scores, kl_coef=kl_ctl.value, cfg=cfg, reduce=reduce)
     stats = ppo_step(policy, optimizer, ro, cfg, ctx=ctx, scaler=scaler)
     stats["policy/lr"] = optimizer.param_groups[0]["lr"]
-    kl_ctl.update(stats["objective/kl"], n_steps=len(responses))  # LHP: after the step, with this batch's KL
+    kl_ctl.update(stats["objective/kl"], n_steps=len(responses) * dist.world_size())  # LHP: the global batch's KL
     return stats, ro, responses

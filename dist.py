@@ -1,0 +1,197 @@
+"""torch.distributed in one place: which rank am I, how many are we, which device is mine, and the few
+collectives the stages need (sums of statistics, a shared flag, gathering results on every rank).
+
+    torchrun --standalone --nproc_per_node=N rlhf.py --config ...   # N ranks on one machine
+
+nanoGPT train.py is the model: torchrun's RANK / LOCAL_RANK / WORLD_SIZE decide everything, LOCAL_RANK picks the
+GPU, and the stages ask `is_main()` ("am I the writer?") instead of reading RANK themselves. A plain
+`python rlhf.py` (or torchrun with one process) never creates a process group: world size 1, rank 0, and every
+helper below returns its input, so the single-process code path is the one it always was.
+
+Backend from the device: NCCL on CUDA, gloo on CPU. The process group has a timeout (Config.dist_timeout_s),
+so a rank stuck in a collective whose partner died raises instead of hanging forever; torchrun itself stops
+the remaining ranks as soon as one exits with an error (its elastic agent watches every worker).
+Why a separate module: the stages stay the story of the pipeline; only this file knows about process groups.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as tdist
+
+from config import ConfigError
+
+
+class EveryRankError(ConfigError):
+    """A user error that every rank hits alike (a bad --device, an output folder rank 0 refused): rank 0 prints
+    it, the other ranks exit with the same code in silence, so the user reads one line, not N."""
+
+
+# ----------------------------------------------------------------------------- who am I
+def env_world_size() -> int:
+    """WORLD_SIZE as torchrun set it (1 under plain python); valid before setup()."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """The one writer (nanoGPT master_process): logs, metrics.jsonl, plots, checkpoints and the report."""
+    return rank() == 0
+
+
+def device_problem(device_type: str, n_gpus: int, local_world_size: int) -> str | None:
+    """Why this node cannot give every local rank its own device, or None. Pure, so it is testable without GPUs."""
+    if device_type == "cuda" and n_gpus < local_world_size:
+        return (f"--device=cuda with {local_world_size} ranks on this node but {n_gpus} GPU(s) visible; use "
+                f"--nproc_per_node={n_gpus} or fewer (one GPU per rank), or --device=cpu")
+    if device_type == "mps" and local_world_size > 1:
+        return f"--device=mps has one device and no collective backend; run one process, or use --device=cpu"
+    return None
+
+
+# ----------------------------------------------------------------------------- setup and teardown
+def setup(device: torch.device, timeout_s: float) -> torch.device:
+    """Join the process group torchrun describes and return this rank's device (cuda:LOCAL_RANK on GPUs).
+    World size 1: nothing to join, `device` comes back unchanged."""
+    if env_world_size() <= 1:
+        return device
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    problem = device_problem(device.type, torch.cuda.device_count() if device.type == "cuda" else 0, local_world)
+    if problem:
+        raise EveryRankError(problem)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)  # NCCL and every bare .cuda() use the current device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                             device_id=device if backend == "nccl" else None)
+    return device
+
+
+def teardown() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- collectives (identities at world size 1)
+def _comm_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of x (any shape), on x's device; x itself at world size 1."""
+    if world_size() == 1:
+        return x
+    y = x.detach().to(_comm_device(), copy=True)
+    tdist.all_reduce(y, op=tdist.ReduceOp.SUM)
+    return y.to(x.device)
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if world_size() == 1:
+        return x
+    y = x.detach().to(_comm_device(), copy=True)
+    tdist.all_reduce(y, op=tdist.ReduceOp.MAX)
+    return y.to(x.device)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of x over every element on every rank (ranks may hold different counts)."""
+    if world_size() == 1:
+        return x.mean()
+    sums = all_reduce_sum(torch.stack([x.sum().double(), torch.tensor(float(x.numel()), device=x.device).double()]))
+    return (sums[0] / sums[1]).to(x.dtype)
+
+
+def any_flag(flag: bool) -> bool:
+    """True on every rank if it is true on any rank: a Ctrl-C seen by one rank stops all at the same step."""
+    if world_size() == 1:
+        return bool(flag)
+    return bool(all_reduce_max(torch.tensor([int(bool(flag))])).item())
+
+
+def barrier() -> None:
+    """Wait for every rank (around each checkpoint: nobody reads it before rank 0 has renamed it into place)."""
+    if world_size() > 1:
+        tdist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (picklable): the output folder, the synthetic-feedback pairs."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's tensor (same shape and dtype on every rank) on every rank."""
+    if world_size() == 1:
+        return x
+    y = x.to(_comm_device(), copy=True)
+    tdist.broadcast(y, src=0)
+    return y.to(x.device)
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] at world size 1."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------- sharding
+def shard(items: list) -> list:
+    """This rank's contiguous block of `items` (sizes differ by at most one; a rank may get none), so that
+    concatenating every rank's block in rank order gives `items` back (evaluation gathers that way)."""
+    n, w, r = len(items), world_size(), rank()
+    return items[r * n // w:(r + 1) * n // w]
+
+
+def shard_or_dummy(items: list) -> tuple[list, float]:
+    """(this rank's shard, 1.0), or (items[:1], 0.0) when the shard is empty. DDP all-reduces gradients inside
+    backward(), so every rank must run one per optimizer step; a rank with no examples runs the first example
+    with its loss scaled by 0, which adds exactly nothing to the summed gradient."""
+    mine = shard(items)
+    return (mine, 1.0) if mine or not items else (items[:1], 0.0)
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False):
+    """DDP around `module` when there are several ranks, else `module` itself. DDP averages gradients over
+    ranks, so each rank's loss is scaled by world_size / (global count) where the stages need a global mean."""
+    if world_size() == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP (generate, save, value_head live there); the module itself otherwise."""
+    return getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
+
+
+def no_sync(module, last: bool):
+    """DDP's no_sync() on every micro-batch but the last of an optimizer step, so gradients are all-reduced once
+    per step, not once per micro-batch (nanoGPT's require_backward_grad_sync)."""
+    import contextlib
+
+    return module.no_sync() if not last and hasattr(module, "no_sync") else contextlib.nullcontext()
