@@ -158,11 +158,12 @@ def gather_objects(obj) -> list:
 
 
 # ----------------------------------------------------------------------------- sharding
-def shard(items: list) -> list:
-    """This rank's contiguous block of `items` (sizes differ by at most one; a rank may get none), so that
-    concatenating every rank's block in rank order gives `items` back (evaluation gathers that way)."""
+def shard(items: list, strided: bool = False) -> list:
+    """This rank's share of `items` (sizes differ by at most one; a rank may get none): a contiguous block, so
+    concatenating the blocks in rank order gives `items` back, or with `strided` every world_size-th item, which
+    spreads a length-sorted list evenly over the ranks."""
     n, w, r = len(items), world_size(), rank()
-    return items[r * n // w:(r + 1) * n // w]
+    return items[r::w] if strided else items[r * n // w:(r + 1) * n // w]
 
 
 def shard_or_dummy(items: list) -> tuple[list, float]:

@@ -28,14 +28,19 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
                    desc: str = "decode") -> list[list[str]]:
     """Generate n answers per intent, batched by prompt length (less left padding), returned in input order.
     Greedy for evaluation; sampling with the config's temperature/top_p for synthetic-feedback candidates and
-    best-of-n."""
+    best-of-n. Several ranks: the batches (the very batches one process would form) are dealt out over the ranks
+    and the answers gathered on every rank, so greedy answers are those of a single process; samples are not
+    (each rank has its own random stream)."""
     import torch
     from tqdm import tqdm
+
+    import dist
 
     order = sorted(range(len(intents)), key=lambda i: len(intents[i]))
     answers: list[list[str]] = [[] for _ in intents]
     lm.eval()
-    for start in tqdm(range(0, len(order), cfg.eval_batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+    starts = dist.shard(list(range(0, len(order), cfg.eval_batch_size)), strided=True)  # prompts sorted by length
+    for start in tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True):
         idx = order[start:start + cfg.eval_batch_size]
         batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
         batch = {k: v.to(lm.device) for k, v in batch.items()}
@@ -47,6 +52,11 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for j, text in enumerate(texts):
             answers[idx[j // n]].append(data.extract_code(text))
+    if dist.world_size() > 1:
+        mine = {i: a for i, a in enumerate(answers) if a}  # this rank's intents, by index
+        for part in dist.gather_objects(mine):
+            for i, a in part.items():
+                answers[i] = a
     return answers
 
 
