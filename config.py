@@ -134,6 +134,7 @@ class Config:
     output_dir: str = ""  # where logs, plots, checkpoints and reports go; "" = outputs/<config>-<timestamp>
     stages: str = "sft,reward,ppo,eval"  # comma-separated subset of sft,reward,ppo,eval to run
     policy: str = ""  # start from this policy checkpoint instead of running SFT ("" = use policy_model + SFT)
+    dist_timeout_s: float = 3600.0  # torchrun: a collective waiting longer raises (a dead or stuck rank); it must exceed the longest rank-0-only work (synthetic feedback, scoring the test set)
     # --- data ---
     conala_path: str = "./conala-corpus"  # folder with conala-train.json and conala-test.json (the seed's knob)
     val_fraction: float = 0.1  # share of train *questions* held out for validation (split by question_id)
@@ -222,6 +223,7 @@ DOMAINS: dict[str, object] = {
     "output_dir": Text(),
     "stages": Stages(),
     "policy": Text(),
+    "dist_timeout_s": POSITIVE,
     "conala_path": Text(empty_ok=False),
     "val_fraction": Range(0, 1, lo_open=True, hi_open=True),
     "train_limit": LIMIT,  # 0 = all; a negative limit would slice from the end

@@ -166,11 +166,11 @@ def shard(items: list, strided: bool = False) -> list:
     return items[r::w] if strided else items[r * n // w:(r + 1) * n // w]
 
 
-def shard_or_dummy(items: list) -> tuple[list, float]:
+def shard_or_dummy(items: list, strided: bool = False) -> tuple[list, float]:
     """(this rank's shard, 1.0), or (items[:1], 0.0) when the shard is empty. DDP all-reduces gradients inside
     backward(), so every rank must run one per optimizer step; a rank with no examples runs the first example
     with its loss scaled by 0, which adds exactly nothing to the summed gradient."""
-    mine = shard(items)
+    mine = shard(items, strided)
     return (mine, 1.0) if mine or not items else (items[:1], 0.0)
 
 

@@ -10,11 +10,14 @@ rises, then falls, as KL from the start policy grows. `curve_point` measures bot
 the validation intents (never the test set), and plots/overoptimization.png draws them against objective/kl.
 Best-of-n (`sft-bon`) is the baseline Gao et al. set beside PPO: n SFT samples, the RM keeps its favourite.
 
+Several ranks (torchrun): the decoding batches are dealt out over the ranks and gathered (decode_batches), and
+rank 0 alone scores, writes and reports, so greedy results are those of one process.
 Why a separate module: rlhf.py stays the story of the four stages; stage_eval there is a thin call into this file.
 """
 from __future__ import annotations
 
 import data
+import dist
 import models
 import report
 
@@ -34,13 +37,11 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
     import torch
     from tqdm import tqdm
 
-    import dist
-
     order = sorted(range(len(intents)), key=lambda i: len(intents[i]))
     answers: list[list[str]] = [[] for _ in intents]
     lm.eval()
     starts = dist.shard(list(range(0, len(order), cfg.eval_batch_size)), strided=True)  # prompts sorted by length
-    for start in tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True):
+    for start in tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True, disable=not dist.is_main()):
         idx = order[start:start + cfg.eval_batch_size]
         batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
         batch = {k: v.to(lm.device) for k, v in batch.items()}
@@ -144,7 +145,7 @@ def evaluate_system(run, env, name: str, lm, tok, step: int) -> dict:
     if cached and "per_example" in cached:
         return cached
     preds = greedy(lm, tok, [e.intent for e in env["test"]], run, env, f"eval {name}")
-    return score_system(run, env, name, preds, step)
+    return score_system(run, env, name, preds, step) if dist.is_main() else {}
 
 
 def evaluate_best_of_n(run, env, name: str, lm, tok, n: int, step: int) -> dict:
@@ -155,9 +156,12 @@ def evaluate_best_of_n(run, env, name: str, lm, tok, n: int, step: int) -> dict:
     cfg, test = run.cfg, env["test"]
     lm.to(env["device"])
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
-    models.seed_everything(cfg.seed)  # the same samples whether or not the greedy systems came from a resume
+    # The same samples whether or not the greedy systems came from a resume; each rank its own stream.
+    models.seed_everything(cfg.seed + 1000 * dist.rank())
     samples = decode_batches(lm, tok, fmt, [e.intent for e in test], cfg, env["ctx"], sample=True, n=n,
                              desc=f"eval {name} (n={n})")
+    if not dist.is_main():
+        return {}
     flat = proxy_scores(run, env, [e.intent for e in test for _ in range(n)], [s for ss in samples for s in ss])
     scores = [flat[i * n:(i + 1) * n] for i in range(len(test))]  # [I, n]
     pick = best_of_n(scores).tolist()
@@ -181,6 +185,8 @@ def curve_point(run, env, policy_lm, tok, step: int, kl: float) -> dict:
     was_training = policy_lm.training
     preds = greedy(policy_lm, tok, [e.intent for e in exs], run, env, f"ppo_eval step {step}")
     policy_lm.train(was_training)
+    if not dist.is_main():
+        return {}
     gold = feedback.gold_scores(preds, [e.snippet for e in exs], run.cfg.exec_timeout_s, log=run.log)
     proxy = proxy_scores(run, env, [e.intent for e in exs], preds)
     point = {"gold": mean(gold), "proxy": mean(proxy) if proxy else float("nan"), "objective/kl": kl, "n": len(exs)}
@@ -225,6 +231,8 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
             else:
                 env["notes"].append("sft-bon skipped: no checkpoint-reward/ to pick with")
         del lm
+    if not dist.is_main():  # the other ranks only helped decode
+        return
     boot = bootstrap_rows(results, cfg.bootstrap_samples, cfg.seed)
     preds = {n: report.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
     examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results})

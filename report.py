@@ -37,22 +37,34 @@ class Tee:
 
 class Run:
     """One output folder: pipeline.log (the pipeline's own timestamped lines), training.log (everything on the
-    console), metrics.jsonl (every stat with stage and step), state.json (completed stages, for --resume)."""
+    console), metrics.jsonl (every stat with stage and step), state.json (completed stages, for --resume).
+    Under torchrun every rank holds a Run with the same state, but only the writer (rank 0) touches the folder."""
 
-    def __init__(self, out: Path, cfg):
-        self.out, self.cfg = out, cfg
+    def __init__(self, out: Path, cfg, writer: bool = True):
+        self.out, self.cfg, self.writer = out, cfg, writer
         self.state_path = out / "state.json"
         self.state = load_state(self.state_path) if self.state_path.exists() else \
             {"completed": [], "stage_seconds": {}, "evaluated": {}}
         self.stop_requested = False
 
     def log(self, msg: str) -> None:
+        if not self.writer:
+            return
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         print(line, flush=True)
         with open(self.out / "pipeline.log", "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
+    def agree_stop(self) -> bool:
+        """Has any rank seen Ctrl-C? Every rank asks at the same point (a step's end), so all stop together."""
+        import dist
+
+        self.stop_requested = dist.any_flag(self.stop_requested)
+        return self.stop_requested
+
     def stat(self, stage: str, step: int, **stats) -> None:
+        if not self.writer:
+            return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"stage": stage, "step": step, **stats}) + "\n")
         if getattr(self.cfg, "tensorboard", False):
@@ -72,6 +84,8 @@ class Run:
         self._writer.flush()
 
     def save_state(self) -> None:
+        if not self.writer:
+            return
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state, indent=2))
         os.replace(tmp, self.state_path)  # atomic, so a kill never leaves half a state file
@@ -154,12 +168,18 @@ def refuse_protected(out: Path, cfg) -> None:
 
 
 def install_sigint(run: Run) -> None:
-    """First Ctrl-C: finish the current step, save a checkpoint, exit 130. Second Ctrl-C: stop at once."""
+    """First Ctrl-C: finish the current step, save a checkpoint, exit 130. Second Ctrl-C: stop at once.
+    Under torchrun the ranks agree at each step's end (Run.agree_stop), so a Ctrl-C on any rank stops them all."""
+    import dist
 
     def handler(signum, frame):
         if run.stop_requested:
+            # torchrun forwards the terminal's SIGINT to workers that already got it, so under torchrun one Ctrl-C
+            # arrives twice within milliseconds; only a later one means "stop at once".
+            if dist.world_size() > 1 and time.monotonic() - run.first_sigint < 2.0:
+                return
             raise KeyboardInterrupt
-        run.stop_requested = True
+        run.stop_requested, run.first_sigint = True, time.monotonic()
         print("\ninterrupt: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)",
               file=sys.stderr, flush=True)
 

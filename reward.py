@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dist
 from config import ConfigError, die
 from feedback import (annotate, build_candidates, build_preference_pairs, pair_counts_by_kind,  # noqa: F401
                       pairing, rule_signals)
@@ -252,7 +253,7 @@ def subsample_pairs(pairs: list[dict], cap: int, seed: int, log=print) -> list[d
 def pair_scores(rm: RewardModel, tokenizer, mb: list[dict], device: torch.device, ctx) -> tuple[torch.Tensor, ...]:
     """(r_chosen [B], r_rejected [B]) with grad, encoding each distinct (intent, code) of the minibatch once."""
     texts = list(dict.fromkeys((p["intent"], c) for p in mb for c in (p["chosen"], p["rejected"])))
-    batch = rm.tokenize(tokenizer, [t[0] for t in texts], [t[1] for t in texts])
+    batch = dist.unwrap(rm).tokenize(tokenizer, [t[0] for t in texts], [t[1] for t in texts])
     with ctx:
         r = rm(**{k: v.to(device) for k, v in batch.items()}).float()  # [U]
     where = {t: i for i, t in enumerate(texts)}
@@ -262,7 +263,10 @@ def pair_scores(rm: RewardModel, tokenizer, mb: list[dict], device: torch.device
 def train_reward_model(rm: RewardModel, tokenizer, train_pairs: list[dict], val_pairs: list[dict], cfg,
                        device: torch.device, ctx, scaler=None, log=print) -> list[dict]:
     """AdamW on the Bradley-Terry loss for cfg.reward_epochs, one intent group per batch (`intent_batches`).
-    Returns one dict per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds."""
+    Returns one dict per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds.
+    Several ranks: reward_batch_size is the global batch; each rank takes its share of every step's pairs under
+    DDP, its mean loss weighted by its share of the step's pairs (x W, as DDP averages), and the logged train
+    numbers are sums over ranks: the update and the log are those of one process."""
     from tqdm import tqdm
 
     if not train_pairs or not val_pairs:
@@ -270,6 +274,8 @@ def train_reward_model(rm: RewardModel, tokenizer, train_pairs: list[dict], val_
                           f"{len(val_pairs)}; raise --train_limit or --val_fraction")
     rm.max_len = cfg.reward_max_len
     rm.to(device)
+    # find_unused_parameters: the encoder's pooler (mean pooling) or a causal LM's lm_head gets no gradient.
+    model, W = dist.wrap_ddp(rm, device, find_unused_parameters=True), dist.world_size()
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.reward_learning_rate)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)  # fp16 needs the caller's scaler
     rng, history = random.Random(cfg.seed), []
@@ -277,22 +283,24 @@ def train_reward_model(rm: RewardModel, tokenizer, train_pairs: list[dict], val_
         t0, rm_loss, rm_acc, seen = time.perf_counter(), 0.0, 0.0, 0
         rm.train()
         batches = intent_batches(train_pairs, cfg.reward_batch_size, rng)
-        bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.reward_epochs}", leave=False)
+        bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.reward_epochs}", leave=False, disable=not dist.is_main())
         for step, idx in enumerate(bar):
-            mb = [train_pairs[i] for i in idx]
-            mb_r_chosen, mb_r_rejected = pair_scores(rm, tokenizer, mb, device, ctx)  # [B], [B]
+            mine, keep = dist.shard_or_dummy(idx)  # this rank's pairs of the step (keep = 0: none, a dummy)
+            mb = [train_pairs[i] for i in mine]
+            mb_r_chosen, mb_r_rejected = pair_scores(model, tokenizer, mb, device, ctx)  # [B], [B]
             loss = bradley_terry_loss(mb_r_chosen, mb_r_rejected)
             _check_finite(loss.detach(), f"reward loss at epoch {epoch} step {step}")
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * (keep * W * len(mb) / len(idx))).backward()
             scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
             scaler.step(opt)
             scaler.update()
-            rm_loss += loss.item() * len(mb)  # .item() is a sync point; fine at this size
-            rm_acc += (mb_r_chosen > mb_r_rejected).sum().item()
-            seen += len(mb)
-            bar.set_postfix(loss=f"{rm_loss / seen:.4f}", acc=f"{rm_acc / seen:.3f}")
+            rm_loss += loss.item() * len(mb) * keep  # .item() is a sync point; fine at this size
+            rm_acc += (mb_r_chosen > mb_r_rejected).sum().item() * keep
+            seen += len(mb) * keep
+            bar.set_postfix(loss=f"{rm_loss / max(seen, 1):.4f}", acc=f"{rm_acc / max(seen, 1):.3f}")
+        rm_loss, rm_acc, seen = dist.all_reduce_sum(torch.tensor([rm_loss, rm_acc, seen], dtype=torch.float64)).tolist()
         val = evaluate_pairs(rm, tokenizer, val_pairs, device, ctx)
         history.append({"epoch": epoch, "train_loss": rm_loss / seen, "train_accuracy": rm_acc / seen,
                         "val_loss": val["loss"], "val_accuracy": val["accuracy"],

@@ -5,8 +5,11 @@
     python rlhf.py --config test             # tiny random models, seconds
     python rlhf.py --resume outputs/quick-20261124-040000   # continue after a kill or Ctrl-C
 
+    torchrun --standalone --nproc_per_node=2 rlhf.py --config test   # 2 ranks (dist.py): DDP, rank 0 writes
+
 Reads top to bottom: helpers (decoding) -> the four stages -> main. Every stage writes its checkpoint
 atomically and marks itself done in state.json, which is what --resume reads (report.py owns the run folder).
+Under torchrun every rank runs every stage on its share of the data; only rank 0 writes (dist.is_main()).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import config
 import data
+import dist
 import models
 import report
 from config import ConfigError, die
@@ -24,6 +28,7 @@ from evaluate import decode_batches  # stage_reward samples SFT candidates with 
 from report import Interrupted, Run
 
 EXTRA_FLAGS = ("resume=", "overwrite", "diagnose", "debug")
+RANK_SEED_STRIDE = 1000  # rank r seeds with seed + 1000 r: independent samples per rank, rank 0 as one process
 
 
 # ----------------------------------------------------------------------------- stage 1: SFT
@@ -40,26 +45,32 @@ def sft_loss(lm, batch, ctx):
 
 
 def validation_loss(lm, tok, fmt, examples, cfg, ctx, device) -> float:
+    """Token-mean NLL over `examples`; several ranks share the micro-batches and sum their totals."""
     import torch
 
     lm.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(examples), cfg.sft_micro_batch_size):
+        for i in dist.shard(list(range(0, len(examples), cfg.sft_micro_batch_size)), strided=True):
             batch = data.sft_batch(examples[i:i + cfg.sft_micro_batch_size], tok, fmt, cfg.sft_max_len)
             nll, n = sft_loss(lm, {k: v.to(device) for k, v in batch.items()}, ctx)
             total, count = total + nll.item(), count + n.item()
+    total, count = dist.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
 def stage_sft(run: Run, env: dict, train, val) -> None:
-    """Supervised fine-tuning on (intent -> snippet), loss on the snippet tokens only; AdamW with linear decay."""
+    """Supervised fine-tuning on (intent -> snippet), loss on the snippet tokens only; AdamW with linear decay.
+    Several ranks: sft_batch_size is the global batch; each rank takes its share of every step's examples under
+    DDP, and its summed NLL is divided by the global token count (x W, as DDP averages), so the update and the
+    logged loss are those of one process."""
     import torch
     from tqdm import tqdm
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
     lm, tok = models.load_causal_lm(cfg.policy_model, seed=cfg.seed)
     lm.to(device)
+    model, W = dist.wrap_ddp(lm, device), dist.world_size()  # lm stays the module that is saved
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
     n_steps = max(1, math.ceil(len(train) * cfg.sft_epochs / cfg.sft_batch_size))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -68,19 +79,22 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / n_steps)
     scaler = models.make_grad_scaler(device, env["dtype"])
     run.stat("sft", 0, val_loss=validation_loss(lm, tok, fmt, val, cfg, ctx, device))
-    bar = tqdm(range(n_steps), desc="sft", unit="step", dynamic_ncols=True)
+    bar = tqdm(range(n_steps), desc="sft", unit="step", dynamic_ncols=True, disable=not dist.is_main())
     for step in bar:
         lm.train()
         chunk = [train[i] for i in order[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size]]
         chunk.sort(key=lambda e: len(e.intent) + len(e.snippet))  # similar lengths share a micro-batch
+        chunk, keep = dist.shard_or_dummy(chunk, strided=True)  # keep = 0: a rank without examples this step
         micro = [chunk[i:i + cfg.sft_micro_batch_size] for i in range(0, len(chunk), cfg.sft_micro_batch_size)]
         batches = [{k: v.to(device) for k, v in data.sft_batch(m, tok, fmt, cfg.sft_max_len).items()} for m in micro]
-        n_tokens = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
+        n_tokens = dist.all_reduce_sum(sum((b["labels"][:, 1:] != -100).sum() for b in batches) * int(keep))
         total = 0.0
-        for b in batches:
-            nll, _ = sft_loss(lm, b, ctx)
-            scaler.scale(nll / n_tokens).backward()
-            total += nll.item()
+        for j, b in enumerate(batches):
+            with dist.no_sync(model, last=j == len(batches) - 1):
+                nll, _ = sft_loss(model, b, ctx)
+                scaler.scale(nll * keep * W / n_tokens).backward()
+            total += nll.item() * keep
+        total = dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64)).item()
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0).item()
         scaler.step(opt)
@@ -92,15 +106,23 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
             raise FloatingPointError(f"SFT loss is {loss} at step {step}; lower --sft_learning_rate or use fp32")
         bar.set_postfix(loss=f"{loss:.3f}")
         run.stat("sft", step + 1, loss=loss, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
-        if run.stop_requested:
+        if run.agree_stop():
             name = f"checkpoint-sft-step{step + 1}"
-            models.save_atomic(run.out / name, lambda d: save_policy(lm, tok, d, cfg))
+            save_checkpoint(run, name, lambda d: save_policy(lm, tok, d, cfg))
             raise Interrupted(f"SFT stopped at step {step + 1}/{n_steps}; the partial policy is in {name}/ (usable "
                               "with --policy); SFT restarts from scratch on resume")
     val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
     run.stat("sft", n_steps, val_loss=val_loss)
     run.log(f"sft: {n_steps} steps, final train loss {loss:.4f}, validation loss {val_loss:.4f} on {len(val)} examples")
-    models.save_atomic(run.out / "checkpoint-sft", lambda d: save_policy(lm, tok, d, cfg))
+    save_checkpoint(run, "checkpoint-sft", lambda d: save_policy(lm, tok, d, cfg))
+
+
+def save_checkpoint(run: Run, name: str, write) -> None:
+    """Rank 0 writes run.out/name atomically (models.save_atomic); every rank then waits at a barrier, so no rank
+    reads a checkpoint before it is in place, and a kill leaves a whole checkpoint or none, as with one process."""
+    if dist.is_main():
+        models.save_atomic(run.out / name, write)
+    dist.barrier()
 
 
 def save_policy(lm, tok, folder: Path, cfg) -> None:
@@ -126,13 +148,14 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         samples = decode_batches(lm, tok, fmt, [e.intent for e in chosen], cfg, ctx, sample=True,
                                  n=cfg.reward_policy_samples, desc="policy samples")
         policy_samples = {e.question_id: s for e, s in zip(chosen, samples)}
-    train_pairs, val_pairs, val_cands = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log,
-                                                                      with_candidates=True)
-    reward.write_jsonl(train_pairs, run.out / "preference_pairs_train.jsonl")
-    reward.write_jsonl(val_pairs, run.out / "preference_pairs_val.jsonl")
-    reward.write_jsonl(val_cands, run.out / "feedback_candidates_val.jsonl")
-    run.log(f"reward: {len(train_pairs)} train / {len(val_pairs)} held-out pairs; by pairing "
-            f"{reward.pair_counts_by_kind(train_pairs, by='pairing')}")
+    pairs = None
+    if dist.is_main():  # the annotator runs sandboxed code whose timeouts may differ: one rank labels, all train
+        pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log, with_candidates=True)
+        for rows, name in zip(pairs, ("preference_pairs_train", "preference_pairs_val", "feedback_candidates_val")):
+            reward.write_jsonl(rows, run.out / f"{name}.jsonl")
+        run.log(f"reward: {len(pairs[0])} train / {len(pairs[1])} held-out pairs; by pairing "
+                f"{reward.pair_counts_by_kind(pairs[0], by='pairing')}")
+    train_pairs, val_pairs, val_cands = dist.broadcast_object(pairs)
     train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, log=run.log)
     if cfg.reward_backbone == "policy":  # InstructGPT/LHP: the RM starts from the SFT policy it will judge
         rm, etok = reward.RewardModel(lm, kind="causal", fmt=fmt).to(device), tok
@@ -142,6 +165,17 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         rm = reward.RewardModel(encoder).to(device)
     history = reward.train_reward_model(rm, etok, train_pairs, val_pairs, cfg, device, ctx,
                                         models.make_grad_scaler(device, env["dtype"]), log=run.log)
+    if dist.is_main():  # calibration and the held-out report: rank 0's copy is the one saved
+        calibrate_and_report(run, rm, etok, train, policy_samples, val_pairs, val_cands, history, device, ctx)
+    save_checkpoint(run, "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
+
+
+def calibrate_and_report(run: Run, rm, etok, train, policy_samples, val_pairs, val_cands, history, device, ctx):
+    """Log the RM's epochs, fit the LHP gain/bias on reference-policy samples, and report held-out accuracy per
+    pairing and Spearman with the annotator (state.json keeps it for report.md)."""
+    import reward
+
+    cfg = run.cfg
     for h in history:
         run.stat("reward", h["epoch"], **{k: v for k, v in h.items() if k != "epoch"})
     # LHP: normalise the RM on samples of the reference (= SFT) policy, so kl_coef keeps one meaning.
@@ -161,12 +195,13 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
             f" on {held['n']} held-out policy samples; all pairs {held['accuracy']:.3f}; by pairing "
             + ", ".join(f"{k} {v:.3f}" for k, v in held["accuracy_by_pairing"].items())
             + f"; calibration gain {rm.gain:.3f} bias {rm.bias:.3f} on {len(calib)} reference-policy samples")
-    models.save_atomic(run.out / "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
 
 
 # ----------------------------------------------------------------------------- stage 3: PPO
 def stage_ppo(run: Run, env: dict, train) -> None:
-    """PPO from the SFT policy; the reference model is the frozen SFT policy (LHP)."""
+    """PPO from the SFT policy; the reference model is the frozen SFT policy (LHP). Several ranks: batch_size is
+    the global batch, each rank samples and scores its share of the prompts with its own replicas of the
+    reference and the reward model, and only the policy with its value head is DDP-wrapped (ppo.py detail 13)."""
     import torch
 
     import evaluate
@@ -183,6 +218,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     policy = ppo.PolicyWithValueHead.load(resume_dir) if resume_dir else ppo.PolicyWithValueHead(base_lm)
     ref = ppo.make_reference(base_lm)  # a frozen copy of the SFT weights, taken before any update
     policy.to(device), ref.to(device)
+    model = dist.wrap_ddp(policy, device, find_unused_parameters=cfg.advantage != "gae")  # no critic: no head grads
     rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(device)
     rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
@@ -193,15 +229,21 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         saved = torch.load(resume_dir / "trainer_state.pt", weights_only=False)
         opt.load_state_dict(saved["optimizer"])
         kl_ctl.value = saved["kl_coef"]
-        torch.set_rng_state(saved["torch_rng"])
+        by_rank = saved.get("torch_rng_by_rank", [saved["torch_rng"]])  # one stream per rank, as saved
+        torch.set_rng_state(by_rank[dist.rank()] if len(by_rank) == dist.world_size() else saved["torch_rng"])
         run.log(f"ppo: resumed from {resume_dir.name} (step {start})")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_prompts = cfg.batch_size // cfg.samples_per_prompt  # batch_size counts responses
+    if n_prompts % dist.world_size():
+        raise dist.EveryRankError(f"--batch_size={cfg.batch_size} gives {n_prompts} prompts per PPO step, which do not "
+                                  f"split over {dist.world_size()} ranks; use a multiple of "
+                                  f"{dist.world_size() * cfg.samples_per_prompt}")
+    n_local, first = n_prompts // dist.world_size(), n_prompts // dist.world_size() * dist.rank()  # this rank's prompts
     if cfg.eval_every and start == 0:  # the curve starts at the SFT policy, KL 0
         evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
     for step in range(start, cfg.ppo_steps):
         t0 = time.perf_counter()
-        prompts = [train[order[(step * n_prompts + i) % len(train)]] for i in range(n_prompts)]
+        prompts = [train[order[(step * n_prompts + first + i) % len(train)]] for i in range(n_local)]
         exs = [e for e in prompts for _ in range(cfg.samples_per_prompt)]  # the k samples of a prompt are adjacent
         q = data.generation_batch([e.intent for e in exs], tok, fmt, cfg.max_prompt_len)
 
@@ -218,12 +260,12 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             return reward.combined_reward(rm_norm, rules, cfg)
 
         try:
-            stats, _, responses = ppo.train_ppo_iteration(policy, ref, opt, kl_ctl, q["input_ids"].to(device),
+            stats, _, responses = ppo.train_ppo_iteration(model, ref, opt, kl_ctl, q["input_ids"].to(device),
                                                           q["attention_mask"].to(device), tok, score_fn, cfg, ctx,
                                                           scaler, step=step, init_value=resume_dir is None and step == 0)
         except ppo.NonFiniteLossError as e:
             save_ppo(run, policy, tok, opt, kl_ctl, step, "checkpoint-ppo-nonfinite")
-            raise ConfigError(f"PPO step {step + 1}: {e}; state saved in checkpoint-ppo-nonfinite/") from None
+            raise dist.EveryRankError(f"PPO step {step + 1}: {e}; state saved in checkpoint-ppo-nonfinite/") from None
         stats["time/step_seconds"] = time.perf_counter() - t0
         run.stat("ppo", step + 1, **stats)
         run.log(f"ppo {step + 1}/{cfg.ppo_steps}  score {stats['objective/score']:.3f}  kl {stats['objective/kl']:.3f}"
@@ -231,26 +273,28 @@ def stage_ppo(run: Run, env: dict, train) -> None:
                 f"approx_kl {stats['policy/approx_kl']:.4f}  ev {stats.get('value/explained_variance', float('nan')):.2f}  "
                 f"len {stats['response/length_mean']:.1f}  "
                 f"{stats['time/step_seconds']:.1f}s  e.g. {responses[0][:60]!r}")
-        last = step + 1 == cfg.ppo_steps
-        if last or run.stop_requested or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+        last, stop = step + 1 == cfg.ppo_steps, run.agree_stop()
+        if last or stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
             save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):  # over-optimisation curve
             evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
-        if run.stop_requested and not last:
+        if stop and not last:
             raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved")
-    models.save_atomic(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
+    save_checkpoint(run, "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
 
 
 def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
     import torch
 
+    rngs = dist.gather_objects(torch.get_rng_state())  # every rank's sampling stream, so a resume continues each
+
     def write(d):
         policy.save(d)
         save_policy(policy.lm, tok, d, run.cfg)
-        torch.save({"optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step,
-                    "torch_rng": torch.get_rng_state()}, d / "trainer_state.pt")
+        torch.save({"optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step, "torch_rng": rngs[0]}
+                   | ({"torch_rng_by_rank": rngs} if len(rngs) > 1 else {}), d / "trainer_state.pt")
 
-    models.save_atomic(run.out / name, write)
+    save_checkpoint(run, name, write)
 
 
 def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
@@ -291,10 +335,9 @@ def need(path: Path, what: str) -> None:
         raise ConfigError(f"{path} is missing: run {what} first (e.g. --resume this folder with it in --stages)")
 
 
-def run_pipeline(run: Run) -> None:
+def run_pipeline(run: Run, device) -> None:
     cfg = run.cfg
-    models.seed_everything(cfg.seed)
-    device = models.resolve_device(cfg.device)
+    models.seed_everything(cfg.seed + RANK_SEED_STRIDE * dist.rank())
     dtype = models.resolve_dtype(cfg.dtype, device)
     train, val, test = data.load_splits(cfg)
     uses_rules = any((cfg.w_syntax, cfg.w_exec, cfg.w_similarity, cfg.w_quality))
@@ -311,13 +354,14 @@ def run_pipeline(run: Run) -> None:
         if run.done(name) and name != "eval":
             run.log(f"{name}: already completed in this folder, skipped")
             continue
-        models.seed_everything(cfg.seed + len(name))  # each stage reproducible on its own, also after a resume
+        # Each stage reproducible on its own, also after a resume; each rank its own random stream (sampling).
+        models.seed_everything(cfg.seed + len(name) + RANK_SEED_STRIDE * dist.rank())
         run.log(f"=== stage {name} ===")
         t0 = time.perf_counter()
         stages[name]()
         run.mark_done(name, time.perf_counter() - t0)
         run.log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
-        if run.stop_requested:
+        if run.agree_stop():
             raise Interrupted(f"stopped after the {name} stage")
 
 
@@ -337,15 +381,26 @@ def main(argv: list[str]) -> int:
         import metrics
 
         metrics.check_bertscore_layers(cfg.bertscore_model, cfg.bertscore_layers)
-    out = report.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
-    sys.stdout, sys.stderr = report.Tee(sys.stdout, out / "training.log"), report.Tee(sys.stderr, out / "training.log")
-    config.save_config(cfg, out / "config.json")
-    with open(out / "argv.txt", "a", encoding="utf-8") as f:
-        f.write(" ".join(["rlhf.py", *argv]) + "\n")
-    run = Run(out, cfg)
+    device = dist.setup(models.resolve_device(cfg.device, verbose=dist.env_rank() == 0), cfg.dist_timeout_s)
+    out = problem = None
+    if dist.is_main():  # only rank 0 creates, checks or moves the output folder
+        try:
+            out = report.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
+        except ConfigError as e:
+            problem = str(e)
+    out, problem = dist.broadcast_object((out, problem))
+    if problem:
+        raise (dist.EveryRankError if dist.world_size() > 1 else ConfigError)(problem)
+    if dist.is_main():
+        sys.stdout, sys.stderr = report.Tee(sys.stdout, out / "training.log"), report.Tee(sys.stderr, out / "training.log")
+        config.save_config(cfg, out / "config.json")
+        with open(out / "argv.txt", "a", encoding="utf-8") as f:
+            f.write(" ".join(["rlhf.py", *argv]) + "\n")
+    dist.barrier()  # the other ranks read state.json once rank 0 has the folder ready
+    run = Run(out, cfg, writer=dist.is_main())
     report.install_sigint(run)
     try:
-        run_pipeline(run)
+        run_pipeline(run, device)
     except Interrupted as e:
         run.log(f"interrupted: {e}; continue with: python rlhf.py --resume {out}")
         return 130
@@ -353,10 +408,24 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def error_line(e: Exception) -> str | None:
+    """The one line this rank prints for a user error, or None where rank 0 prints the same line: errors raised
+    before the process group exists (config, data, device) and dist.EveryRankError are alike on every rank."""
+    r = dist.env_rank()
+    if r and (isinstance(e, dist.EveryRankError) or dist.world_size() == 1):
+        return None
+    return (f"rank {r}: " if r else "") + str(e)
+
+
 if __name__ == "__main__":
     try:
-        raise SystemExit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
     except (ConfigError, data.DataError, FloatingPointError) as e:
         if "--debug" in sys.argv:
             raise
-        die(str(e), 2 if isinstance(e, ConfigError) else 1)
+        code, line = 2 if isinstance(e, ConfigError) else 1, error_line(e)
+        if line is None:
+            raise SystemExit(code) from None
+        die(line, code)  # a failing rank exits at once; torchrun then stops the others (no teardown to hang in)
+    dist.teardown()
+    raise SystemExit(code)
