@@ -1,7 +1,7 @@
 """End to end: `rlhf.py --config test` in a subprocess on tiny random models (STYLE.md, third test layer).
 
 Covers every output file, checkpoint reload, refusal to overwrite, a bad --output_dir, resume after SIGKILL
-mid-PPO, Ctrl-C (SIGINT) handling, and same seed -> same report.
+mid-PPO, Ctrl-C (SIGINT) handling, same seed -> same report, and the same run on 2 gloo ranks under torchrun.
 """
 import json
 import os
@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,36 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "interrupted: PPO stopped after step" in stdout and "--resume" in stdout
     saved = [p.name for p in out.glob("checkpoint-ppo-*")]
     assert len(saved) == 1 and "Traceback" not in stdout
+
+
+def torchrun(*args):
+    """rlhf.py --config test on 2 CPU ranks (gloo); --standalone picks a free rendezvous port."""
+    return subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "rlhf.py"), "--config", "test", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_two_ranks_under_torchrun_write_one_run(full_run, tmp_path):
+    """Rank 0 alone writes: one argv line, one 'done', every metrics row once, every checkpoint. Ranks share
+    SFT's batches (its losses equal the single process's) and the evaluation (greedy base answers are equal)."""
+    out = tmp_path / "ddp"
+    res = torchrun("--output_dir", str(out), "--seed", "5")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (out / "report.md").exists() and (out / "report.json").exists() and (out / "checkpoint-final").exists()
+    assert (out / "argv.txt").read_text().count("\n") == 1 and (out / "pipeline.log").read_text().count("done: ") == 1
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(ln) for ln in (full_run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows] == [(r["stage"], r["step"]) for r in single]
+    for a, b in zip(rows, single):
+        if a["stage"] == "sft":
+            assert a.get("loss", a.get("val_loss")) == pytest.approx(b.get("loss", b.get("val_loss")), rel=1e-5)
+    base = [json.loads(ln)["prediction"] for ln in (out / "predictions-base.jsonl").read_text().splitlines()]
+    assert base == [json.loads(ln)["prediction"] for ln in (full_run / "predictions-base.jsonl").read_text().splitlines()]
+    assert not list(tmp_path.glob("outputs*")) and not list(out.glob(".*tmp*"))
+
+
+def test_torchrun_device_error_is_one_line(tmp_path):
+    res = torchrun("--device", "cuda" if not __import__("torch").cuda.is_available() else "mps",
+                   "--output_dir", str(tmp_path / "x"))
+    assert res.returncode != 0 and res.stdout.count("error: ") + res.stderr.count("error: ") == 1
+    assert not (tmp_path / "x").exists()
