@@ -359,6 +359,11 @@ def run_pipeline(run: Run, device) -> None:
         run.log(f"=== stage {name} ===")
         t0 = time.perf_counter()
         stages[name]()
+        if device.type == "cuda":  # rank 0's peak, per stage, for bench/gpu_check.sh
+            import torch
+
+            run.state.setdefault("peak_gpu_gib", {})[name] = torch.cuda.max_memory_allocated(device) / 2**30
+            torch.cuda.reset_peak_memory_stats(device)
         run.mark_done(name, time.perf_counter() - t0)
         run.log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
         if run.agree_stop():
