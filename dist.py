@@ -157,6 +157,26 @@ def gather_objects(obj) -> list:
     return out
 
 
+def save_on_main(folder, write) -> None:
+    """Rank 0 writes `folder` atomically (models.save_atomic: a temp folder, then one rename); every rank then
+    waits at a barrier, so no rank reads a checkpoint before it is in place, and a kill leaves a whole checkpoint
+    or none, as with one process."""
+    import models
+
+    if is_main():
+        models.save_atomic(folder, write)
+    barrier()
+
+
+def error_line(e: Exception) -> str | None:
+    """The one line this rank prints for a user error, or None where rank 0 prints the same line: errors raised
+    before the process group exists (config, data, device) and EveryRankError are alike on every rank."""
+    r = env_rank()
+    if r and (isinstance(e, EveryRankError) or world_size() == 1):
+        return None
+    return (f"rank {r}: " if r else "") + str(e)
+
+
 # ----------------------------------------------------------------------------- sharding
 def shard(items: list, strided: bool = False) -> list:
     """This rank's share of `items` (sizes differ by at most one; a rank may get none): a contiguous block, so

@@ -108,21 +108,13 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
         run.stat("sft", step + 1, loss=loss, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
         if run.agree_stop():
             name = f"checkpoint-sft-step{step + 1}"
-            save_checkpoint(run, name, lambda d: save_policy(lm, tok, d, cfg))
+            dist.save_on_main(run.out / name, lambda d: save_policy(lm, tok, d, cfg))
             raise Interrupted(f"SFT stopped at step {step + 1}/{n_steps}; the partial policy is in {name}/ (usable "
                               "with --policy); SFT restarts from scratch on resume")
     val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
     run.stat("sft", n_steps, val_loss=val_loss)
     run.log(f"sft: {n_steps} steps, final train loss {loss:.4f}, validation loss {val_loss:.4f} on {len(val)} examples")
-    save_checkpoint(run, "checkpoint-sft", lambda d: save_policy(lm, tok, d, cfg))
-
-
-def save_checkpoint(run: Run, name: str, write) -> None:
-    """Rank 0 writes run.out/name atomically (models.save_atomic); every rank then waits at a barrier, so no rank
-    reads a checkpoint before it is in place, and a kill leaves a whole checkpoint or none, as with one process."""
-    if dist.is_main():
-        models.save_atomic(run.out / name, write)
-    dist.barrier()
+    dist.save_on_main(run.out / "checkpoint-sft", lambda d: save_policy(lm, tok, d, cfg))
 
 
 def save_policy(lm, tok, folder: Path, cfg) -> None:
@@ -167,7 +159,7 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
                                         models.make_grad_scaler(device, env["dtype"]), log=run.log)
     if dist.is_main():  # calibration and the held-out report: rank 0's copy is the one saved
         calibrate_and_report(run, rm, etok, train, policy_samples, val_pairs, val_cands, history, device, ctx)
-    save_checkpoint(run, "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
+    dist.save_on_main(run.out / "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
 
 
 def calibrate_and_report(run: Run, rm, etok, train, policy_samples, val_pairs, val_cands, history, device, ctx):
@@ -280,7 +272,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
         if stop and not last:
             raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved")
-    save_checkpoint(run, "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
+    dist.save_on_main(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
 
 
 def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
@@ -294,7 +286,7 @@ def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
         torch.save({"optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step, "torch_rng": rngs[0]}
                    | ({"torch_rng_by_rank": rngs} if len(rngs) > 1 else {}), d / "trainer_state.pt")
 
-    save_checkpoint(run, name, write)
+    dist.save_on_main(run.out / name, write)
 
 
 def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
@@ -397,7 +389,8 @@ def main(argv: list[str]) -> int:
     if problem:
         raise (dist.EveryRankError if dist.world_size() > 1 else ConfigError)(problem)
     if dist.is_main():
-        sys.stdout, sys.stderr = report.Tee(sys.stdout, out / "training.log"), report.Tee(sys.stderr, out / "training.log")
+        log = out / "training.log"
+        sys.stdout, sys.stderr = report.Tee(sys.stdout, log), report.Tee(sys.stderr, log)
         config.save_config(cfg, out / "config.json")
         with open(out / "argv.txt", "a", encoding="utf-8") as f:
             f.write(" ".join(["rlhf.py", *argv]) + "\n")
@@ -407,19 +400,11 @@ def main(argv: list[str]) -> int:
     try:
         run_pipeline(run, device)
     except Interrupted as e:
-        run.log(f"interrupted: {e}; continue with: python rlhf.py --resume {out}")
+        again = f"torchrun --nproc_per_node={dist.world_size()}" if dist.world_size() > 1 else "python"
+        run.log(f"interrupted: {e}; continue with: {again} rlhf.py --resume {out}")
         return 130
     run.log(f"done: {out}" + (f", report {out / 'report.md'}" if (out / "report.md").exists() else ""))
     return 0
-
-
-def error_line(e: Exception) -> str | None:
-    """The one line this rank prints for a user error, or None where rank 0 prints the same line: errors raised
-    before the process group exists (config, data, device) and dist.EveryRankError are alike on every rank."""
-    r = dist.env_rank()
-    if r and (isinstance(e, dist.EveryRankError) or dist.world_size() == 1):
-        return None
-    return (f"rank {r}: " if r else "") + str(e)
 
 
 if __name__ == "__main__":
@@ -428,7 +413,7 @@ if __name__ == "__main__":
     except (ConfigError, data.DataError, FloatingPointError) as e:
         if "--debug" in sys.argv:
             raise
-        code, line = 2 if isinstance(e, ConfigError) else 1, error_line(e)
+        code, line = 2 if isinstance(e, ConfigError) else 1, dist.error_line(e)
         if line is None:
             raise SystemExit(code) from None
         die(line, code)  # a failing rank exits at once; torchrun then stops the others (no teardown to hang in)

@@ -8,6 +8,7 @@ environment torchrun would give them; the single-process reference runs here. Th
 import contextlib
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -27,6 +28,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def decode_cfg():
+    return make_config("test", dict(eval_batch_size=3, max_new_tokens=6))  # 8 intents: 3 batches over 2 ranks
 
 
 def make_rollout(tok):
@@ -67,7 +72,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     ro, scores = make_rollout(tok)  # the same 4 rows on every rank; each keeps its own 2
     rows = slice(rank * 2, rank * 2 + 2)
     params, stats, adv = ppo_update(ro.index(rows), scores[rows], reduce=dist.all_reduce_sum)
-    answers = decode_batches(load_causal_lm("tiny:llama", seed=0)[0], tok, "chat", INTENTS, make_config("test", dict(eval_batch_size=3, max_new_tokens=6)),
+    answers = decode_batches(load_causal_lm("tiny:llama", seed=0)[0], tok, "chat", INTENTS, decode_cfg(),
                              contextlib.nullcontext(), sample=False)
     torch.save(dict(params=params, stats=stats, adv=adv, answers=answers, shard=dist.shard(list(range(5))),
                     any=dist.any_flag(rank == 1), gathered=dist.gather_objects(rank)), f"{out}/rank{rank}.pt")
@@ -105,8 +110,7 @@ def test_sharded_decoding_equals_one_process(two_ranks):
     from models import load_causal_lm, load_tokenizer
 
     single = decode_batches(load_causal_lm("tiny:llama", seed=0)[0], load_tokenizer("tiny:llama"), "chat", INTENTS,
-                            make_config("test", dict(eval_batch_size=3, max_new_tokens=6)), contextlib.nullcontext(),
-                            sample=False)
+                            decode_cfg(), contextlib.nullcontext(), sample=False)
     assert two_ranks[0]["answers"] == two_ranks[1]["answers"] == single
 
 
@@ -123,3 +127,34 @@ def test_fewer_gpus_than_ranks_is_one_line():
     msg = dist.device_problem("cuda", 1, 2)
     assert "2 ranks" in msg and "1 GPU" in msg and "\n" not in msg
     assert dist.device_problem("cuda", 2, 2) is None and dist.device_problem("cpu", 0, 8) is None
+
+
+def dying_worker(rank: int, port: int, out: str) -> None:
+    """Rank 1 dies right after joining; rank 0 then waits at a barrier and must get an error, not a hang."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.setup(torch.device("cpu"), timeout_s=20)
+    if rank == 1:
+        os._exit(3)
+    t0 = time.monotonic()
+    try:
+        dist.barrier()
+        outcome = "no error"
+    except Exception as e:  # gloo: the peer's connection closed, or the process-group timeout
+        outcome = type(e).__name__
+    with open(f"{out}/rank0.txt", "w") as f:
+        f.write(f"{outcome} {time.monotonic() - t0:.1f}")
+
+
+def test_a_dead_rank_ends_the_others_wait_within_the_timeout(tmp_path):
+    import multiprocessing
+
+    ctx, port = multiprocessing.get_context("spawn"), free_port()
+    procs = [ctx.Process(target=dying_worker, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+    assert all(p.exitcode is not None for p in procs), "a rank still hangs"
+    outcome, seconds = (tmp_path / "rank0.txt").read_text().split()
+    assert outcome != "no error" and float(seconds) < 30, (outcome, seconds)

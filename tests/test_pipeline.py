@@ -167,7 +167,8 @@ def test_two_ranks_under_torchrun_write_one_run(full_run, tmp_path):
         if a["stage"] == "sft":
             assert a.get("loss", a.get("val_loss")) == pytest.approx(b.get("loss", b.get("val_loss")), rel=1e-5)
     base = [json.loads(ln)["prediction"] for ln in (out / "predictions-base.jsonl").read_text().splitlines()]
-    assert base == [json.loads(ln)["prediction"] for ln in (full_run / "predictions-base.jsonl").read_text().splitlines()]
+    single_base = (full_run / "predictions-base.jsonl").read_text().splitlines()
+    assert base == [json.loads(ln)["prediction"] for ln in single_base]
     assert not list(tmp_path.glob("outputs*")) and not list(out.glob(".*tmp*"))
 
 
