@@ -1,14 +1,18 @@
 """dist.py and the multi-rank paths on CPU (gloo): 2 ranks x batch 2 take the PPO update of 1 process x batch 4,
 sharded decoding gives the single process's answers, and the helpers are identities at world size 1.
 
-The 2-rank checks run in two processes started by torch.multiprocessing, joined through dist.setup() with the
-environment torchrun would give them; the single-process reference runs here. The end-to-end `torchrun` run of
+The 2-rank checks run in two processes started by torch.multiprocessing (from a short-lived python running this
+file, see start_ranks), joined through dist.setup() with the environment torchrun would give them; the
+single-process reference runs here. The end-to-end `torchrun` run of
 `rlhf.py --config test` is in test_pipeline.py (it reuses that file's single-process run).
 """
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,8 @@ import dist
 import ppo
 from config import make_config
 from test_ppo import small_vocab_lm
+
+ROOT = Path(__file__).resolve().parent.parent
 
 INTENTS = ["sort a list", "reverse the string s in place", "add x and y", "open the file f.txt and read it",
            "join the words with commas", "max of a list", "read json from a file", "square every number"]
@@ -79,12 +85,20 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     dist.teardown()
 
 
+def start_ranks(kind: str, out) -> None:
+    """Run `python tests/test_dist.py KIND OUT`, which starts the ranks. Not from pytest itself: multiprocessing
+    leaves its resource-tracker process running for the life of the parent, and test_sandbox.py inspects every
+    descendant of the pytest process."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    res = subprocess.run([sys.executable, __file__, kind, str(out)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    start_ranks("ppo", out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -147,14 +161,24 @@ def dying_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_a_dead_rank_ends_the_others_wait_within_the_timeout(tmp_path):
-    import multiprocessing
-
-    ctx, port = multiprocessing.get_context("spawn"), free_port()
-    procs = [ctx.Process(target=dying_worker, args=(r, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=90)
-    assert all(p.exitcode is not None for p in procs), "a rank still hangs"
+    start_ranks("dying", tmp_path)
     outcome, seconds = (tmp_path / "rank0.txt").read_text().split()
     assert outcome != "no error" and float(seconds) < 30, (outcome, seconds)
+
+
+if __name__ == "__main__":  # start_ranks: the 2 ranks of one check, each in its own process
+    import multiprocessing
+
+    kind, out = sys.argv[1], sys.argv[2]
+    if kind == "ppo":
+        import torch.multiprocessing as mp
+
+        mp.spawn(worker, args=(2, free_port(), out), nprocs=2, join=True)
+    else:
+        ctx, port = multiprocessing.get_context("spawn"), free_port()
+        procs = [ctx.Process(target=dying_worker, args=(r, port, out)) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=90)
+        sys.exit(0 if all(p.exitcode is not None for p in procs) else "a rank still hangs")
