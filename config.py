@@ -334,12 +334,18 @@ PRESETS: dict[str, dict] = {
         sft_epochs=1.0,  # the full training split once (134 steps of 16; ~16 min on 2 idle cores)
         reward_policy_intents=400,  # k = 4 SFT samples for 400 train intents (+ the held-out ones) ~ 10 min
         reward_max_train_pairs=4000,  # whole intents; the RM sees policy>policy pairs from every sampled intent
-        ppo_steps=60,  # 60 x 16 responses = 960 episodes, ~40 s per step
+        ppo_steps=60,  # 60 x 16 responses = 960 episodes
         batch_size=16,
+        samples_per_prompt=4,  # 4 prompts x 4 samples: the group baselines need k >= 2, RLOO's paper uses k = 4
+        advantage="rloo",  # a critic fitted on 16 episodes a step cannot tell prompts apart; a per-prompt baseline can
         mini_batch_size=8,
         micro_batch_size=8,
         max_new_tokens=48,
-        learning_rate=3e-6,  # approx_kl <~ 0.02 and clipfrac <~ 0.2 per step (see quick)
+        learning_rate=5e-6,  # LHP's lr (with its linear decay); minibatches of 8, twice quick's 4
+        w_similarity=0.5,  # PPO prompts are train intents with references: the annotator's own signals join the RM
+        w_syntax=0.2,  # score (as PPOCoder rewards compiler feedback and matches to the reference), with the
+        w_exec=0.15,  # annotator's weights and its reference exec cap (feedback.judge). RM only: --w_similarity=0
+        w_quality=0.15,  # --w_syntax=0 --w_exec=0 --w_quality=0, a row of the README's table
         adaptive_kl=False,  # 960 episodes: a horizon-10,000 controller could not move; a fixed beta says what it does
         init_kl_coef=0.05,
         save_every=10,

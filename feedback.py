@@ -241,6 +241,14 @@ def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None
 ANNOTATOR_WEIGHTS = {"similarity": 0.5, "syntax": 0.2, "exec": 0.15, "quality": 0.15}
 
 
+def cap_exec(signals: dict[str, float], reference_exec: float | None) -> dict[str, float]:
+    """The signals with exec lowered to the reference's own exec signal (see `annotator_score` for why)."""
+    used = dict(signals)
+    if "exec" in used and reference_exec is not None and used["exec"] > reference_exec:
+        used["exec"] = reference_exec
+    return used
+
+
 def annotator_score(signals: dict[str, float], exec_detail: str = "",
                     reference_exec: float | None = None) -> tuple[float, str]:
     """Weighted mean of the available signals (weights renormalised when exec is missing) and the reasons.
@@ -248,9 +256,8 @@ def annotator_score(signals: dict[str, float], exec_detail: str = "",
     The exec signal is capped at the reference's own: the sandbox has none of the snippet's files, network or
     packages, so if the reference itself fails there (FileNotFoundError), a candidate that fails differently
     (`opens(...)` -> NameError) is no better. Execution can show a candidate is worse, never better."""
-    used = dict(signals)
-    if "exec" in used and reference_exec is not None and used["exec"] > reference_exec:
-        used["exec"] = reference_exec
+    used = cap_exec(signals, reference_exec)
+    if used.get("exec") != signals.get("exec"):
         exec_detail += f" (capped at the reference's {reference_exec:.2f})"
     weights = {k: w for k, w in ANNOTATOR_WEIGHTS.items() if k in used}
     score = sum(w * used[k] for k, w in weights.items()) / sum(weights.values())
@@ -260,7 +267,8 @@ def annotator_score(signals: dict[str, float], exec_detail: str = "",
 
 def judge(codes: list[str], references: list[str], timeout_s: float = 2.0, workers: int = 2,
           log=print) -> list[dict]:
-    """The synthetic annotator on (code, reference) pairs -> [{signals, score, reasons}], in input order.
+    """The synthetic annotator on (code, reference) pairs -> [{signals, capped, score, reasons}], in input order
+    (`capped`: the signals with the reference exec cap, the ones `score` weighs).
     Execution goes through the sandbox only (each distinct reference runs too, for the cap in `annotator_score`);
     without a sandbox the exec signal is dropped (weight 0) with a warning, and every reason says so."""
     assert len(codes) == len(references), "judge needs one reference per code"
@@ -276,7 +284,8 @@ def judge(codes: list[str], references: list[str], timeout_s: float = 2.0, worke
     for code, ref, res in zip(codes, references, results):
         signals = rule_signals(code, ref, res.outcome if res else None)
         score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)", ref_exec.get(ref))
-        out.append({"signals": signals, "score": score, "reasons": reasons})
+        out.append({"signals": signals, "capped": cap_exec(signals, ref_exec.get(ref)), "score": score,
+                    "reasons": reasons})
     return out
 
 

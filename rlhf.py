@@ -197,6 +197,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     import torch
 
     import evaluate
+    import feedback
     import ppo
     import reward
     import sandbox
@@ -245,10 +246,11 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             rm_norm = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
                                               rm.gain, rm.bias)
             rules = None
-            if env["uses_rules"]:
-                runs = sandbox.execute_many(codes, cfg.exec_timeout_s) if cfg.w_exec else [None] * len(codes)
-                rules = [reward.rule_signals(c, e.snippet, r.outcome if r else None)
-                         for c, e, r in zip(codes, exs, runs)]
+            if env["uses_rules"] and cfg.w_exec:  # the annotator's signals, exec capped at the reference's (as gold)
+                rules = [j["capped"] for j in feedback.judge(codes, [e.snippet for e in exs], cfg.exec_timeout_s,
+                                                              log=run.log)]
+            elif env["uses_rules"]:
+                rules = [reward.rule_signals(c, e.snippet) for c, e in zip(codes, exs)]
             return reward.combined_reward(rm_norm, rules, cfg)
 
         try:

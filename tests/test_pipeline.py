@@ -145,6 +145,28 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert len(saved) == 1 and "Traceback" not in stdout
 
 
+def test_a_forked_run_trains_only_a_new_ppo_with_rule_rewards(full_run, tmp_path):
+    """bench/ppo_variant.py + --resume --stages ppo,eval: the README's estimator table is made this way. The new
+    PPO (rloo, k=2, with the annotator's rule signals and the reference exec cap in its reward) is trained and
+    evaluated; base/sft/sft-bon come from the source's cache, so its PPO - SFT pairs the very same SFT outputs."""
+    fork = tmp_path / "fork"
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "ppo_variant.py"), str(full_run), str(fork)],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--resume", str(fork), "--stages", "ppo,eval",
+                          "--advantage=rloo", "--samples_per_prompt=2", "--w_similarity=0.5", "--w_exec=0.15"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    log = (fork / "pipeline.log").read_text()
+    assert "=== stage sft ===" not in log and "=== stage reward ===" not in log and "eval sft:" not in log
+    assert "eval ppo:" in log
+    a, b = (json.loads((d / "report.json").read_text())["systems"] for d in (full_run, fork))
+    assert a["sft"] == b["sft"] and a["base"] == b["base"] and "ppo" in b
+    steps = [json.loads(ln) for ln in (fork / "metrics.jsonl").read_text().splitlines()]
+    assert len([s for s in steps if s["stage"] == "ppo"]) == 3  # only the new PPO's steps
+    assert json.loads((fork / "config.json").read_text())["advantage"] == "rloo"
+
+
 def torchrun(*args):
     """rlhf.py --config test on 2 CPU ranks (gloo); --standalone picks a free rendezvous port."""
     return subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2",

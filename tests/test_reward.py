@@ -153,6 +153,10 @@ def test_annotator_weights_and_exec_cap():
     assert capped == pytest.approx(0.5 * 0.9 + 0.2 + 0.15 * 0.25 + 0.15) and "capped" in reasons
     no_exec = {k: v for k, v in sig.items() if k != "exec"}
     assert feedback.annotator_score(no_exec)[0] == pytest.approx((0.45 + 0.2 + 0.15) / 0.85)
+    # cap_exec: the signals PPO's rule reward uses, the same cap as the score (exec only ever lowered)
+    assert feedback.cap_exec(sig, 0.25) == dict(sig, exec=0.25)
+    assert feedback.cap_exec(sig, 1.0) == sig and feedback.cap_exec(sig, None) == sig
+    assert feedback.cap_exec(no_exec, 0.25) == no_exec
 
 
 def test_annotator_without_sandbox_drops_exec(monkeypatch):
