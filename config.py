@@ -92,18 +92,22 @@ class Text:
 
 @dataclass(frozen=True)
 class Stages:
-    """A comma-separated, non-empty subset of STAGES, each at most once."""
+    """A comma-separated subset of `names` (STAGES unless given), each at most once; non-empty unless empty_ok."""
+    names: tuple = ()
+    empty_ok: bool = False
+    what: str = "stages"
 
     def describe(self) -> str:
-        return f"valid stages are {', '.join(STAGES)} (comma-separated, each once)"
+        return f"valid {self.what} are {', '.join(self.names or STAGES)} (comma-separated, each once)"
 
     def problem(self, value) -> str | None:
         names = [s.strip() for s in value.split(",") if s.strip()]
-        ok = names and all(s in STAGES for s in names) and len(set(names)) == len(names)
+        ok = (names or self.empty_ok) and all(s in (self.names or STAGES) for s in names) \
+            and len(set(names)) == len(names)
         return None if ok else self.describe()
 
     def bad_values(self, typ: type) -> list:
-        return ["", ",", "sft,rl", "sft,sft"]
+        return ([] if self.empty_ok else ["", ","]) + ["sft,rl", "sft,sft"]
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ class Config:
     bootstrap_samples: int = 1000  # paired bootstrap resamples for each CI (PPO - SFT etc., gold/CodeBLEU/chrF)
     codebleu_tokenizer: str = "conala"  # conala (official CoNaLa tokens: the headline) or whitespace (codebleu 0.7.0)
     eval_slice: int = 64  # the over-optimisation curve's fixed slice: the first N validation intents
+    eval_systems: str = ""  # evaluate only these of base,sft,ppo ("" = every one that exists); others come from the cache
     bon_n: int = 0  # best-of-n baseline `sft-bon`: n SFT samples per test intent, the RM picks one (0 = off)
     tensorboard: bool = False  # also write every logged stat to <run>/tensorboard/ (metrics.jsonl stays the record)
 
@@ -222,6 +227,7 @@ DOMAINS: dict[str, object] = {
     "dtype": Choices(("auto", "fp32", "bf16", "fp16")),
     "output_dir": Text(),
     "stages": Stages(),
+    "eval_systems": Stages(("base", "sft", "ppo"), empty_ok=True, what="systems"),
     "policy": Text(),
     "dist_timeout_s": POSITIVE,
     "conala_path": Text(empty_ok=False),

@@ -306,6 +306,12 @@ def stage_eval(run: Run, env: dict) -> None:
         systems["sft"] = sft_path(run, env)
     if (run.out / "checkpoint-final").exists():
         systems["ppo"] = str(run.out / "checkpoint-final")
+    wanted = [s.strip() for s in run.cfg.eval_systems.split(",") if s.strip()]
+    if wanted:  # e.g. only a new PPO, while another process evaluates base and SFT (bench/ppo_variant.py)
+        missing = [s for s in wanted if s not in systems]
+        if missing:
+            raise ConfigError(f"--eval_systems={run.cfg.eval_systems}: no {', '.join(missing)} model in {run.out}")
+        systems = {k: v for k, v in systems.items() if k in wanted or k in run.state["evaluated"]}  # cached: kept
     evaluate.stage_eval(run, env, systems)
 
 

@@ -20,6 +20,10 @@ layer below names the attack it stops (the attacks are tests in tests/test_sandb
     the child's fate from the parent side, by its own exit status. The snippet never holds the report descriptor,
     the supervisor is non-dumpable (no /proc/1/mem), and pid 1 ignores every signal sent from inside the
     namespace, so the snippet can neither write, pad, flood nor forge the report.
+  * what no in-process classifier can stop: the snippet shares its process with the code that classifies it, so
+    one that ends that process with the success status (`os._exit(100)`, or `sys.exit(0)` before the line that
+    would fail) is `ok`: it ran without an error up to where it chose to stop. The reward bounds what that buys:
+    exec weighs 0.15 and is capped at the reference's own outcome (feedback.cap_exec, in gold and in PPO).
   * the host kills the sandbox's init by its host pid (`--info-fd`, held as a pidfd) on every exit path: the
     kernel then kills the whole pid namespace, whatever the snippet did to its own sessions or death signals.
     `--die-with-parent` covers the host process dying. bwrap is always reaped (no zombies under a PID-1 trainer).

@@ -153,8 +153,11 @@ def test_a_forked_run_trains_only_a_new_ppo_with_rule_rewards(full_run, tmp_path
     res = subprocess.run([sys.executable, str(ROOT / "bench" / "ppo_variant.py"), str(full_run), str(fork)],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--resume", str(fork), "--stages", "eval",
+                          "--eval_systems=ppo"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--eval_systems=ppo: no ppo model" in res.stderr, res.stderr[-2000:]
     res = subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--resume", str(fork), "--stages", "ppo,eval",
-                          "--advantage=rloo", "--samples_per_prompt=2", "--w_similarity=0.5", "--w_exec=0.15"],
+                          "--eval_systems=ppo", "--advantage=rloo", "--samples_per_prompt=2", "--w_similarity=0.5", "--w_exec=0.15"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = (fork / "pipeline.log").read_text()
