@@ -227,7 +227,6 @@ DOMAINS: dict[str, object] = {
     "dtype": Choices(("auto", "fp32", "bf16", "fp16")),
     "output_dir": Text(),
     "stages": Stages(),
-    "eval_systems": Stages(("base", "sft", "ppo"), empty_ok=True, what="systems"),
     "policy": Text(),
     "dist_timeout_s": POSITIVE,
     "conala_path": Text(empty_ok=False),
@@ -297,6 +296,7 @@ DOMAINS: dict[str, object] = {
     "bootstrap_samples": COUNT,
     "codebleu_tokenizer": Choices(("whitespace", "conala")),
     "eval_slice": COUNT,
+    "eval_systems": Stages(("base", "sft", "ppo"), empty_ok=True, what="systems"),
     "bon_n": LIMIT,  # 0 = no best-of-n system
     "tensorboard": Flag(),
 }
