@@ -101,7 +101,7 @@ class Stages:
         return f"valid {self.what} are {', '.join(self.names or STAGES)} (comma-separated, each once)"
 
     def problem(self, value) -> str | None:
-        names = [s.strip() for s in value.split(",") if s.strip()]
+        names = split_names(value)
         ok = (names or self.empty_ok) and all(s in (self.names or STAGES) for s in names) \
             and len(set(names)) == len(names)
         return None if ok else self.describe()
@@ -464,8 +464,13 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def split_names(value: str) -> list[str]:
+    """"a, b,," -> ["a", "b"]: the comma-separated lists of --stages and --eval_systems."""
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
 def stage_list(cfg: Config) -> list[str]:
-    return [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    return split_names(cfg.stages)
 
 
 def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Config, dict]:

@@ -92,21 +92,22 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """The sum over ranks of x (any shape), on x's device; x itself at world size 1."""
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
+    """op over ranks of x (any shape), on x's device, through a copy on the backend's device; x at world size 1."""
     if world_size() == 1:
         return x
     y = x.detach().to(_comm_device(), copy=True)
-    tdist.all_reduce(y, op=tdist.ReduceOp.SUM)
+    tdist.all_reduce(y, op=op)
     return y.to(x.device)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of x (any shape), on x's device; x itself at world size 1."""
+    return _all_reduce(x, tdist.ReduceOp.SUM)
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    if world_size() == 1:
-        return x
-    y = x.detach().to(_comm_device(), copy=True)
-    tdist.all_reduce(y, op=tdist.ReduceOp.MAX)
-    return y.to(x.device)
+    return _all_reduce(x, tdist.ReduceOp.MAX)
 
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:

@@ -306,7 +306,7 @@ def stage_eval(run: Run, env: dict) -> None:
         systems["sft"] = sft_path(run, env)
     if (run.out / "checkpoint-final").exists():
         systems["ppo"] = str(run.out / "checkpoint-final")
-    wanted = [s.strip() for s in run.cfg.eval_systems.split(",") if s.strip()]
+    wanted = config.split_names(run.cfg.eval_systems)
     if wanted:  # e.g. only a new PPO, while another process evaluates base and SFT (bench/ppo_variant.py)
         missing = [s for s in wanted if s not in systems]
         if missing:
