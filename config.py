@@ -190,6 +190,7 @@ class Config:
     learning_rate: float = 1e-5  # AdamW lr for the policy (the seed's default); CPU presets lower it (see PRESETS)
     vf_learning_rate: float = 1e-3  # AdamW lr for the value head alone: head-only refit on SmolLM2 states reached explained variance 0.88 in 32 steps at 1e-3, 0.08 at 1e-5
     lr_decay: bool = True  # both lrs decay linearly to 0 over ppo_steps (LHP lrnow = lr * (1 - frac); CleanRL anneal_lr)
+    lr_warmup_steps: int = 0  # linear warm-up over the first N PPO steps: Adam's first update is ~lr * sign(g) on every weight (approx_kl 0.037 at step 1, <= 0.007 after, on cpu)
     samples_per_prompt: int = 1  # k responses per prompt in one rollout (batch_size counts responses, so prompts = batch_size / k)
     advantage: str = "gae"  # gae (critic + GAE, the PPO default) | rloo (leave-one-out baseline, Ahmadian et al. 2024) | grpo (group-normalised, Shao et al. 2024)
     gamma: float = 1.0  # discount; 1 as in LHP/TRL, episodes are short
@@ -274,6 +275,7 @@ DOMAINS: dict[str, object] = {
     "learning_rate": LR,
     "vf_learning_rate": LR,
     "lr_decay": Flag(),
+    "lr_warmup_steps": LIMIT,
     "samples_per_prompt": COUNT,  # batch_size must be a multiple of it (validate)
     "advantage": Choices(("gae", "rloo", "grpo")),
     "gamma": UNIT,

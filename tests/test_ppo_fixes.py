@@ -91,6 +91,15 @@ def test_value_head_has_its_own_learning_rate_and_both_decay_linearly(tiny):
     assert ppo.lr_fraction(3, cfg_for(ppo_steps=4, lr_decay=False)) == 1.0
 
 
+def test_lr_warmup_scales_the_first_steps_then_hands_over_to_the_decay():
+    # By hand, 8 steps, warm-up 4: decay (1 - s/8) x warm-up min(1, (s+1)/4).
+    cfg = cfg_for(ppo_steps=8, lr_decay=True, lr_warmup_steps=4)
+    want = [1 * .25, .875 * .5, .75 * .75, .625, .5, .375, .25, .125]
+    assert [ppo.lr_fraction(s, cfg) for s in range(8)] == pytest.approx(want)
+    assert [ppo.lr_fraction(s, cfg_for(ppo_steps=4, lr_decay=False, lr_warmup_steps=2)) for s in range(4)] == \
+        [0.5, 1.0, 1.0, 1.0]
+
+
 def test_adaptive_kl_presets_can_move_beta():
     """LHP: beta moves at most 20% x episodes / horizon over a run. A preset with the adaptive controller must let it
     move at least 10%; the CPU presets use a fixed beta instead (README, Configs)."""
