@@ -325,14 +325,14 @@ PRESETS: dict[str, dict] = {
         dtype="fp32",  # bf16 is emulated on CPU (~500x slower)
         train_limit=320,  # SFT: 320 examples x ~57 tokens ~ 4 min at ~75 training tok/s
         test_limit=100,  # 3 systems x 100 greedy decodes ~ 2 min
-        reward_policy_intents=64,  # SFT samples for 64 intents ~ 15 s
+        reward_policy_intents=64,  # k = 4 SFT samples for 64 intents (+ the held-out ones): ~2 min measured
         reward_max_train_pairs=1500,  # ~30 s per RM epoch for the 22M MiniLM
         ppo_steps=8,  # ~15 s per step (4 epochs over 4 rollouts)
         max_new_tokens=48,  # CoNaLa snippets are short (median ~15 tokens)
         save_every=4,
         eval_every=4,  # 3 curve points (steps 0, 4, 8) x 16 greedy decodes
         eval_slice=16,
-        bon_n=4,  # 100 x 4 samples
+        bon_n=0,  # best-of-4 on 100 intents took 173 s of a 932 s idle run (2026-12-02): over 15 min; --bon_n=4
         learning_rate=3e-6,  # one step at 1e-5 on 4 x 20 tokens gave approx_kl 0.044, clipfrac 0.15; 3e-6: 0.004 / 0.09
         adaptive_kl=False,  # 8 x 4 = 32 episodes: LHP's controller (horizon 10,000) could move beta by 0.06%
     ),
