@@ -240,6 +240,7 @@ def save_atomic(folder: str | Path, write) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
+    write_checksums(tmp)
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old{os.getpid()}")
         os.replace(folder, old)
@@ -248,3 +249,46 @@ def save_atomic(folder: str | Path, write) -> Path:
     else:
         os.replace(tmp, folder)
     return folder
+
+
+# A checkpoint's SHA256SUMS (sha256sum's format), written last by save_atomic: a file of the right size whose
+# bytes were damaged (a bad disk, a partial copy) still loads as garbage weights, and only a digest tells.
+CHECKSUMS = "SHA256SUMS"
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    lines = [f"{file_digest(p)}  {p.relative_to(folder).as_posix()}\n" for p in files]
+    (folder / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
+
+
+def checksum_problem(folder: Path) -> str | None:
+    """The first file whose bytes differ from the folder's SHA256SUMS, as a phrase; None when all match or
+    there is no SHA256SUMS (a checkpoint written before it existed: only its headers can be checked)."""
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        return None
+    try:
+        rows = [ln.split("  ", 1) for ln in sums.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{CHECKSUMS} unreadable ({str(e)[:80]})"
+    for row in rows:
+        if len(row) != 2 or len(row[0]) != 64:
+            return f"{CHECKSUMS} has a malformed line ({'  '.join(row)[:60]!r})"
+        digest, name = row
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is listed in {CHECKSUMS} but missing"
+        if file_digest(path) != digest:
+            return f"{name} differs from its sha256 in {CHECKSUMS} (written at save)"
+    return None

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import models
 from config import ConfigError, load_config
 
 # ----------------------------------------------------------------------------- run folder, logs, state
@@ -278,7 +279,8 @@ def check_resume(run_dir: str | Path) -> Path:
 
 def check_checkpoint(folder: Path) -> None:
     """The files a checkpoint needs are there and whole: a truncated safetensors or torch zip is caught from its
-    header, without loading a tensor."""
+    header, without loading a tensor, and damaged bytes in a file of the right size from the checkpoint's
+    SHA256SUMS (models.save_atomic writes it; ~0.5 s per GB here)."""
     kind = "checkpoint-ppo-" if folder.name.startswith("checkpoint-ppo-") else folder.name
     advice = (f"move {folder.name}/ out of the run folder to resume from the previous checkpoint"
               if kind == "checkpoint-ppo-" else f"move {folder.name}/ out of the run folder and --resume with "
@@ -293,6 +295,9 @@ def check_checkpoint(folder: Path) -> None:
         problem = _safetensors_problem(path) if path.suffix == ".safetensors" else _torch_zip_problem(path)
         if problem:
             raise ConfigError(f"{path}: {problem}, the checkpoint is damaged; {advice}")
+    problem = models.checksum_problem(folder)  # a whole-size file with damaged bytes passes the header checks
+    if problem:
+        raise ConfigError(f"{folder}: {problem}, the checkpoint is damaged; {advice}")
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -96,6 +96,13 @@ def truncate(path: Path, size: int = 20):
     path.write_bytes(path.read_bytes()[:size])
 
 
+def flip_byte(path: Path, at: float = 0.5):
+    """Same size, damaged bytes: what a bad disk or a partial copy leaves; only SHA256SUMS can tell."""
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * at)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
 def set_state(run: Path, completed: list[str]):
     state = json.loads((run / "state.json").read_text())
     state["completed"] = completed
@@ -124,6 +131,10 @@ RESUME = {
                                              truncate(r / "checkpoint-ppo-3" / "trainer_state.pt", 100)),
     "value_head.pt missing": lambda r: (set_state(r, ["sft", "reward"]),
                                         (r / "checkpoint-ppo-3" / "value_head.pt").unlink()),
+    "sft weights damaged, same size": lambda r: (set_state(r, ["sft", "reward"]),
+                                                 flip_byte(r / "checkpoint-sft" / "model.safetensors")),
+    "trainer_state.pt damaged, same size": lambda r: (set_state(r, ["sft", "reward"]),
+                                                      flip_byte(r / "checkpoint-ppo-3" / "trainer_state.pt")),
     "metrics.jsonl bad line": lambda r: open(r / "metrics.jsonl", "a").write('{"stage": "eval", "st\n'),
     "metrics.jsonl not an object": lambda r: open(r / "metrics.jsonl", "a").write("[1, 2]\n"),
 }

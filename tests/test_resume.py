@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import config
+import models
 import report
 from conftest import ROOT
 
@@ -42,6 +43,7 @@ def make_run(out):
         save_file({"w": torch.zeros(4, 4)}, str(out / name / "model.safetensors"))
         for f in extra:
             torch.save({"x": torch.ones(3)}, out / name / f)
+        models.write_checksums(out / name)  # as models.save_atomic does
     return out
 
 
@@ -109,6 +111,13 @@ def truncate(path, size=20):
     path.write_bytes(path.read_bytes()[:size])
 
 
+def flip_last_byte(path):
+    """Damage without a size change: the headers still parse, so only the checksum can tell."""
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
 CORRUPTIONS = {
     "state.json truncated": (lambda r: truncate(r / "state.json"), "state.json: cannot read the run state"),
     "state.json empty": (lambda r: (r / "state.json").write_text(""), "state.json: cannot read the run state"),
@@ -130,6 +139,12 @@ CORRUPTIONS = {
     "value_head.pt missing": (lambda r: (r / "checkpoint-final" / "value_head.pt").unlink(), "value_head.pt: missing"),
     "reward_head.pt missing": (lambda r: (r / "checkpoint-reward" / "reward_head.pt").unlink(),
                                "reward_head.pt: missing"),
+    "weights bytes damaged, same size": (lambda r: flip_last_byte(r / "checkpoint-final" / "model.safetensors"),
+                                         "model.safetensors differs from its sha256 in SHA256SUMS"),
+    "reward head bytes damaged": (lambda r: flip_last_byte(r / "checkpoint-reward" / "reward_head.pt"),
+                                  "reward_head.pt differs from its sha256"),
+    "SHA256SUMS malformed": (lambda r: (r / "checkpoint-sft" / "SHA256SUMS").write_text("abc  model.safetensors\n"),
+                             "SHA256SUMS has a malformed line"),
     "metrics.jsonl bad line": (lambda r: open(r / "metrics.jsonl", "a").write('{"stage": "sft", "st\n'),
                                "metrics.jsonl: line 2 is not valid JSON"),
     "metrics.jsonl not an object": (lambda r: open(r / "metrics.jsonl", "a").write("[1]\n"),
@@ -158,6 +173,19 @@ def test_resume_of_a_damaged_run_from_the_command_line(tmp_path):
     assert res.returncode == 2 and res.stderr.splitlines() == [res.stderr.strip()] and "Traceback" not in res.stderr
     assert "checkpoint-ppo-2/value_head.pt: missing" in res.stderr and "previous checkpoint" in res.stderr
     assert snapshot(run) == before
+
+
+def test_save_atomic_writes_checksums_that_a_resume_check_verifies(tmp_path):
+    import hashlib
+
+    folder = models.save_atomic(tmp_path / "checkpoint-sft", lambda d: (
+        (d / "config.json").write_text("{}"), save_file({"w": torch.arange(6.0)}, str(d / "model.safetensors"))))
+    want = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert f"{want}  model.safetensors" in (folder / "SHA256SUMS").read_text().splitlines()
+    report.check_checkpoint(folder)
+    (folder / "config.json").write_text("{ }")  # same folder, one byte more: caught
+    with pytest.raises(config.ConfigError, match="config.json differs from its sha256"):
+        report.check_checkpoint(folder)
 
 
 def test_checkpoint_file_names_agree_with_the_code_that_writes_them():
