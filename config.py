@@ -509,6 +509,14 @@ def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Confi
             valid = ", ".join(["config"] + [f.rstrip("=") for f in extra_flags] + list(types))
             raise ConfigError(f"unknown option --{key}; valid options: {valid}")
         i += 1
+    if extras.get("resume") and isinstance(extras["resume"], str):
+        # A resumed run keeps its saved config, with this command line's overrides on top. Checking them against
+        # the default preset first would refuse e.g. `--resume DIR --advantage=grpo` (quick has k = 1).
+        path = Path(extras["resume"]) / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"--resume {extras['resume']}: no config.json there; is it an output folder of rlhf.py?")
+        saved = load_config(path)
+        return make_config(saved.config_name, {**to_dict(saved), **overrides}), extras
     return make_config(preset, overrides), extras
 
 

@@ -371,11 +371,7 @@ def run_pipeline(run: Run, device) -> None:
 
 
 def main(argv: list[str]) -> int:
-    cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)
-    if extras.get("resume"):
-        # A resumed run keeps its own saved config; overrides given now apply on top of it.
-        saved = config.load_config(report.need_config(extras["resume"]))
-        cfg = config.make_config(saved.config_name, {**config.to_dict(saved), **config.explicit_overrides(argv)})
+    cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)  # with --resume: the saved config + overrides
     if extras.get("diagnose"):
         import diagnose
 

@@ -18,11 +18,12 @@ def test_presets_resolve_and_keep_seed_defaults():
     assert quick.conala_path == "./conala-corpus"
 
 
-def test_good_overrides_are_typed():
+def test_good_overrides_are_typed(tmp_path):
+    config.save_config(config.make_config("test"), tmp_path / "config.json")
     cfg, extras = config.parse_cli(["--config", "test", "--seed=7", "--temperature", "0.5", "--do_sample=yes",
-                                    "--resume", "out/x", "--overwrite"], extra_flags=("resume=", "overwrite"))
+                                    "--resume", str(tmp_path), "--overwrite"], extra_flags=("resume=", "overwrite"))
     assert (cfg.seed, cfg.temperature, cfg.do_sample) == (7, 0.5, True)
-    assert extras == {"resume": "out/x", "overwrite": True}
+    assert extras == {"resume": str(tmp_path), "overwrite": True}
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -121,3 +122,13 @@ def test_a_broken_saved_config_names_its_file(tmp_path, text, message):
     (tmp_path / "config.json").write_bytes(b'{"seed": "\xff"}')
     with pytest.raises(config.ConfigError, match="cannot read config"):
         config.load_config(tmp_path / "config.json")
+
+
+def test_resume_overrides_apply_to_the_saved_config_not_to_the_default_preset(tmp_path):
+    # `--resume DIR --advantage=grpo` once failed: the override was first checked against `quick` (k = 1).
+    config.save_config(config.make_config("cpu", {"seed": 3}), tmp_path / "config.json")
+    cfg, extras = config.parse_cli(["--resume", str(tmp_path), "--advantage=grpo"], extra_flags=("resume=",))
+    assert (cfg.config_name, cfg.advantage, cfg.samples_per_prompt, cfg.seed) == ("cpu", "grpo", 4, 3)
+    assert extras == {"resume": str(tmp_path)}
+    with pytest.raises(config.ConfigError, match="no config.json there"):
+        config.parse_cli(["--resume", str(tmp_path / "nope")], extra_flags=("resume=",))
