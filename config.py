@@ -342,7 +342,7 @@ PRESETS: dict[str, dict] = {
         sft_epochs=1.0,  # the full training split once (134 steps of 16; 1716 s measured, 2026-12-02)
         reward_policy_intents=400,  # k = 4 SFT samples for 400 train intents (+ the held-out ones) ~16 min measured
         reward_max_train_pairs=4000,  # whole intents; the RM sees policy>policy pairs from every sampled intent
-        ppo_steps=24,  # 24 x 16 responses = 384 episodes, ~1 min a step on 2 cores: what fitted the 2-hour budget
+        ppo_steps=40,  # 40 x 16 responses = 640 episodes, ~25 s a step on 2 cores (2026-12-02, second run)
         ppo_epochs=2,  # fresh episodes over reuse: 2 passes (RLOO's REINFORCE view is 1; LHP's PPO uses 4)
         batch_size=16,
         samples_per_prompt=4,  # 4 prompts x 4 samples: the group baselines need k >= 2, RLOO's paper uses k = 4
@@ -350,7 +350,9 @@ PRESETS: dict[str, dict] = {
         mini_batch_size=8,
         micro_batch_size=8,
         max_new_tokens=48,
-        learning_rate=1e-5,  # the seed's lr: with 2 epochs x 2 minibatches of 8 and linear decay, 3e-6 barely moves
+        learning_rate=2e-5,  # 1e-5 left approx_kl <= 0.007 after step 1 (KL 0.34 in 24 steps); 2e-5: 0.003-0.014
+        lr_warmup_steps=4,  # Adam's full-lr first step gave approx_kl 0.037 at 1e-5 (0.50 at 3e-5, 4 epochs)
+        w_rm=0.25,  # the RM orders two SFT samples right 69% of the time: at weight 1 its noise set most of the advantage
         w_similarity=0.5,  # PPO prompts are train intents with references: the annotator's own signals join the RM
         w_syntax=0.2,  # score (as PPOCoder rewards compiler feedback and matches to the reference), with the
         w_exec=0.15,  # annotator's weights and its reference exec cap (feedback.judge). RM only: --w_similarity=0
