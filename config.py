@@ -357,11 +357,11 @@ PRESETS: dict[str, dict] = {
         w_syntax=0.2,  # score (as PPOCoder rewards compiler feedback and matches to the reference), with the
         w_exec=0.15,  # annotator's weights and its reference exec cap (feedback.judge). RM only: --w_similarity=0
         w_quality=0.15,  # --w_syntax=0 --w_exec=0 --w_quality=0, a row of the README's table
-        adaptive_kl=False,  # 384 episodes: a horizon-10,000 controller could not move; a fixed beta says what it does
+        adaptive_kl=False,  # 640 episodes: a horizon-10,000 controller could not move; a fixed beta says what it does
         init_kl_coef=0.05,
         save_every=8,
         eval_batch_size=32,
-        eval_every=8,  # 4 curve points x 64 validation intents (gold + proxy vs KL)
+        eval_every=8,  # 6 curve points (steps 0, 8, ..., 40) x 64 validation intents (gold + proxy vs KL)
         eval_slice=64,
         bon_n=0,  # best-of-4 on the 500 test intents adds ~15 min: --bon_n=4
     ),
