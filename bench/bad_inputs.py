@@ -299,7 +299,7 @@ def main() -> int:
             print(f"  [{r['cls']}] {r['name']}: {r['outcome']}, rc {r['rc']}, lost {r['lost']}, {r['seconds']} s"
                   f" -- {r['detail']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
 
