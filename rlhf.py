@@ -148,7 +148,8 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         run.log(f"reward: {len(pairs[0])} train / {len(pairs[1])} held-out pairs; by pairing "
                 f"{reward.pair_counts_by_kind(pairs[0], by='pairing')}")
     train_pairs, val_pairs, val_cands = dist.broadcast_object(pairs)
-    train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, log=run.log)
+    train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, cfg.reward_subsample,
+                                         log=run.log)
     if cfg.reward_backbone == "policy":  # InstructGPT/LHP: the RM starts from the SFT policy it will judge
         rm, etok = reward.RewardModel(lm, kind="causal", fmt=fmt).to(device), tok
     else:

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     cfg = config.make_config(saved.pop("config_name"), {**saved, **config.explicit_overrides(rest)})
     device = models.resolve_device(cfg.device)
     train_pairs = reward.subsample_pairs(reward.read_jsonl(run / "preference_pairs_train.jsonl"),
-                                         cfg.reward_max_train_pairs, cfg.seed)
+                                         cfg.reward_max_train_pairs, cfg.seed, cfg.reward_subsample)
     val_pairs = reward.read_jsonl(run / "preference_pairs_val.jsonl")
     if headline:
         val_pairs = [p for p in val_pairs if reward.pairing(p) == "policy>policy"]

@@ -195,6 +195,37 @@ def test_intent_batches_keep_intents_whole():
         qids = [pairs[i]["question_id"] for i in b]
         assert all(qids.count(q) == sum(p["question_id"] == q for p in pairs) for q in set(qids))
 
+def _kinds_pairs() -> list[dict]:
+    """Intent q in 1..4 holds q - 1 policy>policy pairs and one reference>syntax_break pair; intent 1 also one
+    policy>truncated pair: 0 + 1 + 2 + 3 = 6 policy>policy, 1 with one policy sample, 4 with none, 11 pairs."""
+    out = []
+    for q in (1, 2, 3, 4):
+        out += [{"question_id": q, "intent": f"i{q}", "n": n, "chosen_kind": "policy", "rejected_kind": "policy"}
+                for n in range(q - 1)]
+        out.append({"question_id": q, "intent": f"i{q}", "chosen_kind": "reference", "rejected_kind": "syntax_break"})
+    out.append({"question_id": 1, "intent": "i1", "chosen_kind": "policy", "rejected_kind": "truncated"})
+    return out
+
+
+def test_policy_first_subsample_takes_policy_pairs_before_the_rest():
+    pairs = _kinds_pairs()
+    assert len(pairs) == 11
+    counts = [reward.policy_count(p) for p in pairs]
+    assert counts.count(2) == 6 and counts.count(1) == 1 and counts.count(0) == 4
+    for cap, want in ((6, [2] * 6), (7, [2] * 6 + [1]), (9, [2] * 6 + [1, 0, 0])):
+        kept = reward.subsample_pairs(pairs, cap, seed=0, mode="policy_first", log=lambda *_: None)
+        assert sorted((reward.policy_count(p) for p in kept), reverse=True) == want
+        where = [next(i for i, p in enumerate(pairs) if p is k) for k in kept]
+        assert where == sorted(where)  # the pairs themselves, in file order
+    assert reward.subsample_pairs(pairs, 0, 0, "policy_first") is pairs  # 0 = all
+    # the intents mode keeps whole intents: 7 pairs asked, whole intents give >= 7
+    kept = reward.subsample_pairs(pairs, 7, seed=0, mode="intents", log=lambda *_: None)
+    assert len(kept) >= 7 and all(sum(k["question_id"] == q for k in kept) in (0, sum(p["question_id"] == q
+                                  for p in pairs)) for q in (1, 2, 3, 4))
+    with pytest.raises(ValueError, match="unknown subsample mode"):
+        reward.subsample_pairs(pairs, 5, 0, "nope")
+
+
 
 def _toy_pairs(n: int, seed: int) -> list[dict]:
     """Separable: the chosen code calls `sorted`, the rejected one breaks it with `del`; intents vary."""
