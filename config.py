@@ -168,7 +168,7 @@ class Config:
     reward_learning_rate: float = 3e-5  # AdamW lr for the encoder and its scalar head
     reward_batch_size: int = 16  # preference pairs per step
     reward_max_len: int = 128  # (intent, code) tokens per reward-model input
-    reward_max_train_pairs: int = 0  # train the RM on at most ~N pairs, whole intents (0 = all; CPU presets)
+    reward_max_train_pairs: int = 0  # train the RM on at most ~N pairs, picked by reward_subsample (0 = all; CPU presets)
     reward_subsample: str = "policy_first"  # under that cap: policy_first (pairs with policy samples first) | intents (random whole intents)
     reward_policy_samples: int = 4  # SFT-policy samples per intent (k >= 4 gives policy>policy pairs, the pairs PPO faces)
     reward_policy_intents: int = 0  # how many intents get policy samples (0 = all training intents)

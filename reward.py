@@ -246,7 +246,7 @@ def policy_count(pair: dict) -> int:
     return (pair["chosen_kind"] == "policy") + (pair["rejected_kind"] == "policy")
 
 
-def subsample_pairs(pairs: list[dict], cap: int, seed: int, mode: str = "intents", log=print) -> list[dict]:
+def subsample_pairs(pairs: list[dict], cap: int, seed: int, mode: str, log=print) -> list[dict]:
     """At most ~cap training pairs (0 = all).
     intents:      whole intents in a seeded random order, so the intent batches stay intact.
     policy_first: pairs with two policy samples, then one, then none, intents in a seeded order within each class.

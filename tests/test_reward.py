@@ -195,6 +195,7 @@ def test_intent_batches_keep_intents_whole():
         qids = [pairs[i]["question_id"] for i in b]
         assert all(qids.count(q) == sum(p["question_id"] == q for p in pairs) for q in set(qids))
 
+
 def _kinds_pairs() -> list[dict]:
     """Intent q in 1..4 holds q - 1 policy>policy pairs and one reference>syntax_break pair; intent 1 also one
     policy>truncated pair: 0 + 1 + 2 + 3 = 6 policy>policy, 1 with one policy sample, 4 with none, 11 pairs."""
@@ -224,7 +225,6 @@ def test_policy_first_subsample_takes_policy_pairs_before_the_rest():
                                   for p in pairs)) for q in (1, 2, 3, 4))
     with pytest.raises(ValueError, match="unknown subsample mode"):
         reward.subsample_pairs(pairs, 5, 0, "nope")
-
 
 
 def _toy_pairs(n: int, seed: int) -> list[dict]:
