@@ -206,13 +206,18 @@ class Config:
     kl_horizon: int = 10000  # LHP horizon (episodes) for the adaptive controller: beta moves at most 20% per horizon, so size it to the run
     kl_estimator: str = "k1"  # k1 (log-ratio) or k3 (Schulman's unbiased, non-negative) per-token KL
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response without EOS (TRL examples use 1.0; scores are in [0, 1], so it ranks every unfinished response below every finished one)
+    missing_eos: str = "penalty"  # an unfinished response: penalty (score - missing_eos_penalty) | filter (advantage 0, out of every baseline: DAPO)
+    advantage_norm: str = "auto"  # auto (token for gae/rloo, group for grpo) | token (whiten over tokens, LHP) | batch (whiten over sequences) | group (divide by the group's std) | none
     target_kl: float = 0.0  # early-stop PPO epochs when approx_kl exceeds this (0 = off)
     whiten_rewards: bool = False  # whiten per-token rewards before GAE (LHP PpoHParams sets True with minibatches >= 8; off here: CPU batches are 4-16 responses)
     eval_every: int = 0  # every N PPO steps, gold + proxy on eval_slice validation intents (0 = off; evaluate.py)
     save_every: int = 5  # write checkpoint-ppo-<step>/ every N steps (resume point)
     # --- evaluation ---
     eval_bertscore: bool = True  # BERTScore is the slowest metric; off for a faster evaluation
-    bootstrap_samples: int = 1000  # paired bootstrap resamples for each CI (PPO - SFT etc., gold/CodeBLEU/chrF)
+    eval_samples: int = 0  # m samples per test intent (rollout sampler: temperature, top_p 1) scored by gold: "sampled gold" (0 = off)
+    sharpen_temperatures: str = ""  # sharpening control: SFT's sampled gold on eval_slice validation intents at each of these temperatures; the best is evaluated on test as sft-sharp ("" = off)
+    sft_rs: bool = False  # rejection-sampling fine-tuning baseline sft-rs: one SFT pass on the best of the reward stage's k samples per intent, by the PPO reward
+    bootstrap_samples: int = 10000  # paired bootstrap resamples for each CI (PPO - SFT etc., gold/CodeBLEU/chrF)
     codebleu_tokenizer: str = "conala"  # conala (official CoNaLa tokens: the headline) or whitespace (codebleu 0.7.0)
     eval_slice: int = 64  # the over-optimisation curve's fixed slice: the first N validation intents
     eval_systems: str = ""  # evaluate only these of base,sft,ppo ("" = every one that exists); others come from the cache
@@ -292,15 +297,20 @@ DOMAINS: dict[str, object] = {
     "kl_horizon": COUNT,
     "kl_estimator": Choices(("k1", "k3")),
     "missing_eos_penalty": NON_NEGATIVE,
+    "missing_eos": Choices(("penalty", "filter")),
+    "advantage_norm": Choices(("auto", "token", "batch", "group", "none")),
     "target_kl": NON_NEGATIVE,
     "whiten_rewards": Flag(),
     "eval_every": LIMIT,
     "save_every": LIMIT,  # 0 = only the final checkpoint
     "eval_bertscore": Flag(),
+    "eval_samples": Range(0, 64),  # each is a full decode and a sandboxed run per test intent
+    "sharpen_temperatures": Text(),
+    "sft_rs": Flag(),
     "bootstrap_samples": COUNT,
     "codebleu_tokenizer": Choices(("whitespace", "conala")),
     "eval_slice": COUNT,
-    "eval_systems": Stages(("base", "sft", "ppo"), empty_ok=True, what="systems"),
+    "eval_systems": Stages(("base", "sft", "sft-rs", "ppo"), empty_ok=True, what="systems"),
     "bon_n": LIMIT,  # 0 = no best-of-n system
     "tensorboard": Flag(),
 }
@@ -463,11 +473,34 @@ def validate(cfg: Config) -> None:
     if cfg.advantage != "gae" and cfg.samples_per_prompt < 2:
         raise ConfigError(f"--advantage={cfg.advantage} needs --samples_per_prompt >= 2: its baseline is the other "
                           "samples of the same prompt")
+    norm = cfg.advantage_norm
+    if norm in ("batch", "group") and cfg.advantage == "gae":
+        raise ConfigError(f"--advantage_norm={norm} normalises sequence advantages of a group baseline; GAE's are "
+                          "per token: use token or none (or --advantage=rloo/grpo)")
+    if cfg.sharpen_temperatures:
+        temps = [t.strip() for t in cfg.sharpen_temperatures.split(",") if t.strip()]
+        if not all(_is_positive_float(t) for t in temps):
+            raise ConfigError(f"--sharpen_temperatures={cfg.sharpen_temperatures!r}: expected comma-separated "
+                              "temperatures > 0, e.g. 0.2,0.4,0.6,0.8")
+        if not cfg.eval_samples:
+            raise ConfigError("--sharpen_temperatures needs --eval_samples > 0 (it compares sampled gold)")
     if cfg.reward_clip_min >= cfg.reward_clip_max:
         raise ConfigError(f"--reward_clip_min={cfg.reward_clip_min} must be < --reward_clip_max={cfg.reward_clip_max}")
     weights = ("w_rm", "w_syntax", "w_exec", "w_similarity", "w_quality")
     if "ppo" in stage_list(cfg) and not any(getattr(cfg, w) for w in weights):
         raise ConfigError(f"{', '.join(weights)} are all 0: PPO would optimise a constant reward; set one > 0")
+
+
+def _is_positive_float(text: str) -> bool:
+    try:
+        return 0 < float(text) < float("inf")
+    except ValueError:
+        return False
+
+
+def sharpen_grid(cfg) -> list[float]:
+    """--sharpen_temperatures as floats (validate checked them)."""
+    return [float(t) for t in split_names(cfg.sharpen_temperatures)]
 
 
 def _show(value) -> str:

@@ -22,18 +22,25 @@ import models
 import report
 
 # Paired bootstrap comparisons (better, baseline) and the per-example metrics they resample.
-COMPARISONS = [("sft", "base"), ("ppo", "sft"), ("sft-bon", "sft"), ("ppo", "sft-bon")]
-BOOTSTRAP_METRICS = ("gold", "codebleu", "chrf")
+COMPARISONS = [("sft", "base"), ("ppo", "sft"), ("sft-rs", "sft"), ("ppo", "sft-rs"), ("ppo", "sft-sharp"),
+               ("sft-bon", "sft"), ("ppo", "sft-bon")]
+BOOTSTRAP_METRICS = ("sampled_gold", "gold", "codebleu", "chrf")
+COMPONENTS = ("similarity", "syntax", "exec", "quality")  # the annotator's signals (feedback.ANNOTATOR_WEIGHTS)
+SAMPLED_SYSTEMS = ("sft", "sft-rs", "ppo")  # sampled gold costs m decodes + m sandboxed runs per item: RL systems
 
 
 # ----------------------------------------------------------------------------- decoding
 def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: bool, n: int = 1,
-                   desc: str = "decode") -> list[list[str]]:
+                   desc: str = "decode", temperature: float | None = None, top_p: float | None = None,
+                   seed: int | None = None) -> list[list[str]]:
     """Generate n answers per intent, batched by prompt length (less left padding), returned in input order.
     Greedy for evaluation; sampling with the config's temperature/top_p for synthetic-feedback candidates and
     best-of-n. Several ranks: the batches (the very batches one process would form) are dealt out over the ranks
     and the answers gathered on every rank, so greedy answers are those of a single process; samples are not
-    (each rank has its own random stream)."""
+    (each rank has its own random stream), unless `seed` is given: then every batch draws from its own stream,
+    seeded by seed + the batch's first position, so two models decoding the same intents share their random
+    numbers batch by batch (common random numbers: paired differences carry less noise) and the samples do not
+    depend on the number of ranks. temperature/top_p override the config's."""
     import torch
     from tqdm import tqdm
 
@@ -45,8 +52,11 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
         idx = order[start:start + cfg.eval_batch_size]
         batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
         batch = {k: v.to(lm.device) for k, v in batch.items()}
-        kwargs = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) if sample else \
+        kwargs = dict(do_sample=True, temperature=temperature or cfg.temperature,
+                      top_p=cfg.top_p if top_p is None else top_p, top_k=0) if sample else \
             dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if seed is not None:
+            torch.manual_seed(seed + start)
         with torch.no_grad(), ctx:
             out = lm.generate(**batch, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n,
                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
@@ -105,9 +115,41 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def sample_and_judge(run, env, lm, tok, exs: list, m: int, temperature: float, desc: str) -> dict | None:
+    """Sampled gold, the RL objective measured (Codex's pass@1 from n samples; DAPO's avg@k): m samples per
+    intent from the rollout sampler (temperature, top_p 1, top_k 0, as PPO samples), each scored by the
+    annotator with sandboxed exec. Same seeds for every system (common random numbers). -> {samples [I][m],
+    sample_gold [I][m], per: {sampled_gold: [I], sampled_<component>: [I]}} on rank 0, None elsewhere."""
+    import feedback
+
+    lm.to(env["device"])
+    fmt = data.resolve_prompt_format(tok, run.cfg.prompt_format)
+    samples = decode_batches(lm, tok, fmt, [e.intent for e in exs], run.cfg, env["ctx"], sample=True, n=m,
+                             desc=desc, temperature=temperature, top_p=1.0, seed=run.cfg.seed + 7919)
+    if not dist.is_main():
+        return None
+    judged = feedback.judge([s for ss in samples for s in ss], [e.snippet for e in exs for _ in range(m)],
+                            run.cfg.exec_timeout_s, log=run.log)
+    groups = [judged[i * m:(i + 1) * m] for i in range(len(exs))]  # [I][m]
+    per = {"sampled_gold": [mean([j["score"] for j in g]) for g in groups]}
+    for c in COMPONENTS:
+        if all(c in j["capped"] for j in judged):
+            per[f"sampled_{c}"] = [mean([j["capped"][c] for j in g]) for g in groups]
+    return {"samples": samples, "sample_gold": [[j["score"] for j in g] for g in groups], "per": per}
+
+
+def standard_error(xs: list[float]) -> float:
+    """SE of the mean over items (sample SD / sqrt(n)); 0 for fewer than 2 items."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mu = mean(xs)
+    return (sum((x - mu) ** 2 for x in xs) / (n - 1) / n) ** 0.5
+
+
 # ----------------------------------------------------------------------------- one system
 def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: list[dict] | None = None,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, sampled: dict | None = None) -> dict:
     """Every metric, gold and proxy of `preds` (one per test item); writes predictions-<name>.jsonl, logs the
     stats, and caches the result (with per-example lists for the bootstrap) in state.json for --resume."""
     import feedback
@@ -121,9 +163,17 @@ def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: l
     per = {"codebleu": scores.pop("per_example")["codebleu"], "chrf": sentence_chrf(refs, preds)}
     judged = feedback.judge(preds, refs, cfg.exec_timeout_s, log=run.log)
     per["gold"] = [j["score"] for j in judged]
+    for c in COMPONENTS:  # the greedy answer's gold, signal by signal (report.md's breakdown)
+        if all(c in j["capped"] for j in judged):
+            per[f"gold_{c}"] = [j["capped"][c] for j in judged]
+    if sampled:
+        per |= sampled["per"]
     proxy = proxy_scores(run, env, [e.intent for e in test], preds)
     result = {"gold": mean(per["gold"])} | ({"proxy": mean(proxy)} if proxy else {})
     result |= {k: v for k, v in scores.items() if isinstance(v, (int, float, str))} | {"chrf": mean(per["chrf"])}
+    if sampled:
+        result |= {"sampled_gold": mean(per["sampled_gold"]), "sampled_gold_se": standard_error(per["sampled_gold"]),
+                   "eval_samples": len(sampled["samples"][0])}
     result |= extra or {}
     rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "prediction": p,
              "gold": g, "gold_reasons": j["reasons"], "proxy": proxy[i] if proxy else None,
@@ -131,6 +181,9 @@ def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: l
             for i, (e, p, g, j, c, f) in enumerate(zip(test, preds, per["gold"], judged, per["codebleu"], per["chrf"]))]
     for row, more in zip(rows, extra_rows or []):
         row.update(more)
+    if sampled:  # anyone can re-score the samples
+        for row, ss, sg in zip(rows, sampled["samples"], sampled["sample_gold"]):
+            row.update(samples=ss, sample_gold=sg)
     report.write_jsonl(rows, run.out / f"predictions-{name}.jsonl")
     run.stat("eval", step, system=name, **{k: v for k, v in result.items() if k != "n"})
     run.state["evaluated"][name] = dict(result, per_example=per)
@@ -145,7 +198,11 @@ def evaluate_system(run, env, name: str, lm, tok, step: int) -> dict:
     if cached and "per_example" in cached:
         return cached
     preds = greedy(lm, tok, [e.intent for e in env["test"]], run, env, f"eval {name}")
-    return score_system(run, env, name, preds, step) if dist.is_main() else {}
+    sampled = None
+    if run.cfg.eval_samples and name in SAMPLED_SYSTEMS:
+        sampled = sample_and_judge(run, env, lm, tok, env["test"], run.cfg.eval_samples, run.cfg.temperature,
+                                   f"eval {name} (m={run.cfg.eval_samples})")
+    return score_system(run, env, name, preds, step, sampled=sampled) if dist.is_main() else {}
 
 
 def evaluate_best_of_n(run, env, name: str, lm, tok, n: int, step: int) -> dict:
@@ -172,27 +229,40 @@ def evaluate_best_of_n(run, env, name: str, lm, tok, n: int, step: int) -> dict:
 
 # ----------------------------------------------------------------------------- the over-optimisation curve
 def curve_point(run, env, policy_lm, tok, step: int, kl: float) -> dict:
-    """Gold and proxy means of the current policy (greedy) on the first eval_slice validation intents, logged as
-    stage "ppo_eval" with the PPO step and that step's objective/kl. Called by stage_ppo every eval_every steps."""
-    import feedback
-
+    """Gold and proxy of the current policy on the first eval_slice validation intents, logged as stage
+    "ppo_eval" with the PPO step and that step's objective/kl. Called by stage_ppo every eval_every steps.
+    With --eval_samples=m: the mean over m samples per intent (the RL objective), with the same seeds at every
+    step, and each mean's standard error over intents, so a rise can be told from noise; else greedy."""
     from config import ConfigError
 
-    exs = env["val"][:run.cfg.eval_slice]
+    cfg, exs = run.cfg, env["val"][:run.cfg.eval_slice]
     if not exs:
-        raise ConfigError(f"--eval_every={run.cfg.eval_every} needs validation intents: --eval_slice="
-                          f"{run.cfg.eval_slice} of {len(env['val'])}")
+        raise ConfigError(f"--eval_every={cfg.eval_every} needs validation intents: --eval_slice="
+                          f"{cfg.eval_slice} of {len(env['val'])}")
     was_training = policy_lm.training
-    preds = greedy(policy_lm, tok, [e.intent for e in exs], run, env, f"ppo_eval step {step}")
+    m = cfg.eval_samples
+    if m:
+        got = sample_and_judge(run, env, policy_lm, tok, exs, m, cfg.temperature, f"ppo_eval step {step} (m={m})")
+        codes = [[s for s in ss] for ss in got["samples"]] if got else []
+        gold = got["per"]["sampled_gold"] if got else []
+    else:
+        codes = [[p] for p in greedy(policy_lm, tok, [e.intent for e in exs], run, env, f"ppo_eval step {step}")]
     policy_lm.train(was_training)
     if not dist.is_main():
         return {}
-    gold = feedback.gold_scores(preds, [e.snippet for e in exs], run.cfg.exec_timeout_s, log=run.log)
-    proxy = proxy_scores(run, env, [e.intent for e in exs], preds)
-    point = {"gold": mean(gold), "proxy": mean(proxy) if proxy else float("nan"), "objective/kl": kl, "n": len(exs)}
+    if not m:
+        import feedback
+
+        gold = feedback.gold_scores([c[0] for c in codes], [e.snippet for e in exs], cfg.exec_timeout_s, log=run.log)
+    k = len(codes[0])
+    flat = proxy_scores(run, env, [e.intent for e in exs for _ in range(k)], [c for cs in codes for c in cs])
+    proxy = [mean(flat[i * k:(i + 1) * k]) for i in range(len(exs))] if flat else None
+    point = {"gold": mean(gold), "gold_se": standard_error(gold), "proxy": mean(proxy) if proxy else float("nan"),
+             "proxy_se": standard_error(proxy) if proxy else float("nan"), "objective/kl": kl, "n": len(exs),
+             "samples": m or 0}
     run.stat("ppo_eval", step, **point)
-    run.log(f"ppo_eval step {step}: gold {point['gold']:.4f}  proxy {point['proxy']:.4f}  kl {kl:.3f} "
-            f"on {len(exs)} validation intents")
+    run.log(f"ppo_eval step {step}: gold {point['gold']:.4f} ± {point['gold_se']:.4f}  proxy {point['proxy']:.4f}  "
+            f"kl {kl:.3f} on {len(exs)} validation intents" + (f" x {m} samples" if m else " (greedy)"))
     return point
 
 
@@ -202,12 +272,93 @@ def bootstrap_rows(results: dict[str, dict], n_resamples: int, seed: int) -> lis
     rows = []
     for better, base in COMPARISONS:
         if better in results and base in results:
-            for key in BOOTSTRAP_METRICS:
-                ci = report.paired_bootstrap_ci(results[base]["per_example"][key], results[better]["per_example"][key],
-                                                n_resamples, seed)
+            a, b = results[base]["per_example"], results[better]["per_example"]
+            for key in (k for k in BOOTSTRAP_METRICS if k in a and k in b):
+                ci = report.paired_bootstrap_ci(a[key], b[key], n_resamples, seed)
                 rows.append({"comparison": f"{better} − {base}", "metric": key, **ci,
                              "verdict": report.ci_verdict(ci, better, base)})
     return rows
+
+
+def breakdown_rows(results: dict[str, dict], n_resamples: int, seed: int) -> list[dict]:
+    """Which of the annotator's signals moved: paired CIs of every gold component, sampled and greedy."""
+    rows = []
+    for better, base in COMPARISONS:
+        if better in results and base in results:
+            a, b = results[base]["per_example"], results[better]["per_example"]
+            for key in (f"{kind}_{c}" for kind in ("sampled", "gold") for c in COMPONENTS):
+                if key in a and key in b:
+                    ci = report.paired_bootstrap_ci(a[key], b[key], n_resamples, seed)
+                    rows.append({"comparison": f"{better} − {base}", "metric": key, **ci,
+                                 "verdict": report.ci_verdict(ci, better, base)})
+    return rows
+
+
+def greedy_flips(base_rows: list[dict], new_rows: list[dict], tol: float = 1e-9) -> dict:
+    """How the greedy answers changed: items whose answer differs, and of those how many gold scores rose or
+    fell. Many flips with as many worse as better is a policy that moved sideways (re-draws, not gains)."""
+    changed = [(a, b) for a, b in zip(base_rows, new_rows) if a["prediction"] != b["prediction"]]
+    return {"items": len(new_rows), "changed": len(changed),
+            "better": sum(b["gold"] > a["gold"] + tol for a, b in changed),
+            "worse": sum(b["gold"] < a["gold"] - tol for a, b in changed)}
+
+
+def sharpened_sft(run, env, lm, tok, step: int) -> dict:
+    """The sharpening control (Yue et al. 2025: RL at temperature T can gain by sharpening alone): SFT's sampled
+    gold on the first eval_slice validation intents at each --sharpen_temperatures value, then SFT sampled on
+    test at the best of them, as system sft-sharp. RL must beat this, not only SFT at the rollout temperature."""
+    import config
+
+    cached = run.state["evaluated"].get("sft-sharp")
+    if cached and "per_example" in cached:
+        return cached
+    cfg, m, val = run.cfg, run.cfg.eval_samples, env["val"][:run.cfg.eval_slice]
+    grid = {}
+    for t in config.sharpen_grid(cfg):
+        got = sample_and_judge(run, env, lm, tok, val, m, t, f"sharpening T={t} (validation)")
+        grid[t] = mean(got["per"]["sampled_gold"]) if got else 0.0
+    best = dist.broadcast_object(max(grid, key=lambda t: (grid[t], -t)) if dist.is_main() else None)
+    got = sample_and_judge(run, env, lm, tok, env["test"], m, best, f"eval sft-sharp (T={best}, m={m})")
+    if not dist.is_main():
+        return {}
+    result = {"sampled_gold": mean(got["per"]["sampled_gold"]), "eval_samples": m, "n": len(env["test"]),
+              "sampled_gold_se": standard_error(got["per"]["sampled_gold"]), "temperature": best,
+              "validation_sampled_gold": {str(t): v for t, v in grid.items()}}
+    rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "samples": ss,
+             "sample_gold": sg, "temperature": best} for e, ss, sg in zip(env["test"], got["samples"],
+                                                                         got["sample_gold"])]
+    report.write_jsonl(rows, run.out / "predictions-sft-sharp.jsonl")
+    run.stat("eval", step, system="sft-sharp", sampled_gold=result["sampled_gold"], temperature=best)
+    run.log(f"eval sft-sharp: validation sampled gold by temperature {grid}; on test at T={best}: "
+            f"{result['sampled_gold']:.4f}")
+    run.state["evaluated"]["sft-sharp"] = dict(result, per_example=got["per"])
+    run.save_state()
+    return run.state["evaluated"]["sft-sharp"]
+
+
+def objective_lines(results: dict, breakdown: list[dict], flips: dict[str, dict], cfg) -> list[str]:
+    """report.md: sampled gold with its SE per system, what each signal did, and the greedy flips."""
+    sampled = {n: r for n, r in results.items() if "sampled_gold" in r}
+    if not sampled and not flips:
+        return []
+    md = ["", "## The RL objective: sampled gold", "",
+          f"Mean gold of {cfg.eval_samples} samples per test intent from the rollout sampler (temperature "
+          f"{cfg.temperature}, top_p 1), the quantity RL maximises; every system draws with the same seeds "
+          "(common random numbers). sft-sharp: SFT sampled at the temperature that maximised its sampled gold on "
+          f"{cfg.eval_slice} validation intents (the sharpening control).", "",
+          "| system | sampled gold | SE | temperature |", "|---|---|---|---|"]
+    md += [f"| {n} | {r['sampled_gold']:.4f} | {r['sampled_gold_se']:.4f} | {r.get('temperature', cfg.temperature)} |"
+           for n, r in sampled.items()]
+    if breakdown:
+        md += ["", "Per signal (paired bootstrap 95% CI; `sampled_x`: mean over the samples, `gold_x`: the greedy "
+               "answer):", "", "| comparison | signal | mean difference | 95% CI | verdict |", "|---|---|---|---|---|"]
+        md += [f"| {b['comparison']} | {b['metric']} | {b['mean_diff']:+.4f} | [{b['ci95_low']:+.4f}, "
+               f"{b['ci95_high']:+.4f}] | {b['verdict']} |" for b in breakdown]
+    if flips:
+        md += ["", "Greedy flips (answers that changed, and whether gold rose or fell):", "",
+               "| comparison | items | changed | better | worse |", "|---|---|---|---|---|"]
+        md += [f"| {k} | {f['items']} | {f['changed']} | {f['better']} | {f['worse']} |" for k, f in flips.items()]
+    return md
 
 
 def stage_eval(run, env, systems: dict[str, str]) -> None:
@@ -225,6 +376,8 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
     for name, spec in systems.items():
         lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
         results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
+        if name == "sft" and cfg.sharpen_temperatures:
+            results["sft-sharp"] = sharpened_sft(run, env, lm, tok, step=len(results))
         if name == "sft" and cfg.bon_n:
             if (run.out / "checkpoint-reward").exists():
                 results["sft-bon"] = evaluate_best_of_n(run, env, "sft-bon", lm, tok, cfg.bon_n, step=len(results))
@@ -234,12 +387,17 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
     if not dist.is_main():  # the other ranks only helped decode
         return
     boot = bootstrap_rows(results, cfg.bootstrap_samples, cfg.seed)
+    breakdown = breakdown_rows(results, cfg.bootstrap_samples, cfg.seed)
     preds = {n: report.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
-    examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results})
+    flips = {f"{b} − {a}": greedy_flips(preds[a], preds[b]) for b, a in COMPARISONS
+             if a in preds and b in preds and "prediction" in preds[a][0] and "prediction" in preds[b][0]}
+    examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results
+                                                               if "prediction" in preds[n][i]})
                 for i, e in enumerate(env["test"][:5])]
     table = {n: {k: v for k, v in r.items() if k != "per_example"} for n, r in results.items()}
     report.write_plots(run.out)
     seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
     report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
                         str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"],
-                        reward_eval=run.state.get("reward_eval"))
+                        reward_eval=run.state.get("reward_eval"),
+                        sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown, flips=flips)

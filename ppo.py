@@ -14,7 +14,8 @@ Sources: lm-human-preferences (LHP: train_policy.py, policy.py, language/model.p
   5. Reward = -beta * KL on every response token, plus the score on the last real token (LHP compute_rewards).
   6. beta is fixed or follows LHP's adaptive controller: err = clip(kl/target - 1, -0.2, 0.2); beta *= 1 + err*n/horizon.
   7. The advantage: GAE (gamma=1, lam=0.95, LHP/TRL), or a critic-free group baseline over the k samples of a
-     prompt: RLOO (Ahmadian et al. 2024) or GRPO (Shao et al. 2024). GAE and RLOO are whitened over real tokens.
+     prompt: RLOO (Ahmadian et al. 2024) or GRPO (Shao et al. 2024). advantage_norm: whitened over real tokens
+     (auto for GAE and RLOO, LHP), over sequences (batch), by the group's std (auto for GRPO), or not at all.
   8. Clipped surrogate, and for GAE the clipped value loss 0.5*max(...), vf_coef 0.1 (LHP PPOTrainer.loss); GRPO
      adds beta * k3 KL to the reference as a loss term instead of a reward.
   9. ppo_epochs passes over shuffled minibatches (LHP train); micro-batch losses are token-weighted so gradient
@@ -163,48 +164,117 @@ def group_view(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(-1, k)
 
 
-def rloo_advantages(seq_rewards: torch.Tensor, k: int) -> torch.Tensor:
+def rloo_advantages(seq_rewards: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, "Back to Basics"): each sample's baseline is the mean of the other k - 1
-    sequence rewards of its prompt. seq_rewards [P*k] (score - beta * summed KL) -> advantages [P*k]."""
+    sequence rewards of its prompt. seq_rewards [P*k] (score - beta * summed KL) -> advantages [P*k].
+    `keep` [P*k] bool (missing_eos="filter"): only kept samples enter a baseline, a dropped sample gets 0, and a
+    sample with no kept partner gets 0 (nothing to compare it with)."""
     r = group_view(seq_rewards, k)  # [P, k]
-    baseline = (r.sum(1, keepdim=True) - r) / (k - 1)  # [P, k] leave-one-out mean
-    return (r - baseline).reshape(-1)
+    f = torch.ones_like(r) if keep is None else group_view(keep.to(r.dtype), k)  # [P, k] 1 = kept
+    others = (f.sum(1, keepdim=True) - f)  # [P, k] kept partners of each sample
+    baseline = ((r * f).sum(1, keepdim=True) - r * f) / others.clamp(min=1)  # [P, k] leave-one-out mean
+    return torch.where((others > 0) & (f > 0), r - baseline, 0.0).reshape(-1)
+
+
+def group_centred(scores: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """GRPO's numerator (Shao et al. 2024, DeepSeekMath §4.1): r - mean of its group, over kept samples. [P*k]"""
+    r = group_view(scores, k)  # [P, k]
+    f = torch.ones_like(r) if keep is None else group_view(keep.to(r.dtype), k)
+    mean = (r * f).sum(1, keepdim=True) / f.sum(1, keepdim=True).clamp(min=1)  # [P, 1]
+    return torch.where(f > 0, r - mean, 0.0).reshape(-1)
+
+
+def group_std(x: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-group standard deviation (Bessel's correction, torch.std as TRL) over kept samples, broadcast back to
+    [P*k]; a group with fewer than 2 kept samples has std 0."""
+    r = group_view(x, k)  # [P, k]
+    f = torch.ones_like(r) if keep is None else group_view(keep.to(r.dtype), k)
+    n = f.sum(1, keepdim=True)  # [P, 1]
+    mean = (r * f).sum(1, keepdim=True) / n.clamp(min=1)
+    var = (((r - mean) * f) ** 2).sum(1, keepdim=True) / (n - 1).clamp(min=1)
+    return var.sqrt().expand_as(r).reshape(-1)
 
 
 def grpo_advantages(scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO (Shao et al. 2024, DeepSeekMath §4.1, outcome supervision): (r - group mean) / (group std + eps),
-    std with Bessel's correction (torch.std, as TRL). The KL is a separate loss term, not in r. [P*k] -> [P*k]."""
-    r = group_view(scores, k)  # [P, k]
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).reshape(-1)
+    """GRPO: (r - group mean) / (group std + eps), std with Bessel's correction (torch.std, as TRL). The KL is a
+    separate loss term, not in r. [P*k] -> [P*k]. A zero-spread group gives 0; a near-zero one is amplified up
+    to 1/eps, which is why advantage_norm offers Dr. GRPO's "none" (Liu et al. 2025) and Lite PPO's "batch"."""
+    return group_centred(scores, k) / (group_std(scores, k) + eps)
+
+
+def sequence_whiten(seq_adv: torch.Tensor, keep: torch.Tensor, reduce=None) -> torch.Tensor:
+    """(A - mean) / std over the batch's kept *sequences*, each counting once whatever its length (Lite PPO's
+    batch normalisation, Liu et al. 2025 "Tricks or Traps"). Token-weighted whitening instead lets a long
+    outlier (e.g. one 48-token unfinished answer) set the mean and std of a batch of short ones. [B] -> [B]"""
+    if _count(keep, reduce) < 2:  # nothing to whiten against (e.g. every sample unfinished): no update signal
+        return torch.zeros_like(seq_adv)
+    return torch.where(keep, masked_whiten(seq_adv, keep, reduce=reduce), 0.0)
+
+
+def _count(mask: torch.Tensor, reduce=None) -> int:
+    n = mask.bool().sum()
+    return int(n if reduce is None else reduce(n))
+
+
+def normalise_advantages(seq_adv: torch.Tensor, raw: torch.Tensor, keep: torch.Tensor, k: int, how: str,
+                         reduce=None, eps: float = 1e-4) -> torch.Tensor:
+    """Sequence advantages [B] -> normalised [B] (advantage_norm): group divides by the std of its group's `raw`
+    rewards (GRPO), batch whitens over sequences, none keeps the reward scale (plain RLOO, TRL; Dr. GRPO).
+    "token" is applied later, over tokens (compute_rewards), as LHP/TRL whiten GAE advantages."""
+    if how == "group":
+        return torch.where(keep, seq_adv / (group_std(raw, k, keep) + eps), 0.0)
+    if how == "batch":
+        return sequence_whiten(seq_adv, keep, reduce=reduce)
+    return seq_adv  # none, or token (done over tokens by the caller)
 
 
 def compute_rewards(ro: Rollout, scores: torch.Tensor, kl_coef: float, cfg, reduce=None) -> Rollout:
     """Fill scores, rewards, advantages and returns (details 4-7). `scores` [B] come from the caller, in reward
     units (the RM after LHP gain/bias and sigmoid-then-clip, plus weighted rule signals). The gain/bias makes
     one beta mean the same across reward models; after the sigmoid, beta trades KL nats against that 0-1 scale.
-    `reduce` makes the whitening global over ranks; the k samples of a prompt always sit on one rank."""
+    `reduce` makes the whitening global over ranks; the k samples of a prompt always sit on one rank.
+    cfg.missing_eos: "penalty" lowers an unfinished response's score by missing_eos_penalty (N+ details, TRL);
+    "filter" gives it advantage 0 and leaves it out of every baseline and normalisation (DAPO's overlong
+    filtering, Yu et al. 2025), so one truncated sample cannot set a step's direction."""
     mask = ro.response_mask.bool()  # [B, R]
     scores = torch.as_tensor(scores, dtype=torch.float32, device=mask.device).reshape(-1)  # [B]
     kl = torch.where(mask, kl_penalty(ro.logprobs, ro.ref_logprobs, kind=cfg.kl_estimator), 0.0)  # [B, R]
-    final = scores - cfg.missing_eos_penalty * (~ro.eos).float()  # N+ details: no EOS -> lower score
+    filtering = getattr(cfg, "missing_eos", "penalty") == "filter"
+    keep = ro.eos.bool() if filtering else torch.ones_like(ro.eos, dtype=torch.bool)  # [B] rows that learn
+    final = scores if filtering else scores - cfg.missing_eos_penalty * (~ro.eos).float()  # N+ details
     last = ro.response_mask.sum(1) - 1  # [B] index of the last real token (EOS, or the final token)
     rows = torch.arange(len(last), device=last.device)
     # GRPO keeps the KL out of the reward (it is a loss term in ppo_step); GAE and RLOO put it in (LHP).
     rewards = torch.zeros_like(kl) if cfg.advantage == "grpo" else -kl_coef * kl  # [B, R]
     rewards[rows, last] += final
+    norm = advantage_norm(cfg)
     if cfg.advantage == "gae":
         if cfg.whiten_rewards:
             rewards = torch.where(mask, masked_whiten(rewards, mask, shift_mean=False, reduce=reduce), 0.0)
         advantages, returns = compute_gae(rewards, ro.values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        advantages = torch.where(keep[:, None], advantages, 0.0)
     else:
         k = cfg.samples_per_prompt
-        seq = rloo_advantages(rewards.sum(1), k) if cfg.advantage == "rloo" else grpo_advantages(final, k)  # [B]
+        raw = rewards.sum(1) if cfg.advantage == "rloo" else final  # [B] the sequence reward each baseline sees
+        seq = rloo_advantages(raw, k, keep) if cfg.advantage == "rloo" else group_centred(raw, k, keep)  # [B]
+        seq = normalise_advantages(seq, raw, keep, k, norm, reduce=reduce)
         advantages = torch.where(mask, seq[:, None].expand_as(kl), 0.0)  # one advantage for every token
         returns = torch.zeros_like(kl)  # no critic
-    if cfg.advantage != "grpo":
-        advantages = torch.where(mask, masked_whiten(advantages, mask, reduce=reduce), 0.0)
+    if norm == "token":
+        tok_mask = mask & keep[:, None]  # [B, R] the kept rows' real tokens
+        advantages = (torch.where(tok_mask, masked_whiten(advantages, tok_mask, reduce=reduce), 0.0)
+                      if _count(tok_mask, reduce) >= 2 else torch.zeros_like(advantages))
     return dataclasses.replace(ro, scores=scores, rewards=rewards, advantages=advantages, returns=returns,
                                kl_coef=float(kl_coef))
+
+
+def advantage_norm(cfg) -> str:
+    """cfg.advantage_norm, with "auto" resolved to each estimator's original: token whitening for GAE and RLOO
+    (LHP/TRL PPO), the group std for GRPO (DeepSeekMath)."""
+    how = getattr(cfg, "advantage_norm", "auto")
+    if how == "auto":
+        return "group" if cfg.advantage == "grpo" else "token"
+    return how
 
 
 def init_value_bias(policy: PolicyWithValueHead, ro: Rollout, final_scores: torch.Tensor, reduce=None) -> Rollout:
@@ -335,6 +405,8 @@ def ppo_step(policy, optimizer, rollout, cfg, ctx=None, scaler=None) -> dict[str
             for name, v in zip(names, totals.tolist()):
                 sums[name].append(v)
             sums["policy/grad_norm"].append(float(grad_norm))
+            # How often the clip binds: when it binds on every step, Adam moves ~lr whatever the signal.
+            sums["policy/grad_clipped"].append(float(grad_norm > cfg.max_grad_norm))
         epochs_run += 1
         if cfg.target_kl and sums["policy/approx_kl"][-1] > cfg.target_kl:
             break  # CleanRL: stop the epochs once the last minibatch's approx_kl passes target_kl
@@ -356,6 +428,8 @@ def _step_stats(ro: Rollout, cfg, sums, ratio_dev, epochs_run) -> dict[str, floa
         "objective/entropy": dist.global_mean(ro.entropy.sum(1)).item(),  # nats per response, from the full softmax
         "response/length_mean": dist.global_mean(ro.response_mask.sum(1).float()).item(),
         "response/eos_fraction": dist.global_mean(ro.eos.float()).item(),
+        # Samples whose advantage is non-zero: a zero-spread group or a filtered unfinished answer teaches nothing.
+        "policy/active_fraction": dist.global_mean((ro.advantages.abs().sum(1) > 0).float()).item(),
         "policy/first_ratio_dev": ratio_dev,  # max |ratio - 1| on the first micro-batch: ~1e-7 unless a mismatch
         "ppo/epochs": float(epochs_run),
     })

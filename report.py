@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -195,7 +194,7 @@ PUBLISHED = {"best-tranx-rerank": {"bleu": 0.330, "codebleu": 0.343}, "Codex": {
 GOLD_KEYS = ["gold", "proxy", "codebleu", "chrf", "syntax_valid_rate"]  # the headline table
 TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_match", "syntax_match",
               "dataflow_match", "rouge_l", "ruby", "bertscore", "chrf", "exact_match"]
-SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-bon": 2, "ppo": 4}  # ppo-step<N> (old runs) sort between at 3
+SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-sharp": 1.2, "sft-bon": 2, "sft-rs": 2.5, "ppo": 4}  # ppo-step<N> (old runs) sort between at 3
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -338,12 +337,16 @@ def paired_bootstrap_ci(a: list[float], b: list[float], n_resamples: int, seed: 
     """95% CI of mean(b) - mean(a) by resampling items with replacement (Koehn 2004, paired bootstrap).
     Pairing matters: both systems answer the same prompts, so resampling items keeps their difficulty shared."""
     assert len(a) == len(b) and a, "paired bootstrap needs two equal, non-empty lists"
-    rng = random.Random(seed)
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
     n = len(a)
-    diffs = [bi - ai for ai, bi in zip(a, b)]
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
-    lo, hi = means[int(0.025 * (n_resamples - 1))], means[int(math.ceil(0.975 * (n_resamples - 1)))]
-    return {"mean_diff": sum(diffs) / n, "ci95_low": lo, "ci95_high": hi, "n_items": n, "n_resamples": n_resamples}
+    diffs = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)  # [n]
+    means = np.concatenate([diffs[rng.integers(0, n, size=(min(1000, n_resamples - i), n))].mean(1)
+                            for i in range(0, n_resamples, 1000)])  # [n_resamples], in chunks: bounded memory
+    means.sort()
+    lo, hi = float(means[int(0.025 * (n_resamples - 1))]), float(means[int(math.ceil(0.975 * (n_resamples - 1)))])
+    return {"mean_diff": float(diffs.mean()), "ci95_low": lo, "ci95_high": hi, "n_items": n, "n_resamples": n_resamples}
 
 
 def ci_verdict(ci: dict, better: str = "b", base: str = "a") -> str:
@@ -434,21 +437,27 @@ def plot_rlhf(steps: list[dict], path: Path) -> None:
 
 
 def plot_overoptimization(points: list[dict], path: Path) -> None:
-    """Gold and proxy on the fixed validation slice against objective/kl (Gao et al. 2022, fig. 1): a proxy that
-    keeps rising while gold flattens or falls is the reward model being over-optimised."""
+    """Gold and proxy on the fixed validation slice against PPO step, with each point's standard error over
+    intents, and the rollout KL on a second axis (Gao et al. 2022 plot gold and proxy against KL; one step's
+    rollout KL is noisy, so the step is the x-axis and the KL is drawn beside it). A proxy that keeps rising
+    while gold flattens or falls is the reward model being over-optimised."""
     plt = _plt()
     points = curve_points(points)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    xs = [p["objective/kl"] for p in points]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xs = [p["step"] for p in points]
     for key, marker in (("gold", "o"), ("proxy", "s")):
-        ax.plot(xs, [p[key] for p in points], marker=marker, label=f"{key} ({'annotator' if key == 'gold' else 'RM'})")
-    for p in points:
-        ax.annotate(str(p["step"]), (p["objective/kl"], p["gold"]), fontsize=7, color="grey",
-                    textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel("objective/kl (nats per response, that step's rollouts)")
+        se = [p.get(f"{key}_se", 0.0) for p in points]
+        ax.errorbar(xs, [p[key] for p in points], yerr=se, marker=marker, capsize=3,
+                    label=f"{key} ({'annotator' if key == 'gold' else 'RM'}) ± SE")
+    kl_ax = ax.twinx()
+    kl_ax.plot(xs, [p["objective/kl"] for p in points], color="grey", linestyle=":", marker=".", label="objective/kl")
+    kl_ax.set_ylabel("objective/kl (nats per response)", color="grey")
+    ax.set_xlabel("PPO step")
     ax.set_ylabel("mean score (0-1)")
-    ax.set_title(f"Over-optimisation: {points[0]['n']} validation intents, labels = PPO step", fontsize=9)
-    ax.legend(fontsize=8)
+    what = f"{points[0].get('samples')} samples each" if points[0].get("samples") else "greedy"
+    ax.set_title(f"Over-optimisation: {points[0]['n']} validation intents, {what}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    kl_ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -499,7 +508,8 @@ def _fmt(v) -> str:
 
 def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict], examples: list[dict],
                  stage_seconds: dict, device: str, dtype: str, cfg: dict, notes: list[str],
-                 reward_eval: dict | None = None) -> dict:
+                 reward_eval: dict | None = None, sections: list[str] | None = None,
+                 breakdown: list[dict] | None = None, flips: dict | None = None) -> dict:
     """report.json (everything) and report.md: gold vs proxy, the bootstrap CIs, the over-optimisation curve,
     all metrics, the seed targets. Every table with CodeBLEU names its tokeniser."""
     final = "ppo" if "ppo" in systems else "sft" if "sft" in systems else next(iter(systems), None)
@@ -511,7 +521,7 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict],
     ppo_kl = ppo_summary(stats)
     report = {"systems": systems, "bootstrap": bootstrap, "bootstrap_codebleu_ppo_minus_sft": compat,
               "reward_model": reward_eval, "ppo": ppo_kl, "overoptimization": curve, "targets": targets, "stage_seconds": stage_seconds, "device": device,
-              "dtype": dtype, "notes": notes, "codebleu_tokenizer": tok, "config": cfg, "examples": examples}
+              "dtype": dtype, "notes": notes, "breakdown": breakdown or [], "greedy_flips": flips or {}, "codebleu_tokenizer": tok, "config": cfg, "examples": examples}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     n_items = next(iter(systems.values()))["n"] if systems else 0
     label = {"codebleu": f"codebleu ({tok})", "ngram_match": f"ngram_match ({tok})",
@@ -533,12 +543,16 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict],
                "| comparison | metric | mean difference | 95% CI | verdict |", "|---|---|---|---|---|"]
         md += [f"| {b['comparison']} | {label.get(b['metric'], b['metric'])} | {_signed(b['mean_diff'])} | "
                f"[{_signed(b['ci95_low'])}, {_signed(b['ci95_high'])}] | {b['verdict']} |" for b in bootstrap]
+    md += sections or []
     md += reward_ppo_lines(reward_eval, ppo_kl)
     if curve:
-        md += ["", f"## Over-optimisation curve (first {curve[0]['n']} validation intents, greedy)", "",
-               "objective/kl is that PPO step's rollout KL to the SFT policy; plots/overoptimization.png draws it "
-               "(Gao et al. 2022).", "", "| PPO step | objective/kl | gold | proxy |", "|---|---|---|---|"]
-        md += [f"| {c['step']} | {c['objective/kl']:.4f} | {c['gold']:.4f} | {_fmt(c['proxy'])} |" for c in curve]
+        what = f"{curve[0]['samples']} samples each" if curve[0].get("samples") else "greedy"
+        md += ["", f"## Over-optimisation curve (first {curve[0]['n']} validation intents, {what})", "",
+               "objective/kl is that PPO step's rollout KL to the SFT policy; ± is the standard error over intents; "
+               "plots/overoptimization.png draws it (Gao et al. 2022).", "",
+               "| PPO step | objective/kl | gold | proxy |", "|---|---|---|---|"]
+        md += [f"| {c['step']} | {c['objective/kl']:.4f} | {c['gold']:.4f} ± {c.get('gold_se', 0.0):.4f} | "
+               f"{_fmt(c['proxy'])} ± {c.get('proxy_se', 0.0):.4f} |" for c in curve]
     md += ["", f"## All metrics (CoNaLa test, 0–1; CodeBLEU and its n-gram parts on `{tok}` tokens)", ""]
     md += _table(systems, TABLE_KEYS, label)
     md += ["", f"## Seed targets ({final}; CodeBLEU on `{tok}` tokens)", "",

@@ -387,6 +387,27 @@ def rm_reward(rm: RewardModel, tokenizer, intents: list[str], codes: list[str], 
     return normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max, rm.gain, rm.bias)
 
 
+def make_score_fn(rm: RewardModel, tokenizer, cfg, device: torch.device, log=print):
+    """The PPO reward as one function (LHP's make_score_fn): score_fn(intents, references, codes) -> [B]
+    = w_rm * normalised RM score + the weighted rule signals. The rules see the train intent's reference (the
+    annotator's chrF, syntax, sandboxed exec capped at the reference's, quality); with every rule weight 0 the
+    reference is never read. PPO and rejection sampling (sft-rs) both call it, so they climb the same reward."""
+    import feedback
+
+    uses_rules = any(getattr(cfg, f) for f in RULE_WEIGHTS.values())
+
+    def score_fn(intents: list[str], references: list[str], codes: list[str]) -> torch.Tensor:
+        rm_norm = rm_reward(rm, tokenizer, intents, codes, device, cfg)
+        rules = None
+        if uses_rules and cfg.w_exec:  # exec needs the sandbox; judge runs each reference too, for the cap
+            rules = [j["capped"] for j in feedback.judge(codes, references, cfg.exec_timeout_s, log=log)]
+        elif uses_rules:
+            rules = [rule_signals(c, r) for c, r in zip(codes, references)]
+        return combined_reward(rm_norm, rules, cfg)
+
+    return score_fn
+
+
 # ----------------------------------------------------------------------------- CLI: the reward stage alone
 def main(argv: list[str]) -> None:
     import config

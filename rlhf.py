@@ -22,6 +22,7 @@ import config
 import data
 import dist
 import models
+import rejection
 import report
 from config import ConfigError, die
 from evaluate import decode_batches  # stage_reward samples SFT candidates with it
@@ -64,11 +65,17 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
     Several ranks: sft_batch_size is the global batch; each rank takes its share of every step's examples under
     DDP, and its summed NLL is divided by the global token count (x W, as DDP averages), so the update and the
     logged loss are those of one process."""
+    lm, tok = models.load_causal_lm(run.cfg.policy_model, seed=run.cfg.seed)
+    train_sft(run, env, lm, tok, train, val, "sft")
+    dist.save_on_main(run.out / "checkpoint-sft", lambda d: save_policy(lm, tok, d, run.cfg))
+
+
+def train_sft(run: Run, env: dict, lm, tok, train, val, name: str) -> None:
+    """sft_epochs passes over `train` (logged as stage `name`); see stage_sft."""
     import torch
     from tqdm import tqdm
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
-    lm, tok = models.load_causal_lm(cfg.policy_model, seed=cfg.seed)
     lm.to(device)
     model, W = dist.wrap_ddp(lm, device), dist.world_size()  # lm stays the module that is saved
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
@@ -78,8 +85,8 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.sft_learning_rate, weight_decay=0.0, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / n_steps)
     scaler = models.make_grad_scaler(device, env["dtype"])
-    run.stat("sft", 0, val_loss=validation_loss(lm, tok, fmt, val, cfg, ctx, device))
-    bar = tqdm(range(n_steps), desc="sft", unit="step", dynamic_ncols=True, disable=not dist.is_main())
+    run.stat(name, 0, val_loss=validation_loss(lm, tok, fmt, val, cfg, ctx, device))
+    bar = tqdm(range(n_steps), desc=name, unit="step", dynamic_ncols=True, disable=not dist.is_main())
     for step in bar:
         lm.train()
         chunk = [train[i] for i in order[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size]]
@@ -105,16 +112,35 @@ def stage_sft(run: Run, env: dict, train, val) -> None:
         if not math.isfinite(loss):
             raise FloatingPointError(f"SFT loss is {loss} at step {step}; lower --sft_learning_rate or use fp32")
         bar.set_postfix(loss=f"{loss:.3f}")
-        run.stat("sft", step + 1, loss=loss, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
+        run.stat(name, step + 1, loss=loss, grad_norm=grad_norm, lr=sched.get_last_lr()[0])
         if run.agree_stop():
-            name = f"checkpoint-sft-step{step + 1}"
-            dist.save_on_main(run.out / name, lambda d: save_policy(lm, tok, d, cfg))
-            raise Interrupted(f"SFT stopped at step {step + 1}/{n_steps}; the partial policy is in {name}/ (usable "
-                              "with --policy); SFT restarts from scratch on resume")
+            part = f"checkpoint-{name}-step{step + 1}"
+            dist.save_on_main(run.out / part, lambda d: save_policy(lm, tok, d, cfg))
+            raise Interrupted(f"{name} stopped at step {step + 1}/{n_steps}; the partial policy is in {part}/ "
+                              f"(usable with --policy); {name} restarts from scratch on resume")
     val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
-    run.stat("sft", n_steps, val_loss=val_loss)
-    run.log(f"sft: {n_steps} steps, final train loss {loss:.4f}, validation loss {val_loss:.4f} on {len(val)} examples")
-    dist.save_on_main(run.out / "checkpoint-sft", lambda d: save_policy(lm, tok, d, cfg))
+    run.stat(name, n_steps, val_loss=val_loss)
+    run.log(f"{name}: {n_steps} steps, final train loss {loss:.4f}, validation loss {val_loss:.4f} on {len(val)} "
+            "examples")
+
+
+def stage_rejection_sampling(run: Run, env: dict, reward_fn) -> None:
+    """sft-rs (rejection.py): the best of the reward stage's k SFT samples per intent by the PPO reward, then
+    one SFT pass on them from the SFT policy -> checkpoint-sft-rs/. Rank 0 scores (sandboxed exec), all train."""
+    path = run.out / rejection.SAMPLES_FILE
+    if not path.exists():
+        raise ConfigError(f"--sft_rs needs {path}: the reward stage writes it when --reward_policy_samples > 0")
+    kept = None
+    if dist.is_main():
+        kept, rewards = rejection.select_examples(rejection.read_policy_samples(path), reward_fn)
+        report.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "snippet": e.snippet, "reward": r}
+                            for e, r in zip(kept, rewards)], run.out / "sft_rs_examples.jsonl")
+        run.log(f"sft-rs: best of k by the PPO reward for {len(kept)} intents, mean kept reward "
+                f"{sum(rewards) / max(len(rewards), 1):.4f}")
+    kept = dist.broadcast_object(kept)
+    lm, tok = models.load_causal_lm(sft_path(run, env), seed=run.cfg.seed)
+    train_sft(run, env, lm, tok, kept, env["val"], "sft-rs")
+    dist.save_on_main(run.out / "checkpoint-sft-rs", lambda d: save_policy(lm, tok, d, run.cfg))
 
 
 def save_policy(lm, tok, folder: Path, cfg) -> None:
@@ -140,6 +166,8 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         samples = decode_batches(lm, tok, fmt, [e.intent for e in chosen], cfg, ctx, sample=True,
                                  n=cfg.reward_policy_samples, desc="policy samples")
         policy_samples = {e.question_id: s for e, s in zip(chosen, samples)}
+        if dist.is_main():  # rejection sampling (sft-rs) reuses them
+            rejection.write_policy_samples(chosen[:k], policy_samples, run.out / rejection.SAMPLES_FILE)
     pairs = None
     if dist.is_main():  # the annotator runs sandboxed code whose timeouts may differ: one rank labels, all train
         pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log, with_candidates=True)
@@ -198,7 +226,6 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     import torch
 
     import evaluate
-    import feedback
     import ppo
     import reward
     import sandbox
@@ -215,6 +242,9 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     model = dist.wrap_ddp(policy, device, find_unused_parameters=cfg.advantage != "gae")  # no critic: no head grads
     rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(device)
     rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
+    reward_fn = reward.make_score_fn(rm, rm_tok, cfg, device, log=run.log)
+    if cfg.sft_rs and not (run.out / "checkpoint-sft-rs").exists():  # the cheap baseline, on the same reward
+        stage_rejection_sampling(run, env, reward_fn)
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
     opt = ppo.make_optimizer(policy, cfg)
     kl_ctl = ppo.make_kl_controller(cfg)
@@ -242,17 +272,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         q = data.generation_batch([e.intent for e in exs], tok, fmt, cfg.max_prompt_len)
 
         def score_fn(responses: list[str]) -> torch.Tensor:
-            codes = [data.extract_code(r) for r in responses]
-            raw = reward.score_texts(rm, rm_tok, [e.intent for e in exs], codes, device)
-            rm_norm = reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
-                                              rm.gain, rm.bias)
-            rules = None
-            if env["uses_rules"] and cfg.w_exec:  # the annotator's signals, exec capped at the reference's (as gold)
-                rules = [j["capped"] for j in feedback.judge(codes, [e.snippet for e in exs], cfg.exec_timeout_s,
-                                                              log=run.log)]
-            elif env["uses_rules"]:
-                rules = [reward.rule_signals(c, e.snippet) for c, e in zip(codes, exs)]
-            return reward.combined_reward(rm_norm, rules, cfg)
+            return reward_fn([e.intent for e in exs], [e.snippet for e in exs],
+                             [data.extract_code(r) for r in responses])
 
         try:
             stats, _, responses = ppo.train_ppo_iteration(model, ref, opt, kl_ctl, q["input_ids"].to(device),
@@ -305,6 +326,8 @@ def stage_eval(run: Run, env: dict) -> None:
     systems = {"base": run.cfg.policy_model}
     if sft_path(run, env) != run.cfg.policy_model:
         systems["sft"] = sft_path(run, env)
+    if (run.out / "checkpoint-sft-rs").exists():
+        systems["sft-rs"] = str(run.out / "checkpoint-sft-rs")
     if (run.out / "checkpoint-final").exists():
         systems["ppo"] = str(run.out / "checkpoint-final")
     wanted = config.split_names(run.cfg.eval_systems)
