@@ -358,27 +358,34 @@ PRESETS: dict[str, dict] = {
         reward_max_train_pairs=4000,  # policy_first: 1,647 policy>policy pairs + 2,353 policy>other (of 37,650)
         reward_backbone="policy",  # same pairs, 2026-12-03: policy>policy 0.718 / Spearman 0.583 vs encoder 0.696 / 0.352
         reward_epochs=1,  # InstructGPT trains its RM 1 epoch (it overfits after); 786 s here vs 88 s for the encoder
-        ppo_steps=40,  # 40 x 16 responses = 640 episodes, ~25 s a step on 2 cores (2026-12-02, second run)
-        ppo_epochs=2,  # fresh episodes over reuse: 2 passes (RLOO's REINFORCE view is 1; LHP's PPO uses 4)
-        batch_size=16,
-        samples_per_prompt=4,  # 4 prompts x 4 samples: the group baselines need k >= 2, RLOO's paper uses k = 4
-        advantage="rloo",  # a critic fitted on 16 episodes a step cannot tell prompts apart; a per-prompt baseline can
-        mini_batch_size=8,
+        ppo_steps=30,  # fixed from the first steps' timing (~65 s a step idle), not from results: ~35 min of PPO
+        ppo_epochs=1,  # on-policy: one pass per rollout (TRL num_iterations=1, DeepSeekMath, DAPO)
+        batch_size=64,  # 16 prompts x 4 samples: each update from 64 episodes, not 8 (anchors: 64-1024)
+        samples_per_prompt=4,  # the group baselines need k >= 2, RLOO's paper uses k = 4
+        advantage="rloo",  # a critic fitted on a few dozen episodes a step cannot tell prompts apart; a group can
+        advantage_norm="none",  # plain RLOO (TRL's default): token whitening let one long outlier set a batch's scale
+        missing_eos="filter",  # DAPO: an unfinished sample teaches nothing, instead of a -1 that dominated the step
+        mini_batch_size=64,  # one optimizer step per rollout: the clip and the grad-norm clip rarely bind
         micro_batch_size=8,
         max_new_tokens=48,
-        learning_rate=2e-5,  # 1e-5 left approx_kl <= 0.007 after step 1 (KL 0.34 in 24 steps); 2e-5: 0.003-0.014
-        lr_warmup_steps=4,  # Adam's full-lr first step gave approx_kl 0.037 at 1e-5 (0.50 at 3e-5, 4 epochs)
+        learning_rate=2e-5,  # one Adam step per 64 episodes: each step moves ~lr, so the lr sets the KL per step
+        lr_warmup_steps=2,  # Adam's first full-lr step is the largest of a run
+        lr_decay=False,  # constant after warm-up: the step count can then be set from timing without a new schedule
         w_rm=0.25,  # the RM orders two SFT samples right 69% of the time: at weight 1 its noise set most of the advantage
         w_similarity=0.5,  # PPO prompts are train intents with references: the annotator's own signals join the RM
         w_syntax=0.2,  # score (as PPOCoder rewards compiler feedback and matches to the reference), with the
         w_exec=0.15,  # annotator's weights and its reference exec cap (feedback.judge). RM only: --w_similarity=0
         w_quality=0.15,  # --w_syntax=0 --w_exec=0 --w_quality=0, a row of the README's table
-        adaptive_kl=False,  # 640 episodes: a horizon-10,000 controller could not move; a fixed beta says what it does
+        adaptive_kl=False,  # ~2,000 episodes: a horizon-10,000 controller could not move; a fixed beta says what it does
         init_kl_coef=0.05,
-        save_every=8,
+        save_every=5,
         eval_batch_size=32,
-        eval_every=8,  # 6 curve points (steps 0, 8, ..., 40) x 64 validation intents (gold + proxy vs KL)
+        eval_every=10,  # 4 curve points (steps 0, 10, 20, 30) x 64 validation intents x 4 samples, with SE
         eval_slice=64,
+        eval_samples=4,  # sampled gold, the RL objective: SE ~0.004 on 500 intents (greedy's ~0.006 for a difference)
+        sharpen_temperatures="0.4,0.6,0.8",  # the sharpening control: SFT's best temperature on validation
+        sft_rs=True,  # rejection-sampling fine-tuning on the reward stage's k = 4 samples: the cheap RL baseline
+        eval_bertscore=False,  # the slowest metric, and no RL decision rests on it: time goes to sampled gold
         bon_n=0,  # best-of-4 on the 500 test intents adds ~15 min: --bon_n=4
     ),
     "test": dict(

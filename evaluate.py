@@ -318,7 +318,16 @@ def sharpened_sft(run, env, lm, tok, step: int) -> dict:
         got = sample_and_judge(run, env, lm, tok, val, m, t, f"sharpening T={t} (validation)")
         grid[t] = mean(got["per"]["sampled_gold"]) if got else 0.0
     best = dist.broadcast_object(max(grid, key=lambda t: (grid[t], -t)) if dist.is_main() else None)
-    got = sample_and_judge(run, env, lm, tok, env["test"], m, best, f"eval sft-sharp (T={best}, m={m})")
+    rows = report.read_jsonl(run.out / "predictions-sft.jsonl") if dist.is_main() else []
+    reuse = dist.broadcast_object(best == cfg.temperature and bool(rows) and "samples" in rows[0])
+    if reuse and not dist.is_main():
+        return {}
+    if reuse:  # the same seeds would draw SFT's own samples again
+        got = {"samples": [r["samples"] for r in rows], "sample_gold": [r["sample_gold"] for r in rows],
+               "per": {k: v for k, v in run.state["evaluated"]["sft"]["per_example"].items()
+                       if k.startswith("sampled_")}}
+    else:
+        got = sample_and_judge(run, env, lm, tok, env["test"], m, best, f"eval sft-sharp (T={best}, m={m})")
     if not dist.is_main():
         return {}
     result = {"sampled_gold": mean(got["per"]["sampled_gold"]), "eval_samples": m, "n": len(env["test"]),
