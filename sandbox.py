@@ -57,11 +57,21 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import queue
+import threading
+
 import sandbox_limits
+import sandbox_view
 from sandbox_supervisor import EXIT_CODES, RUNNER
 
-OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed", "too_large")
-NOBODY = 65534  # uid/gid the child drops to when the parent is root
+OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed", "too_large", "unkillable")
+NOBODY = 65534  # the uid/gid a snippet sees inside its user namespace (the one /etc/passwd names)
+SLOT_UID_BASE = 65500  # a root parent runs slot i as host uid/gid SLOT_UID_BASE + i: Debian policy 9.2.2 reserves
+# 65000-65533, so no account owns them, and per-user kernel quotas (fds in flight over Unix sockets, pipe buffers)
+# are one snippet's own instead of shared with the snippet running beside it
+SLOTS = 32  # sandboxes at once; more execute_many workers wait for a free slot
+KILL_GRACE_S = 5.0  # after the kill, how long a task may take to die (uninterruptible I/O) before `unkillable`
+LINGER_LIMIT_S = 600.0  # a later call waits this long for such a task to die, then refuses to run
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
 TMPFS_BYTES = 64 << 20  # private /tmp (working dir included): a write flood fills 64 MiB of RAM, not the disk
 SHM_BYTES = 16 << 20  # private /dev/shm: POSIX semaphores and shm_open need it writable; 300 MB went here
@@ -72,7 +82,6 @@ NOFILE = 64  # RLIMIT_NOFILE: each open pipe or socket can pin ~200 KB of kernel
 CGROUP_MEMORY_BYTES = 768 << 20  # memory.max of the optional per-run cgroup: every process and tmpfs page
 MAX_CODE_CHARS = 32_000  # the longest CoNaLa snippet is 232 chars; ast.parse of 32K chars takes <0.1 s
 MAX_TIMEOUT_S = 600.0  # a per-snippet wall clock beyond 10 minutes is a config mistake, not a budget
-HIDDEN_DIRS = ("/home", "/root", "/run", "/var/tmp")  # empty read-only tmpfs: no secrets, no shared writable dirs
 SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile warnings ("invalid escape") are noise
 warnings.filterwarnings("ignore", module=SNIPPET_FILENAME)  # only warnings attributed to that filename
 
@@ -101,14 +110,11 @@ def _bwrap_has(option: str) -> bool:
 
 def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | None = None) -> list[str]:
     """The bubblewrap command line (see the module docstring for why each part is there)."""
-    cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--proc", "/proc",
+    cmd = [shutil.which("bwrap") or "bwrap", *sandbox_view.view_args(python), "--proc", "/proc",
            "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-           "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
-    for d in HIDDEN_DIRS:
-        if os.path.isdir(d):
-            cmd += ["--tmpfs", d, "--remount-ro", d]
-    cmd += ["--dir", "/tmp/work", "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work",
-            "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+           "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--dir", "/tmp/work", "--remount-ro", "/",
+           "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work", "--uid", str(NOBODY), "--gid", str(NOBODY),
+           "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--as-pid-1", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
     if _bwrap_has("--disable-userns"):  # bwrap >= 0.8; the seccomp filter also refuses nested user namespaces
         cmd.append("--disable-userns")
@@ -117,10 +123,11 @@ def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | No
     return cmd + [python, "-I", "-c", RUNNER]
 
 
-def _drop_privileges() -> dict:
-    """Popen kwargs: a root parent runs the child as nobody (root ignores RLIMIT_NPROC); others keep their uid."""
+def _drop_privileges(slot: int) -> dict:
+    """Popen kwargs: a root parent runs the child as its slot's own uid (root ignores RLIMIT_NPROC, and a shared
+    uid shares per-user quotas between concurrent snippets); others keep their uid."""
     if os.geteuid() == 0:
-        return dict(user=NOBODY, group=NOBODY, extra_groups=[])
+        return dict(user=SLOT_UID_BASE + slot, group=SLOT_UID_BASE + slot, extra_groups=[])
     return {}
 
 
@@ -144,6 +151,8 @@ def classify(returncode: int, report: str) -> tuple[str, str]:
 
 def _wait(proc: subprocess.Popen, timeout: float) -> int:
     """proc.wait(timeout) without its sleep-polling, which wakes up to 50 ms late: a pidfd is readable at exit."""
+    if proc.returncode is not None:  # reaped: its pid may already belong to another process
+        return proc.returncode
     try:
         fd = os.pidfd_open(proc.pid)  # our unreaped child: its pid cannot have been reused
     except (AttributeError, OSError):
@@ -156,28 +165,65 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
     return proc.wait()
 
 
-def _end(proc: subprocess.Popen | None, init_fd: int | None, cgroup: sandbox_limits.RunCgroup | None) -> None:
-    """Every exit path: kill the sandbox's init (the kernel then kills its whole pid namespace), the cgroup,
-    bwrap itself, and reap bwrap."""
-    if cgroup is not None:
-        cgroup.kill()
-    if init_fd is not None:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
-    if proc is not None:
-        try:
-            _wait(proc, 1.0 if init_fd is not None else 0.0)  # bwrap exits once its child (the init) is dead,
-            # and reaps it first
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+_FREE_SLOTS: queue.Queue = queue.Queue()  # slot numbers not in use (a lingering sandbox keeps its own)
+for _slot in range(SLOTS):
+    _FREE_SLOTS.put(_slot)
+_LINGERING: list[tuple] = []  # (bwrap, init pidfd, cgroup, slot) of sandboxes with a task alive after the grace
+_LINGER_LOCK = threading.Lock()
+
+
+def _reap(proc: subprocess.Popen, init_fd: int | None, cgroup, slot: int) -> None:
+    """bwrap has exited: reap it (and the init, if bwrap died first and we are a subreaper), free the slot."""
+    proc.wait()
     if init_fd is not None:
         with contextlib.suppress(ChildProcessError, OSError):  # ours only if bwrap died first and we are a
             os.waitid(os.P_PIDFD, init_fd, os.WEXITED | os.WNOHANG)  # subreaper (a container's PID 1)
         os.close(init_fd)
     if cgroup is not None:
         cgroup.remove()
+    _FREE_SLOTS.put(slot)
+
+
+def _end(proc: subprocess.Popen | None, init_fd: int | None, cgroup, slot: int) -> bool:
+    """Every exit path: kill the sandbox's init (the kernel then kills its whole pid namespace) and the cgroup,
+    then wait until every task of the sandbox is gone. False when one outlived KILL_GRACE_S (a task in an
+    uninterruptible sleep, e.g. an O_DIRECT read, dies only when its I/O ends): the sandbox lingers, holding its
+    slot, and the next call waits for it (`_await_lingering`) instead of returning while it lives."""
+    if cgroup is not None:
+        cgroup.kill()
+    if init_fd is not None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+    elif proc is not None:  # no pidfd for the init (bwrap was still starting): --die-with-parent takes its child
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc is None:
+        _FREE_SLOTS.put(slot)
+        return True
+    try:
+        # bwrap exits only after reaping the init, and a pid namespace's init exits only after every other task in
+        # it (kernel/pid_namespace.c, zap_pid_ns_processes): bwrap's exit means the whole sandbox is gone.
+        _wait(proc, KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with _LINGER_LOCK:
+            _LINGERING.append((proc, init_fd, cgroup, slot))
+        return False
+    _reap(proc, init_fd, cgroup, slot)
+    return True
+
+
+def _await_lingering() -> None:
+    """No call starts while a task of an earlier one lives; SandboxUnavailable after LINGER_LIMIT_S."""
+    with _LINGER_LOCK:
+        while _LINGERING:
+            proc, init_fd, cgroup, slot = _LINGERING[0]
+            try:
+                _wait(proc, LINGER_LIMIT_S)
+            except subprocess.TimeoutExpired:
+                raise SandboxUnavailable(f"a snippet task is still alive {LINGER_LIMIT_S:g} s after its kill "
+                                         f"(bwrap pid {proc.pid}): execution stops until it is gone") from None
+            _LINGERING.pop(0)
+            _reap(proc, init_fd, cgroup, slot)
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,45 +241,57 @@ def _new_cgroup() -> sandbox_limits.RunCgroup | None:
         return None  # the other layers still hold; sandbox_status reported the layer as on, a later run may work
 
 
+def _launch(python: str, argv: list[str], files: tuple, cgroup, deadline: float, slot: int, ours) -> tuple:
+    """Start bwrap -> (proc, pidfd of the sandbox's init or None); with a cgroup, the init is moved into it before
+    it may run (--block-fd)."""
+    info_r, info_w = os.pipe()
+    ours.callback(os.close, info_r)
+    theirs = [info_w, sandbox_limits.seccomp_fd()]
+    block_w = None
+    if cgroup is not None:
+        block_r, block_w = os.pipe()
+        ours.callback(os.close, block_w)
+        theirs.append(block_r)
+    try:
+        proc = subprocess.Popen(bwrap_command(python, *theirs) + argv, stdin=files[0], stdout=files[1],
+                                stderr=files[2], env={}, cwd="/", start_new_session=True, pass_fds=theirs,
+                                **_drop_privileges(slot))
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, deadline)
+    if block_w is not None:
+        if init_fd is not None:
+            with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
+                cgroup.add(sandbox_limits.pid_of(init_fd))
+        os.write(block_w, b"x")
+    return proc, init_fd
+
+
 def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
+    _await_lingering()
     cpu = max(1, math.ceil(timeout_s))  # RLIMIT_CPU is whole seconds; the wall clock is the finer limit
     argv = [str(n) for n in (cpu, MEMORY_BYTES, NPROC, FSIZE_BYTES, NOFILE)]
     start = time.monotonic()
     deadline = start + timeout_s
-    proc = init_fd = None
-    cgroup = _new_cgroup()
+    proc = init_fd = result = None
     # Plain files (not pipes) for stdin and the report: nothing in the sandbox can block the parent on them.
     with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr, \
             contextlib.ExitStack() as ours:
         fin.write(code.encode("utf-8", "surrogatepass"))
         fin.seek(0)
-        info_r, info_w = os.pipe()
-        ours.callback(os.close, info_r)
-        theirs = [info_w, sandbox_limits.seccomp_fd()]
-        block_w = None
-        if cgroup is not None:
-            block_r, block_w = os.pipe()
-            ours.callback(os.close, block_w)
-            theirs.append(block_r)
+        slot, cgroup = _FREE_SLOTS.get(), _new_cgroup()
         try:
-            try:
-                cmd = bwrap_command(python, *theirs) + argv
-                proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, env={}, cwd="/",
-                                        start_new_session=True, pass_fds=theirs, **_drop_privileges())
-            finally:
-                for fd in theirs:
-                    os.close(fd)
-            init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, deadline)
-            if block_w is not None:
-                if init_fd is not None:
-                    with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
-                        cgroup.add(sandbox_limits.pid_of(init_fd))
-                os.write(block_w, b"x")
+            proc, init_fd = _launch(python, argv, (fin, fout, ferr), cgroup, deadline, slot, ours)
             rc = _wait(proc, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            return ExecResult("timeout", f"wall clock > {timeout_s:g} s", time.monotonic() - start)
+            result = ExecResult("timeout", f"wall clock > {timeout_s:g} s")
         finally:
-            _end(proc, init_fd, cgroup)
+            gone = _end(proc, init_fd, cgroup, slot)
+        if not gone:
+            result = ExecResult("unkillable", f"a task was still alive {KILL_GRACE_S:g} s after the kill")
+        if result is not None:
+            return ExecResult(result.outcome, result.detail, time.monotonic() - start)
         fout.seek(0)
         report = fout.read(4096).decode("utf-8", "replace")  # only the supervisor writes here, once
         if rc not in EXIT_CODES.values():
@@ -247,12 +305,18 @@ def layers() -> dict[str, str]:
     """Each isolation layer -> "on ..." or "off: why"; the optional ones may be off (diagnose.py prints this)."""
     parent, why = _cgroup_parent()
     return {"namespaces": "on: user/pid/net/ipc/uts/cgroup/mount, no nested user namespaces",
-            "filesystem": f"on: read-only /, {TMPFS_BYTES >> 20} MiB /tmp, {SHM_BYTES >> 20} MiB /dev/shm",
+            "filesystem": f"on: read-only /usr, the interpreter's paths and {len(sandbox_view.ETC_ENTRIES)} /etc "
+                          f"entries (not /), {TMPFS_BYTES >> 20} MiB /tmp, {SHM_BYTES >> 20} MiB /dev/shm",
+            "uid per slot": (f"on: host uids {SLOT_UID_BASE}-{SLOT_UID_BASE + SLOTS - 1}" if os.geteuid() == 0
+                             else f"off: not root, every sandbox runs as uid {os.geteuid()}"),
             "rlimits": f"on: cpu, as={MEMORY_BYTES >> 20}MiB, nproc={NPROC}, fsize={FSIZE_BYTES >> 20}MiB, "
                        f"nofile={NOFILE}",
-            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}, clone(CLONE_NEWUSER); ENOSYS for clone3",
+            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}, clone(CLONE_NEWUSER), INET stream "
+                       f"sockets, SO_SNDBUF/SO_RCVBUF, fadvise(DONTNEED); ENOSYS for clone3; only unix/inet/inet6 "
+                       f"sockets; no preadv2(RWF_NOWAIT)",
             "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
-            "init kill": "on: by pidfd" if hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)",
+            "init kill": (f"on: by pidfd, then up to {KILL_GRACE_S:g} s until every task is gone" if
+                          hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)"),
             "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}"}
 
 
@@ -286,9 +350,9 @@ def sandbox_status() -> tuple[bool, str]:
     if res.outcome != "ok":
         return False, f"execution disabled: sandbox probe failed ({res.outcome}: {res.detail})"
     version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
-    uid = f"uid {NOBODY}" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    uid = f"one uid per slot from {SLOT_UID_BASE}" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     off = [k for k, v in layers().items() if v.startswith("off")]
-    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only / with capped tmpfs, rlimits, seccomp, "
+    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only view of /usr with capped tmpfs, rlimits, seccomp, "
                   f"pid-1 supervisor, init kill" + (f"; off: {', '.join(off)}" if off else ""))
 
 

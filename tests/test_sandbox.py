@@ -102,7 +102,7 @@ def _descendants(root: int) -> list[int]:
 
 @needs_sandbox
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop applies to a root parent")
-def test_root_parent_drops_to_nobody():
+def test_root_parent_drops_to_its_slot_uid():
     seen = {}
     t = threading.Thread(target=lambda: seen.update(res=sandbox.execute_snippet("import time; time.sleep(1.5)", 5)))
     t.start()
@@ -116,7 +116,8 @@ def test_root_parent_drops_to_nobody():
             pass
     t.join()
     assert seen["res"].outcome == "ok"
-    assert uids == {sandbox.NOBODY}, uids
+    slot_uids = range(sandbox.SLOT_UID_BASE, sandbox.SLOT_UID_BASE + sandbox.SLOTS)
+    assert len(uids) == 1 and uids <= set(slot_uids), uids  # one unprivileged uid, no account's
 
 
 @needs_sandbox
@@ -175,17 +176,26 @@ def test_no_network():
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     server.settimeout(0.5)
-    port = server.getsockname()[1]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.5)
     try:
-        code = f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))"
+        code = f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {server.getsockname()[1]}))"
         res = sandbox.execute_snippet(code, timeout_s=3.0)
-        assert res.outcome == "runtime_error" and "ConnectionRefused" in res.detail, res
+        assert res.outcome == "runtime_error" and "PermissionError" in res.detail, res  # no TCP at all
         with pytest.raises(socket.timeout):
             server.accept()  # nothing reached the parent's loopback
-        res = sandbox.execute_snippet("import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)", 3.0)
+        code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"s.sendto(b'x', ('127.0.0.1', {udp.getsockname()[1]}))\n")
+        assert sandbox.execute_snippet(code, timeout_s=3.0).outcome == "ok"  # sent into the sandbox's own lo
+        with pytest.raises(socket.timeout):
+            udp.recv(1)
+        code = "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('1.1.1.1', 53))"
+        res = sandbox.execute_snippet(code, 3.0)
         assert res.outcome == "runtime_error" and "unreachable" in res.detail.lower(), res
     finally:
         server.close()
+        udp.close()
 
 
 @needs_sandbox
