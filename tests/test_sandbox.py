@@ -542,12 +542,13 @@ def _big_host_files(limit: int) -> list[str]:
 @needs_sandbox
 def test_no_task_outlives_the_call_even_in_uninterruptible_io():
     # Threads in O_DIRECT reads cannot be killed until the I/O ends; `execute` returned after ~1.5 s with 10
-    # snippet tasks alive, and under a subreaper parent the init was left a zombie. Bounded: 24 threads, one read
-    # each of at most one file (<= ~3 GB from disk in all, a few seconds), timeout 1 s.
+    # snippet tasks alive, and under a subreaper parent the init was left a zombie. Bounded: 24 threads (small
+    # stacks, to fit RLIMIT_AS) reading files of ~100 MiB whole, for 2 s and the one read each has in flight then
+    # (~2.5 s for all 24 here; a few GB from disk in all).
     files = _big_host_files(6)
     if len(files) < 2:
         pytest.skip("fewer than two files over 64 MiB in /usr/lib to read with O_DIRECT")
-    attack = ("import mmap, os, threading, time\nFILES = %r\n" % files +
+    attack = ("import mmap, os, threading, time\nthreading.stack_size(1 << 20)\nFILES = %r\n" % files +
               "def reader(path):\n    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)\n    buf = mmap.mmap(-1, 1 << 20)\n"
               "    n = min(1024, (os.fstat(fd).st_size >> 20) + 1)\n    while True:\n"
               "        os.preadv(fd, [buf] * n, 0)\n"  # one read of the whole file, every iovec the same buffer
@@ -566,7 +567,7 @@ def test_no_task_outlives_the_call_even_in_uninterruptible_io():
               "def spy():\n    while not done:\n"
               "        spaces.update(ns for _, _, ns in tree().values() if ns != me)\n        time.sleep(0.05)\n"
               "t = threading.Thread(target=spy)\nt.start()\n"
-              "res = sandbox.execute_snippet(sys.stdin.read(), timeout_s=1.0)\noutcomes = [res.outcome]\n"
+              "res = sandbox.execute_snippet(sys.stdin.read(), timeout_s=2.0)\noutcomes = [res.outcome]\n"
               "if res.outcome == 'unkillable':\n    outcomes.append(sandbox.execute_snippet('x = 1', 1.0).outcome)\n"
               "alive = [p for p, (_, _, ns) in tree().items() if ns in spaces]\ndone.append(1)\nt.join()\n"
               "time.sleep(8)\n"  # what the old sandbox left behind has died by now: is it our zombie?
