@@ -2,20 +2,27 @@
 
 Model output is hostile input, and the execution outcome is a reward an RL policy will learn to exploit. Each
 layer below names the attack it stops (the attacks are tests in tests/test_sandbox.py).
-  * uid: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the child to `nobody` (65534)
+  * uid: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the child to an unprivileged uid
     *before* exec'ing bubblewrap (Popen user=/group=, no preexec_fn, so it is safe from `execute_many`'s threads).
-    `bwrap --uid 65534` alone only relabels uid 0 inside a user namespace. `nobody` cannot reach a venv under
-    /root, so the sandbox runs the system interpreter (`/usr/bin/python3`) in isolated mode (`-I`).
+    `bwrap --uid` alone only relabels a uid inside a user namespace. Each concurrent sandbox holds a slot with its
+    own host uid (SLOT_UID_BASE + slot): the kernel keeps some quotas per host uid (fds in flight over Unix
+    sockets, pipe buffer pages), and with one shared uid a snippet holding them made the one beside it fail.
+    Inside, every slot is `nobody` (65534). The sandbox runs the system interpreter (`/usr/bin/python3`) in
+    isolated mode (`-I`): a venv under /root is neither reachable nor in the view.
   * namespaces (`--unshare-all --unshare-user`): user, pid, net (loopback only: no exfiltration, no downloads),
     ipc, uts, cgroup. No nested user namespace (its root may mount an uncapped tmpfs): seccomp, and
     `--disable-userns` where bwrap >= 0.8.
-  * filesystem: a read-only view of `/` (no file outside the sandbox changes); every writable mount is a capped
-    tmpfs: /tmp (64 MiB, holds the working dir) and /dev/shm (16 MiB); /dev, /home, /root, /run, /var/tmp are
-    read-only (a write flood there took host RAM).
+  * filesystem (`sandbox_view.py`): a read-only view of /usr but /usr/local, the interpreter's own path entries
+    and a few /etc files, not of `/`: the checkout, the dataset (the test references gold scores against), HOME
+    and the run folder are absent. Every writable mount is a capped tmpfs: /tmp (64 MiB, holds the working dir)
+    and /dev/shm (16 MiB); / and /dev are read-only (a write flood there took host RAM).
   * rlimits (set by the supervisor): CPU, AS (a 50 GB allocation is a MemoryError), NPROC (fork bomb), FSIZE,
     NOFILE (bounds the pipe and socket buffers a snippet can hold).
   * seccomp (`sandbox_limits.py`): EPERM for ptrace, process_vm_readv/writev and friends (no reaching into the
-    supervisor), memfd_create and System V shm/msg (memory that neither RLIMIT_AS nor a tmpfs cap counts).
+    supervisor), memfd_create and System V shm/msg (memory that neither RLIMIT_AS nor a tmpfs cap counts),
+    io_uring (its fixed-file tables hold sockets past RLIMIT_NOFILE); sockets of the unix, inet and inet6 families
+    only (AF_VSOCK reaches the hypervisor whatever the net namespace says), no TCP, no SO_SNDBUF/SO_RCVBUF (kernel
+    buffer memory outside RLIMIT_AS), no fadvise(DONTNEED) or preadv2(RWF_NOWAIT) (a page-cache channel).
   * the supervisor (RUNNER) is the sandbox's pid 1 (`--as-pid-1`): it forks the snippet as its child and reports
     the child's fate from the parent side, by its own exit status. The snippet never holds the report descriptor,
     the supervisor is non-dumpable (no /proc/1/mem), and pid 1 ignores every signal sent from inside the
@@ -26,18 +33,24 @@ layer below names the attack it stops (the attacks are tests in tests/test_sandb
     exec weighs 0.15 and is capped at the reference's own outcome (feedback.cap_exec, in gold and in PPO).
   * the host kills the sandbox's init by its host pid (`--info-fd`, held as a pidfd) on every exit path: the
     kernel then kills the whole pid namespace, whatever the snippet did to its own sessions or death signals.
-    `--die-with-parent` covers the host process dying. bwrap is always reaped (no zombies under a PID-1 trainer).
+    The call then waits, up to KILL_GRACE_S, until bwrap exits, which is only after every task of the namespace
+    is gone: a task in an uninterruptible sleep (an O_DIRECT read) dies only when its I/O ends, and returning
+    earlier left it running and, under a subreaper parent, its init a zombie. Past the grace the outcome is
+    `unkillable` and the next call waits for it. `--die-with-parent` covers the host process dying. bwrap is
+    always reaped (no zombies under a PID-1 trainer).
   * optional, where a writable cgroup v2 delegates memory+pids: one cgroup per run (memory.max counts tmpfs,
     socket buffers and the sum over forks; pids.max; cgroup.kill). `sandbox_status()` says which layers are on.
 If bubblewrap (or the interpreter, or user namespaces) is missing, `sandbox_status()` says why and
 `execute_snippet` raises: model output is never run unsandboxed.
 
-Outcomes: ok | syntax_error | name_error | runtime_error | timeout | killed | too_large. `name_error` covers
-NameError and ModuleNotFoundError: CoNaLa snippets are fragments over free variables (`df`, `mylist`) and
-third-party modules the sandbox lacks, so "ran until it needed an undefined input" is its own class. `too_large`
-is code over MAX_CODE_CHARS, decided without parsing it. What the supervisor cannot see is intent: the snippet's
-own process ends however the snippet chooses, so code that stops itself early the way the runner would (its exit
-status for `ok`, or `sys.exit(0)`) counts as ok, as a snippet that catches its own error always has.
+Outcomes: ok | syntax_error | name_error | runtime_error | timeout | killed | too_large | unkillable.
+`name_error` covers NameError and ModuleNotFoundError: CoNaLa snippets are fragments over free variables (`df`,
+`mylist`) and third-party modules the sandbox lacks, so "ran until it needed an undefined input" is its own class.
+`too_large` is code over MAX_CODE_CHARS, decided without parsing it. `unkillable` is a snippet with a task
+still alive KILL_GRACE_S after its kill (exec signal 0, as for a timeout). What the supervisor cannot see is
+intent: the snippet's own process ends however the snippet chooses, so code that stops itself early the way the
+runner would (its exit status for `ok`, or `sys.exit(0)`) counts as ok, as a snippet that catches its own error
+always has.
 """
 from __future__ import annotations
 
@@ -352,8 +365,8 @@ def sandbox_status() -> tuple[bool, str]:
     version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
     uid = f"one uid per slot from {SLOT_UID_BASE}" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     off = [k for k, v in layers().items() if v.startswith("off")]
-    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only view of /usr with capped tmpfs, rlimits, seccomp, "
-                  f"pid-1 supervisor, init kill" + (f"; off: {', '.join(off)}" if off else ""))
+    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only view of /usr with capped tmpfs, "
+                  f"rlimits, seccomp, pid-1 supervisor, init kill" + (f"; off: {', '.join(off)}" if off else ""))
 
 
 def execute_snippet(code: str, timeout_s: float = 2.0) -> ExecResult:

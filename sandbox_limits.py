@@ -63,7 +63,7 @@ X32_SYSCALL_BIT = 0x40000000  # x86_64's x32 ABI reaches the same calls under nu
 CLONE_NEWUSER = 0x10000000  # include/uapi/linux/sched.h
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10  # include/linux/socket.h (the same on every architecture)
 SOCK_DGRAM, SOCK_TYPE_MASK = 2, 0xF  # include/linux/net.h: the type's low bits; the rest is SOCK_NONBLOCK/CLOEXEC
-SOL_SOCKET, BUFFER_OPTS = 1, (7, 8, 32, 33)  # asm-generic/socket.h: SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE
+SOL_SOCKET, BUFFER_OPTS = 1, (7, 8, 32, 33)  # asm-generic/socket.h: SO_SNDBUF, SO_RCVBUF and their FORCE forms
 POSIX_FADV_DONTNEED, RWF_NOWAIT = 4, 0x8  # include/uapi/linux/fadvise.h (64-bit ABIs), include/uapi/linux/fs.h
 
 # Classic BPF (include/uapi/linux/bpf_common.h, seccomp.h): struct sock_filter is {u16 code; u8 jt; u8 jf; u32 k}.

@@ -181,7 +181,8 @@ def test_no_network():
     udp.bind(("127.0.0.1", 0))
     udp.settimeout(0.5)
     try:
-        code = f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {server.getsockname()[1]}))"
+        port = server.getsockname()[1]
+        code = f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))"
         res = sandbox.execute_snippet(code, timeout_s=3.0)
         assert res.outcome == "runtime_error" and "PermissionError" in res.detail, res  # no TCP at all
         with pytest.raises(socket.timeout):
@@ -498,7 +499,8 @@ def test_checkout_dataset_and_home_are_not_in_view():
     root = Path(__file__).resolve().parent.parent
     targets = [root / "README.md", root / "conala-corpus" / "conala-test.json", root / "sandbox.py", Path.home(),
                Path(sys.executable), Path(tempfile.gettempdir()) / ".."]
-    code = f"import json, os\nraise RuntimeError(json.dumps([os.path.exists(p) for p in {[str(t) for t in targets]!r}]))"
+    paths = [str(t) for t in targets]
+    code = f"import json, os\nraise RuntimeError(json.dumps([os.path.exists(p) for p in {paths!r}]))"
     assert _detail_json(sandbox.execute_snippet(code, timeout_s=3.0)) == [False] * 5 + [True], targets
     code = "import json, os\nraise RuntimeError(json.dumps(sorted(os.listdir('/'))))"
     assert set(_detail_json(sandbox.execute_snippet(code, timeout_s=3.0))) <= {
