@@ -330,7 +330,11 @@ def layers() -> dict[str, str]:
             "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
             "init kill": (f"on: by pidfd, then up to {KILL_GRACE_S:g} s until every task is gone" if
                           hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)"),
-            "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}"}
+            "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}",
+            "memory bound": (f"on: the cgroup's memory.max, {CGROUP_MEMORY_BYTES >> 20} MiB for everything" if parent
+                             else f"on: per process only, RLIMIT_AS {MEMORY_BYTES >> 20} MiB x {NPROC} processes, "
+                                  f"plus kernel socket buffers (<= ~0.8 GiB measured, see the README) and "
+                                  f"{(TMPFS_BYTES + SHM_BYTES) >> 20} MiB of tmpfs")}
 
 
 @functools.lru_cache(maxsize=1)
