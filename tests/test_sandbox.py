@@ -588,3 +588,19 @@ def test_no_task_outlives_the_call_even_in_uninterruptible_io():
     assert outcomes in (["timeout"], ["unkillable", "ok"]) and alive == 0, got  # nothing alive after the return
     assert short_outcomes == ["unkillable", "ok"] and short_alive == 0, got  # said so, and the next call waited
     assert got["kids"] == [], got  # no zombie left under the subreaper
+
+
+@needs_sandbox
+def test_reference_outcomes_survive_the_narrower_view():
+    # A sample of CoNaLa references, with the outcome each had when the sandbox showed all of `/`: the ones that
+    # touch the platform, subprocess, files and the working dir, and one of each other class. (The full sweep:
+    # bench/sandbox_references.py, 2,879 references, none changed.)
+    expected = {"train/1877": "ok", "train/1878": "ok", "train/2329": "ok", "train/827": "ok", "test/25": "ok",
+                "test/480": "ok", "train/612": "ok", "test/288": "ok", "train/41": "runtime_error",
+                "train/2228": "runtime_error", "train/2361": "runtime_error", "train/53": "syntax_error",
+                "train/0": "name_error"}
+    root = Path(__file__).resolve().parent.parent / "conala-corpus"
+    splits = {s: json.loads((root / f"conala-{s}.json").read_text()) for s in ("train", "test")}
+    codes = [splits[k.split("/")[0]][int(k.split("/")[1])]["snippet"] for k in expected]
+    got = dict(zip(expected, (r.outcome for r in sandbox.execute_many(codes, timeout_s=2.0, workers=1))))
+    assert got == expected
