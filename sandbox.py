@@ -272,7 +272,9 @@ def _launch(python: str, argv: list[str], files: tuple, cgroup, deadline: float,
     finally:
         for fd in theirs:
             os.close(fd)
-    init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, deadline)
+    # Past the snippet's deadline too: without the init's pidfd, a slow start would end in killing bwrap alone,
+    # leaving its child to die by --die-with-parent unwatched (and unreaped under a subreaper).
+    init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, max(deadline, time.monotonic() + KILL_GRACE_S))
     if block_w is not None:
         if init_fd is not None:
             with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
