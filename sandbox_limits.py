@@ -39,7 +39,8 @@ import time
 #       no CoNaLa reference can reach a server (bench/sandbox_references.py: same outcomes without it);
 #   setsockopt(SOL_SOCKET, SO_SNDBUF/SO_RCVBUF and their FORCE forms) -- a socket's buffers stay at
 #       net.core.wmem_default/rmem_default (208 KiB) instead of wmem_max (4 MiB, ~8 MiB charged): socket memory
-#       is kernel memory outside RLIMIT_AS;
+#       is kernel memory outside RLIMIT_AS. (Lowering wmem_max in the sandbox's own network namespace would be
+#       gentler, but on Linux 6.18 those sysctls are read-only outside the initial namespace, even for root.)
 #   fadvise64(advice = POSIX_FADV_DONTNEED) -- evicting the host's page cache of any file the snippet can read
 #       (the write side of a page-cache channel between calls, and a slowdown for the trainer);
 #   preadv2(flags & RWF_NOWAIT) -- the cheap read side of that channel: "is this page cached?" without touching
