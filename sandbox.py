@@ -254,9 +254,8 @@ def _new_cgroup() -> sandbox_limits.RunCgroup | None:
         return None  # the other layers still hold; sandbox_status reported the layer as on, a later run may work
 
 
-def _launch(python: str, argv: list[str], files: tuple, cgroup, deadline: float, slot: int, ours) -> tuple:
-    """Start bwrap -> (proc, pidfd of the sandbox's init or None); with a cgroup, the init is moved into it before
-    it may run (--block-fd)."""
+def _launch(python: str, argv: list[str], files: tuple, cgroup, slot: int, ours) -> tuple:
+    """Start bwrap -> (proc, the read end of its --info-fd, the write end of its --block-fd or None)."""
     info_r, info_w = os.pipe()
     ours.callback(os.close, info_r)
     theirs = [info_w, sandbox_limits.seccomp_fd()]
@@ -272,6 +271,11 @@ def _launch(python: str, argv: list[str], files: tuple, cgroup, deadline: float,
     finally:
         for fd in theirs:
             os.close(fd)
+    return proc, info_r, block_w
+
+
+def _attach(proc: subprocess.Popen, info_r: int, block_w: int | None, cgroup, deadline: float) -> int | None:
+    """The pidfd of the sandbox's init (or None); with a cgroup, the init is moved into it before it may run."""
     # Past the snippet's deadline too: without the init's pidfd, a slow start would end in killing bwrap alone,
     # leaving its child to die by --die-with-parent unwatched (and unreaped under a subreaper).
     init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, max(deadline, time.monotonic() + KILL_GRACE_S))
@@ -280,7 +284,7 @@ def _launch(python: str, argv: list[str], files: tuple, cgroup, deadline: float,
             with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
                 cgroup.add(sandbox_limits.pid_of(init_fd))
         os.write(block_w, b"x")
-    return proc, init_fd
+    return init_fd
 
 
 def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
@@ -297,7 +301,8 @@ def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
         fin.seek(0)
         slot, cgroup = _FREE_SLOTS.get(), _new_cgroup()
         try:
-            proc, init_fd = _launch(python, argv, (fin, fout, ferr), cgroup, deadline, slot, ours)
+            proc, info_r, block_w = _launch(python, argv, (fin, fout, ferr), cgroup, slot, ours)
+            init_fd = _attach(proc, info_r, block_w, cgroup, deadline)
             rc = _wait(proc, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             result = ExecResult("timeout", f"wall clock > {timeout_s:g} s")
