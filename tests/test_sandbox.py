@@ -514,12 +514,12 @@ def test_one_snippet_cannot_spend_anothers_per_user_quota():
     # over Unix sockets than RLIMIT_NOFILE: the kernel counts those per host uid, which every sandbox shared.
     hog = ("import os, socket, time\na, b = socket.socketpair()\nr, w = os.pipe()\n"
            "for _ in range(3):\n    try:\n        socket.send_fds(a, [b'x'], [r] * 60)\n    except OSError:\n"
-           "        break\ntime.sleep(4)\n")
+           "        break\ntime.sleep(6)\n")
     victim = "import socket\na, b = socket.socketpair()\nsocket.send_fds(a, [b'x'], [a.fileno()])\n"
     seen = {}
-    t = threading.Thread(target=lambda: seen.update(hog=sandbox.execute_snippet(hog, timeout_s=8.0)))
+    t = threading.Thread(target=lambda: seen.update(hog=sandbox.execute_snippet(hog, timeout_s=12.0)))
     t.start()
-    time.sleep(1.5)  # the hog has its fds in flight (a sandbox starts in ~0.2 s)
+    time.sleep(3.0)  # the hog has its fds in flight (a sandbox starts in ~0.2 s, ~1 s on a loaded machine)
     res = sandbox.execute_snippet(victim, timeout_s=3.0)
     t.join()
     assert seen["hog"].outcome == "ok", seen
