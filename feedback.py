@@ -23,8 +23,9 @@ import sandbox
 # Execution outcome -> signal. name_error is 0.5, not 0: CoNaLa references are fragments over free
 # variables (`mylist.sort()`), so "ran until it needed an undefined input" is no evidence either way.
 # too_large (code over sandbox.MAX_CODE_CHARS, never run) is 0: a policy must not learn to pad its way out of a test.
+# unkillable (a task outlived its kill by the grace period, e.g. in uninterruptible I/O) is 0 for the same reason.
 EXEC_SCORE = {"ok": 1.0, "name_error": 0.5, "runtime_error": 0.25, "timeout": 0.0, "killed": 0.0, "syntax_error": 0.0,
-              "too_large": 0.0}
+              "too_large": 0.0, "unkillable": 0.0}
 FENCE_PENALTY = 0.5  # a markdown fence is wrong output format, but the code inside may still be right
 PROSE_PENALTY = 0.5  # same for an English sentence after the code
 _PROSE = re.compile(r"[A-Za-z][\w'`,-]*(?: [\w'`,-]+){2,}[.:!?]?")  # 3+ plain words: no brackets or operators

@@ -2,20 +2,27 @@
 
 Model output is hostile input, and the execution outcome is a reward an RL policy will learn to exploit. Each
 layer below names the attack it stops (the attacks are tests in tests/test_sandbox.py).
-  * uid: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the child to `nobody` (65534)
+  * uid: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the child to an unprivileged uid
     *before* exec'ing bubblewrap (Popen user=/group=, no preexec_fn, so it is safe from `execute_many`'s threads).
-    `bwrap --uid 65534` alone only relabels uid 0 inside a user namespace. `nobody` cannot reach a venv under
-    /root, so the sandbox runs the system interpreter (`/usr/bin/python3`) in isolated mode (`-I`).
+    `bwrap --uid` alone only relabels a uid inside a user namespace. Each concurrent sandbox holds a slot with its
+    own host uid (SLOT_UID_BASE + slot): the kernel keeps some quotas per host uid (fds in flight over Unix
+    sockets, pipe buffer pages), and with one shared uid a snippet holding them made the one beside it fail.
+    Inside, every slot is `nobody` (65534). The sandbox runs the system interpreter (`/usr/bin/python3`) in
+    isolated mode (`-I`): a venv under /root is neither reachable nor in the view.
   * namespaces (`--unshare-all --unshare-user`): user, pid, net (loopback only: no exfiltration, no downloads),
     ipc, uts, cgroup. No nested user namespace (its root may mount an uncapped tmpfs): seccomp, and
     `--disable-userns` where bwrap >= 0.8.
-  * filesystem: a read-only view of `/` (no file outside the sandbox changes); every writable mount is a capped
-    tmpfs: /tmp (64 MiB, holds the working dir) and /dev/shm (16 MiB); /dev, /home, /root, /run, /var/tmp are
-    read-only (a write flood there took host RAM).
+  * filesystem (`sandbox_view.py`): a read-only view of /usr but /usr/local, the interpreter's own path entries
+    and a few /etc files, not of `/`: the checkout, the dataset (the test references gold scores against), HOME
+    and the run folder are absent. Every writable mount is a capped tmpfs: /tmp (64 MiB, holds the working dir)
+    and /dev/shm (16 MiB); / and /dev are read-only (a write flood there took host RAM).
   * rlimits (set by the supervisor): CPU, AS (a 50 GB allocation is a MemoryError), NPROC (fork bomb), FSIZE,
     NOFILE (bounds the pipe and socket buffers a snippet can hold).
   * seccomp (`sandbox_limits.py`): EPERM for ptrace, process_vm_readv/writev and friends (no reaching into the
-    supervisor), memfd_create and System V shm/msg (memory that neither RLIMIT_AS nor a tmpfs cap counts).
+    supervisor), memfd_create and System V shm/msg (memory that neither RLIMIT_AS nor a tmpfs cap counts),
+    io_uring (its fixed-file tables hold sockets past RLIMIT_NOFILE); sockets of the unix, inet and inet6 families
+    only (AF_VSOCK reaches the hypervisor whatever the net namespace says), no TCP, no SO_SNDBUF/SO_RCVBUF (kernel
+    buffer memory outside RLIMIT_AS), no fadvise(DONTNEED) or preadv2(RWF_NOWAIT) (a page-cache channel).
   * the supervisor (RUNNER) is the sandbox's pid 1 (`--as-pid-1`): it forks the snippet as its child and reports
     the child's fate from the parent side, by its own exit status. The snippet never holds the report descriptor,
     the supervisor is non-dumpable (no /proc/1/mem), and pid 1 ignores every signal sent from inside the
@@ -26,18 +33,24 @@ layer below names the attack it stops (the attacks are tests in tests/test_sandb
     exec weighs 0.15 and is capped at the reference's own outcome (feedback.cap_exec, in gold and in PPO).
   * the host kills the sandbox's init by its host pid (`--info-fd`, held as a pidfd) on every exit path: the
     kernel then kills the whole pid namespace, whatever the snippet did to its own sessions or death signals.
-    `--die-with-parent` covers the host process dying. bwrap is always reaped (no zombies under a PID-1 trainer).
+    The call then waits, up to KILL_GRACE_S, until bwrap exits, which is only after every task of the namespace
+    is gone: a task in an uninterruptible sleep (an O_DIRECT read) dies only when its I/O ends, and returning
+    earlier left it running and, under a subreaper parent, its init a zombie. Past the grace the outcome is
+    `unkillable` and the next call waits for it. `--die-with-parent` covers the host process dying. bwrap is
+    always reaped (no zombies under a PID-1 trainer).
   * optional, where a writable cgroup v2 delegates memory+pids: one cgroup per run (memory.max counts tmpfs,
     socket buffers and the sum over forks; pids.max; cgroup.kill). `sandbox_status()` says which layers are on.
 If bubblewrap (or the interpreter, or user namespaces) is missing, `sandbox_status()` says why and
 `execute_snippet` raises: model output is never run unsandboxed.
 
-Outcomes: ok | syntax_error | name_error | runtime_error | timeout | killed | too_large. `name_error` covers
-NameError and ModuleNotFoundError: CoNaLa snippets are fragments over free variables (`df`, `mylist`) and
-third-party modules the sandbox lacks, so "ran until it needed an undefined input" is its own class. `too_large`
-is code over MAX_CODE_CHARS, decided without parsing it. What the supervisor cannot see is intent: the snippet's
-own process ends however the snippet chooses, so code that stops itself early the way the runner would (its exit
-status for `ok`, or `sys.exit(0)`) counts as ok, as a snippet that catches its own error always has.
+Outcomes: ok | syntax_error | name_error | runtime_error | timeout | killed | too_large | unkillable.
+`name_error` covers NameError and ModuleNotFoundError: CoNaLa snippets are fragments over free variables (`df`,
+`mylist`) and third-party modules the sandbox lacks, so "ran until it needed an undefined input" is its own class.
+`too_large` is code over MAX_CODE_CHARS, decided without parsing it. `unkillable` is a snippet with a task
+still alive KILL_GRACE_S after its kill (exec signal 0, as for a timeout). What the supervisor cannot see is
+intent: the snippet's own process ends however the snippet chooses, so code that stops itself early the way the
+runner would (its exit status for `ok`, or `sys.exit(0)`) counts as ok, as a snippet that catches its own error
+always has.
 """
 from __future__ import annotations
 
@@ -57,13 +70,21 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import sandbox_limits
+import queue
+import threading
 
-OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed", "too_large")
-# The supervisor's exit status per outcome (the snippet's child uses the first four for its own class). Above
-# any status Python or a shell picks by itself, below bwrap's 128+signal.
-EXIT_CODES = {"ok": 100, "syntax_error": 101, "name_error": 102, "runtime_error": 103, "killed": 104}
-NOBODY = 65534  # uid/gid the child drops to when the parent is root
+import sandbox_limits
+import sandbox_view
+from sandbox_supervisor import EXIT_CODES, RUNNER
+
+OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed", "too_large", "unkillable")
+NOBODY = 65534  # the uid/gid a snippet sees inside its user namespace (the one /etc/passwd names)
+SLOT_UID_BASE = 65500  # a root parent runs slot i as host uid/gid SLOT_UID_BASE + i: Debian policy 9.2.2 reserves
+# 65000-65533, so no account owns them, and per-user kernel quotas (fds in flight over Unix sockets, pipe buffers)
+# are one snippet's own instead of shared with the snippet running beside it
+SLOTS = 32  # sandboxes at once; more execute_many workers wait for a free slot
+KILL_GRACE_S = 5.0  # after the kill, how long a task may take to die (uninterruptible I/O) before `unkillable`
+LINGER_LIMIT_S = 600.0  # a later call waits this long for such a task to die, then refuses to run
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
 TMPFS_BYTES = 64 << 20  # private /tmp (working dir included): a write flood fills 64 MiB of RAM, not the disk
 SHM_BYTES = 16 << 20  # private /dev/shm: POSIX semaphores and shm_open need it writable; 300 MB went here
@@ -74,93 +95,9 @@ NOFILE = 64  # RLIMIT_NOFILE: each open pipe or socket can pin ~200 KB of kernel
 CGROUP_MEMORY_BYTES = 768 << 20  # memory.max of the optional per-run cgroup: every process and tmpfs page
 MAX_CODE_CHARS = 32_000  # the longest CoNaLa snippet is 232 chars; ast.parse of 32K chars takes <0.1 s
 MAX_TIMEOUT_S = 600.0  # a per-snippet wall clock beyond 10 minutes is a config mistake, not a budget
-HIDDEN_DIRS = ("/home", "/root", "/run", "/var/tmp")  # empty read-only tmpfs: no secrets, no shared writable dirs
 SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile warnings ("invalid escape") are noise
 warnings.filterwarnings("ignore", module=SNIPPET_FILENAME)  # only warnings attributed to that filename
 
-# The supervisor: pid 1 of the sandbox. argv = cpu, as, nproc, fsize, nofile; stdin = the code. It forks the
-# snippet as its child and learns the child's class from the child's exit status; the child's one-line detail
-# comes on a pipe read only after the child is dead. The report (its stdout, a host file) is written only by
-# the supervisor, after every other process in the namespace has been killed, as "<detail>\n"; the outcome is
-# the supervisor's exit status. PR_SET_DUMPABLE=0 closes /proc/1/mem and /proc/1/fd to the child; seccomp
-# closes ptrace; pid 1 ignores SIGINT here and, as a namespace init, every signal it has no handler for.
-RUNNER = r'''
-import os, resource, signal, sys
-CODES = @EXIT_CODES@
-
-def child(src, w):
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)  # output floods cost nothing, and the report is not among its fds
-    os.close(null)
-    os.set_blocking(w, False)  # a snippet flooding the detail pipe gets an error, not a hang
-    kind, detail = "ok", ""
-    try:
-        code = compile(src, "<snippet>", "exec")
-    except (SyntaxError, ValueError) as e:
-        kind, detail = "syntax_error", repr(e)
-    else:
-        try:
-            exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-        except SystemExit as e:
-            if e.code not in (None, 0):
-                kind, detail = "runtime_error", "SystemExit(%r)" % (e.code,)
-        except (NameError, ModuleNotFoundError) as e:
-            kind, detail = "name_error", "%s: %s" % (type(e).__name__, e)
-        except BaseException as e:
-            kind, detail = "runtime_error", "%s: %s" % (type(e).__name__, e)
-    try:
-        os.write(w, " ".join(detail.split())[:300].encode("utf-8", "replace"))
-    except OSError:
-        pass
-    os._exit(CODES[kind])  # skip atexit hooks and non-daemon threads the snippet may have left
-
-def fate(status, detail):
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return "killed", "signal %s" % (signal.Signals(sig).name if sig in signal.valid_signals() else sig)
-    code = os.waitstatus_to_exitcode(status)
-    kind = next((k for k, c in CODES.items() if c == code and k != "killed"), None)
-    if kind is None:
-        return "runtime_error", "exited with status %d before the runner finished" % code
-    return kind, detail
-
-def main():
-    cpu, mem, nproc, fsize, nofile = map(int, sys.argv[1:6])
-    src = sys.stdin.read()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.closerange(3, 1 << 16)  # nothing bwrap or the host left open reaches the child
-    import ctypes
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
-                     (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (fsize, fsize)),
-                     (resource.RLIMIT_NOFILE, (nofile, nofile))):
-        resource.setrlimit(res, lim)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        child(src, w)
-    os.close(w)
-    while True:
-        got, status = os.wait()  # as pid 1 it also reaps the snippet's orphans
-        if got == pid:
-            break
-    try:
-        os.kill(-1, signal.SIGKILL)  # whatever the snippet left running (kill(-1) spares pid 1 itself)
-    except ProcessLookupError:
-        pass
-    os.set_blocking(r, False)
-    try:
-        detail = os.read(r, 512).decode("utf-8", "replace")  # a flood of the pipe is cut at 512 bytes
-    except BlockingIOError:
-        detail = ""
-    kind, detail = fate(status, detail)
-    os.write(1, (" ".join(detail.split())[:300] + "\n").encode())
-    os._exit(CODES[kind])
-main()
-'''.replace("@EXIT_CODES@", repr(EXIT_CODES))
 
 
 class SandboxUnavailable(RuntimeError):
@@ -186,14 +123,11 @@ def _bwrap_has(option: str) -> bool:
 
 def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | None = None) -> list[str]:
     """The bubblewrap command line (see the module docstring for why each part is there)."""
-    cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--proc", "/proc",
+    cmd = [shutil.which("bwrap") or "bwrap", *sandbox_view.view_args(python), "--proc", "/proc",
            "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-           "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
-    for d in HIDDEN_DIRS:
-        if os.path.isdir(d):
-            cmd += ["--tmpfs", d, "--remount-ro", d]
-    cmd += ["--dir", "/tmp/work", "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work",
-            "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+           "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--dir", "/tmp/work", "--remount-ro", "/",
+           "--chdir", "/tmp/work", "--setenv", "HOME", "/tmp/work", "--uid", str(NOBODY), "--gid", str(NOBODY),
+           "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--as-pid-1", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
     if _bwrap_has("--disable-userns"):  # bwrap >= 0.8; the seccomp filter also refuses nested user namespaces
         cmd.append("--disable-userns")
@@ -202,10 +136,11 @@ def bwrap_command(python: str, info_fd: int, seccomp_fd: int, block_fd: int | No
     return cmd + [python, "-I", "-c", RUNNER]
 
 
-def _drop_privileges() -> dict:
-    """Popen kwargs: a root parent runs the child as nobody (root ignores RLIMIT_NPROC); others keep their uid."""
+def _drop_privileges(slot: int) -> dict:
+    """Popen kwargs: a root parent runs the child as its slot's own uid (root ignores RLIMIT_NPROC, and a shared
+    uid shares per-user quotas between concurrent snippets); others keep their uid."""
     if os.geteuid() == 0:
-        return dict(user=NOBODY, group=NOBODY, extra_groups=[])
+        return dict(user=SLOT_UID_BASE + slot, group=SLOT_UID_BASE + slot, extra_groups=[])
     return {}
 
 
@@ -229,6 +164,8 @@ def classify(returncode: int, report: str) -> tuple[str, str]:
 
 def _wait(proc: subprocess.Popen, timeout: float) -> int:
     """proc.wait(timeout) without its sleep-polling, which wakes up to 50 ms late: a pidfd is readable at exit."""
+    if proc.returncode is not None:  # reaped: its pid may already belong to another process
+        return proc.returncode
     try:
         fd = os.pidfd_open(proc.pid)  # our unreaped child: its pid cannot have been reused
     except (AttributeError, OSError):
@@ -241,28 +178,65 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
     return proc.wait()
 
 
-def _end(proc: subprocess.Popen | None, init_fd: int | None, cgroup: sandbox_limits.RunCgroup | None) -> None:
-    """Every exit path: kill the sandbox's init (the kernel then kills its whole pid namespace), the cgroup,
-    bwrap itself, and reap bwrap."""
-    if cgroup is not None:
-        cgroup.kill()
-    if init_fd is not None:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
-    if proc is not None:
-        try:
-            _wait(proc, 1.0 if init_fd is not None else 0.0)  # bwrap exits once its child (the init) is dead,
-            # and reaps it first
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+_FREE_SLOTS: queue.Queue = queue.Queue()  # slot numbers not in use (a lingering sandbox keeps its own)
+for _slot in range(SLOTS):
+    _FREE_SLOTS.put(_slot)
+_LINGERING: list[tuple] = []  # (bwrap, init pidfd, cgroup, slot) of sandboxes with a task alive after the grace
+_LINGER_LOCK = threading.Lock()
+
+
+def _reap(proc: subprocess.Popen, init_fd: int | None, cgroup, slot: int) -> None:
+    """bwrap has exited: reap it (and the init, if bwrap died first and we are a subreaper), free the slot."""
+    proc.wait()
     if init_fd is not None:
         with contextlib.suppress(ChildProcessError, OSError):  # ours only if bwrap died first and we are a
             os.waitid(os.P_PIDFD, init_fd, os.WEXITED | os.WNOHANG)  # subreaper (a container's PID 1)
         os.close(init_fd)
     if cgroup is not None:
         cgroup.remove()
+    _FREE_SLOTS.put(slot)
+
+
+def _end(proc: subprocess.Popen | None, init_fd: int | None, cgroup, slot: int) -> bool:
+    """Every exit path: kill the sandbox's init (the kernel then kills its whole pid namespace) and the cgroup,
+    then wait until every task of the sandbox is gone. False when one outlived KILL_GRACE_S (a task in an
+    uninterruptible sleep, e.g. an O_DIRECT read, dies only when its I/O ends): the sandbox lingers, holding its
+    slot, and the next call waits for it (`_await_lingering`) instead of returning while it lives."""
+    if cgroup is not None:
+        cgroup.kill()
+    if init_fd is not None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+    elif proc is not None:  # no pidfd for the init (bwrap was still starting): --die-with-parent takes its child
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc is None:
+        _FREE_SLOTS.put(slot)
+        return True
+    try:
+        # bwrap exits only after reaping the init, and a pid namespace's init exits only after every other task in
+        # it (kernel/pid_namespace.c, zap_pid_ns_processes): bwrap's exit means the whole sandbox is gone.
+        _wait(proc, KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with _LINGER_LOCK:
+            _LINGERING.append((proc, init_fd, cgroup, slot))
+        return False
+    _reap(proc, init_fd, cgroup, slot)
+    return True
+
+
+def _await_lingering() -> None:
+    """No call starts while a task of an earlier one lives; SandboxUnavailable after LINGER_LIMIT_S."""
+    with _LINGER_LOCK:
+        while _LINGERING:
+            proc, init_fd, cgroup, slot = _LINGERING[0]
+            try:
+                _wait(proc, LINGER_LIMIT_S)
+            except subprocess.TimeoutExpired:
+                raise SandboxUnavailable(f"a snippet task is still alive {LINGER_LIMIT_S:g} s after its kill "
+                                         f"(bwrap pid {proc.pid}): execution stops until it is gone") from None
+            _LINGERING.pop(0)
+            _reap(proc, init_fd, cgroup, slot)
 
 
 @functools.lru_cache(maxsize=1)
@@ -280,45 +254,64 @@ def _new_cgroup() -> sandbox_limits.RunCgroup | None:
         return None  # the other layers still hold; sandbox_status reported the layer as on, a later run may work
 
 
+def _launch(python: str, argv: list[str], files: tuple, cgroup, slot: int, ours) -> tuple:
+    """Start bwrap -> (proc, the read end of its --info-fd, the write end of its --block-fd or None)."""
+    info_r, info_w = os.pipe()
+    ours.callback(os.close, info_r)
+    theirs = [info_w, sandbox_limits.seccomp_fd()]
+    block_w = None
+    if cgroup is not None:
+        block_r, block_w = os.pipe()
+        ours.callback(os.close, block_w)
+        theirs.append(block_r)
+    try:
+        proc = subprocess.Popen(bwrap_command(python, *theirs) + argv, stdin=files[0], stdout=files[1],
+                                stderr=files[2], env={}, cwd="/", start_new_session=True, pass_fds=theirs,
+                                **_drop_privileges(slot))
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    return proc, info_r, block_w
+
+
+def _attach(proc: subprocess.Popen, info_r: int, block_w: int | None, cgroup, deadline: float) -> int | None:
+    """The pidfd of the sandbox's init (or None); with a cgroup, the init is moved into it before it may run."""
+    # Past the snippet's deadline too: without the init's pidfd, a slow start would end in killing bwrap alone,
+    # leaving its child to die by --die-with-parent unwatched (and unreaped under a subreaper).
+    init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, max(deadline, time.monotonic() + KILL_GRACE_S))
+    if block_w is not None:
+        if init_fd is not None:
+            with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
+                cgroup.add(sandbox_limits.pid_of(init_fd))
+        os.write(block_w, b"x")
+    return init_fd
+
+
 def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
+    _await_lingering()
     cpu = max(1, math.ceil(timeout_s))  # RLIMIT_CPU is whole seconds; the wall clock is the finer limit
     argv = [str(n) for n in (cpu, MEMORY_BYTES, NPROC, FSIZE_BYTES, NOFILE)]
     start = time.monotonic()
     deadline = start + timeout_s
-    proc = init_fd = None
-    cgroup = _new_cgroup()
+    proc = init_fd = result = None
     # Plain files (not pipes) for stdin and the report: nothing in the sandbox can block the parent on them.
     with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr, \
             contextlib.ExitStack() as ours:
         fin.write(code.encode("utf-8", "surrogatepass"))
         fin.seek(0)
-        info_r, info_w = os.pipe()
-        ours.callback(os.close, info_r)
-        theirs = [info_w, sandbox_limits.seccomp_fd()]
-        block_w = None
-        if cgroup is not None:
-            block_r, block_w = os.pipe()
-            ours.callback(os.close, block_w)
-            theirs.append(block_r)
+        slot, cgroup = _FREE_SLOTS.get(), _new_cgroup()
         try:
-            try:
-                cmd = bwrap_command(python, *theirs) + argv
-                proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, env={}, cwd="/",
-                                        start_new_session=True, pass_fds=theirs, **_drop_privileges())
-            finally:
-                for fd in theirs:
-                    os.close(fd)
-            init_fd = sandbox_limits.init_pidfd(info_r, proc.pid, deadline)
-            if block_w is not None:
-                if init_fd is not None:
-                    with contextlib.suppress(OSError):  # optional layer: a failed move leaves the others on
-                        cgroup.add(sandbox_limits.pid_of(init_fd))
-                os.write(block_w, b"x")
+            proc, info_r, block_w = _launch(python, argv, (fin, fout, ferr), cgroup, slot, ours)
+            init_fd = _attach(proc, info_r, block_w, cgroup, deadline)
             rc = _wait(proc, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            return ExecResult("timeout", f"wall clock > {timeout_s:g} s", time.monotonic() - start)
+            result = ExecResult("timeout", f"wall clock > {timeout_s:g} s")
         finally:
-            _end(proc, init_fd, cgroup)
+            gone = _end(proc, init_fd, cgroup, slot)
+        if not gone:
+            result = ExecResult("unkillable", f"a task was still alive {KILL_GRACE_S:g} s after the kill")
+        if result is not None:
+            return ExecResult(result.outcome, result.detail, time.monotonic() - start)
         fout.seek(0)
         report = fout.read(4096).decode("utf-8", "replace")  # only the supervisor writes here, once
         if rc not in EXIT_CODES.values():
@@ -332,13 +325,23 @@ def layers() -> dict[str, str]:
     """Each isolation layer -> "on ..." or "off: why"; the optional ones may be off (diagnose.py prints this)."""
     parent, why = _cgroup_parent()
     return {"namespaces": "on: user/pid/net/ipc/uts/cgroup/mount, no nested user namespaces",
-            "filesystem": f"on: read-only /, {TMPFS_BYTES >> 20} MiB /tmp, {SHM_BYTES >> 20} MiB /dev/shm",
+            "filesystem": f"on: read-only /usr, the interpreter's paths and {len(sandbox_view.ETC_ENTRIES)} /etc "
+                          f"entries (not /), {TMPFS_BYTES >> 20} MiB /tmp, {SHM_BYTES >> 20} MiB /dev/shm",
+            "uid per slot": (f"on: host uids {SLOT_UID_BASE}-{SLOT_UID_BASE + SLOTS - 1}" if os.geteuid() == 0
+                             else f"off: not root, every sandbox runs as uid {os.geteuid()}"),
             "rlimits": f"on: cpu, as={MEMORY_BYTES >> 20}MiB, nproc={NPROC}, fsize={FSIZE_BYTES >> 20}MiB, "
                        f"nofile={NOFILE}",
-            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}, clone(CLONE_NEWUSER); ENOSYS for clone3",
+            "seccomp": f"on: EPERM for {', '.join(sandbox_limits.DENIED)}, clone(CLONE_NEWUSER), INET stream "
+                       f"sockets, SO_SNDBUF/SO_RCVBUF, fadvise(DONTNEED); ENOSYS for clone3; only unix/inet/inet6 "
+                       f"sockets; no preadv2(RWF_NOWAIT)",
             "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
-            "init kill": "on: by pidfd" if hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)",
-            "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}"}
+            "init kill": (f"on: by pidfd, then up to {KILL_GRACE_S:g} s until every task is gone" if
+                          hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)"),
+            "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}",
+            "memory bound": (f"on: the cgroup's memory.max, {CGROUP_MEMORY_BYTES >> 20} MiB for everything" if parent
+                             else f"on: per process only, RLIMIT_AS {MEMORY_BYTES >> 20} MiB x {NPROC} processes, "
+                                  f"plus kernel socket buffers (<= ~0.8 GiB measured, see the README) and "
+                                  f"{(TMPFS_BYTES + SHM_BYTES) >> 20} MiB of tmpfs")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -371,10 +374,10 @@ def sandbox_status() -> tuple[bool, str]:
     if res.outcome != "ok":
         return False, f"execution disabled: sandbox probe failed ({res.outcome}: {res.detail})"
     version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
-    uid = f"uid {NOBODY}" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    uid = f"one uid per slot from {SLOT_UID_BASE}" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     off = [k for k, v in layers().items() if v.startswith("off")]
-    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only / with capped tmpfs, rlimits, seccomp, "
-                  f"pid-1 supervisor, init kill" + (f"; off: {', '.join(off)}" if off else ""))
+    return True, (f"{version}, {python} -I as {uid}; namespaces, read-only view of /usr with capped tmpfs, "
+                  f"rlimits, seccomp, pid-1 supervisor, init kill" + (f"; off: {', '.join(off)}" if off else ""))
 
 
 def execute_snippet(code: str, timeout_s: float = 2.0) -> ExecResult:

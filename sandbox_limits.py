@@ -1,8 +1,9 @@
 """The two kernel layers of the sandbox that bubblewrap does not build itself: a seccomp filter and a cgroup per run.
 
-* `seccomp_program()` is a classic-BPF program for `bwrap --seccomp FD`, assembled here by hand (about 25
-  instructions, no libseccomp binding needed). It returns EPERM for the syscalls in `DENIED`; everything else is
-  allowed, because the namespaces and rlimits are the main boundary and the filter only closes what they leave.
+* `seccomp_program()` is a classic-BPF program for `bwrap --seccomp FD`, assembled here by hand (about 60
+  instructions, no libseccomp binding needed). It returns EPERM for the syscalls in `DENIED` and checks the
+  arguments of a few more (socket families, buffer sizes, cache eviction); everything else is allowed, because the
+  namespaces and rlimits are the main boundary and the filter only closes what they leave.
 * `RunCgroup` is one cgroup v2 leaf per run (memory.max, pids.max, cgroup.kill). It is optional: it needs a
   writable cgroup v2 directory that already delegates the memory and pids controllers to its children, which a
   container or a plain login session usually does not. `cgroup_parent()` says whether it is there, and why not.
@@ -18,34 +19,65 @@ import struct
 import time
 
 # Syscall numbers per architecture. Sources: Linux arch/x86/entry/syscalls/syscall_64.tbl (x86_64) and
-# include/uapi/asm-generic/unistd.h (aarch64, which uses the generic table). Each denied call, with the attack it
-# stops:
+# include/uapi/asm-generic/unistd.h (aarch64, which uses the generic table). Each rule, with the attack it stops:
 #   ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise -- reaching into another process of the sandbox:
 #       attaching to the supervisor (or, before it, bwrap's init) to clear its parent-death signal, rewriting its
 #       memory to forge the outcome, or stealing its report descriptor;
 #   memfd_create, memfd_secret -- anonymous files that count against neither RLIMIT_AS nor any tmpfs cap;
 #   shmget, msgget -- System V segments and queues: kernel memory that outlives the process that wrote it;
+#   io_uring_setup/enter/register -- a ring's fixed-file table holds sockets that no longer count against
+#       RLIMIT_NOFILE (one process held ~1 GiB of socket buffers with 8 fds open), and its requests run in kernel
+#       workers outside the snippet's own tasks;
 #   unshare, setns, and clone with CLONE_NEWUSER -- a nested user namespace, whose root may mount an uncapped
 #       tmpfs (bwrap >= 0.8's --disable-userns closes it too; this also covers older bubblewrap). clone3 passes
 #       its flags in memory a filter cannot read, so it gets ENOSYS and the C library falls back to clone.
+#   socket, socketpair (argument 0, the address family) -- only AF_UNIX, AF_INET, AF_INET6: AF_VSOCK reaches the
+#       hypervisor whatever the network namespace says, and netlink, packet and the rest are kernel attack
+#       surface no snippet needs (EAFNOSUPPORT, as for a family the kernel lacks). AF_INET/AF_INET6 get
+#       SOCK_DGRAM only: the one network a snippet has is its own loopback, and TCP on it is the socket whose
+#       buffers grow by themselves (autotuning up to tcp_wmem/tcp_rmem max, 4 and 32 MiB here, past SO_SNDBUF);
+#       no CoNaLa reference can reach a server (bench/sandbox_references.py: same outcomes without it);
+#   setsockopt(SOL_SOCKET, SO_SNDBUF/SO_RCVBUF and their FORCE forms) -- a socket's buffers stay at
+#       net.core.wmem_default/rmem_default (208 KiB) instead of wmem_max (4 MiB, ~8 MiB charged): socket memory
+#       is kernel memory outside RLIMIT_AS. (Lowering wmem_max in the sandbox's own network namespace would be
+#       gentler, but on Linux 6.18 those sysctls are read-only outside the initial namespace, even for root.)
+#   fadvise64(advice = POSIX_FADV_DONTNEED) -- evicting the host's page cache of any file the snippet can read
+#       (the write side of a page-cache channel between calls, and a slowdown for the trainer);
+#   preadv2(flags & RWF_NOWAIT) -- the cheap read side of that channel: "is this page cached?" without touching
+#       the disk (EOPNOTSUPP, what a file without RWF_NOWAIT support answers; timing reads stays possible).
 SYSCALLS = {
     "x86_64": {"ptrace": 101, "shmget": 29, "msgget": 68, "process_vm_readv": 310, "process_vm_writev": 311,
                "memfd_create": 319, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447,
-               "unshare": 272, "setns": 308, "clone": 56, "clone3": 435},
+               "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+               "unshare": 272, "setns": 308, "clone": 56, "clone3": 435, "socket": 41, "socketpair": 53,
+               "setsockopt": 54, "fadvise64": 221, "preadv2": 327},
     "aarch64": {"ptrace": 117, "shmget": 194, "msgget": 186, "process_vm_readv": 270, "process_vm_writev": 271,
                 "memfd_create": 279, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447,
-                "unshare": 97, "setns": 268, "clone": 220, "clone3": 435},
+                "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+                "unshare": 97, "setns": 268, "clone": 220, "clone3": 435, "socket": 198, "socketpair": 199,
+                "setsockopt": 208, "fadvise64": 223, "preadv2": 286},
 }
-DENIED = tuple(name for name in SYSCALLS["x86_64"] if not name.startswith("clone"))
+ARG_RULES = ("clone", "clone3", "socket", "socketpair", "setsockopt", "fadvise64", "preadv2")  # not plain denials
+DENIED = tuple(name for name in SYSCALLS["x86_64"] if name not in ARG_RULES)
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # include/uapi/linux/audit.h
 X32_SYSCALL_BIT = 0x40000000  # x86_64's x32 ABI reaches the same calls under numbers with this bit set
 CLONE_NEWUSER = 0x10000000  # include/uapi/linux/sched.h
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10  # include/linux/socket.h (the same on every architecture)
+SOCK_DGRAM, SOCK_TYPE_MASK = 2, 0xF  # include/linux/net.h: the type's low bits; the rest is SOCK_NONBLOCK/CLOEXEC
+SOL_SOCKET, BUFFER_OPTS = 1, (7, 8, 32, 33)  # asm-generic/socket.h: SO_SNDBUF, SO_RCVBUF and their FORCE forms
+POSIX_FADV_DONTNEED, RWF_NOWAIT = 4, 0x8  # include/uapi/linux/fadvise.h (64-bit ABIs), include/uapi/linux/fs.h
 
 # Classic BPF (include/uapi/linux/bpf_common.h, seccomp.h): struct sock_filter is {u16 code; u8 jt; u8 jf; u32 k}.
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
-SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, EPERM, ENOSYS = 0x7FFF0000, 0x00050000, 1, 38
-SECCOMP_DATA_NR, SECCOMP_DATA_ARCH, SECCOMP_DATA_ARG0 = 0, 4, 16  # offsets in struct seccomp_data (args[0]'s
-# low 32 bits on a little-endian machine, which both tables are)
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K, BPF_AND_K = 0x20, 0x15, 0x35, 0x45, 0x06, 0x54
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+EPERM, ENOSYS, EOPNOTSUPP, EAFNOSUPPORT = 1, 38, 95, 97  # asm-generic/errno*.h
+SECCOMP_DATA_NR, SECCOMP_DATA_ARCH = 0, 4  # offsets in struct seccomp_data
+
+
+def _arg(i: int) -> int:
+    """Offset of args[i]'s low 32 bits in struct seccomp_data (little-endian, as both tables are); every argument
+    checked here is an int or flags the kernel reads as 32 bits."""
+    return 16 + 8 * i
 
 
 def _assemble(program: list[tuple]) -> bytes:
@@ -64,6 +96,26 @@ def _assemble(program: list[tuple]) -> bytes:
     return b"".join(out)
 
 
+def _argument_checks() -> list[tuple]:
+    """The rules that read an argument (each block starts at its label and ends in a return)."""
+    checks = [("label", "clone"), (BPF_LD_W_ABS, _arg(0), 0, 0),  # clone's flags
+              (BPF_JSET_K, CLONE_NEWUSER, "deny", "allow"),
+              ("label", "socket"), (BPF_LD_W_ABS, _arg(0), 0, 0),  # the address family
+              (BPF_JEQ_K, AF_UNIX, "allow", 0),
+              (BPF_JEQ_K, AF_INET, "inet", 0),
+              (BPF_JEQ_K, AF_INET6, "inet", "eafnosupport"),
+              ("label", "inet"), (BPF_LD_W_ABS, _arg(1), 0, 0), (BPF_AND_K, SOCK_TYPE_MASK, 0, 0),
+              (BPF_JEQ_K, SOCK_DGRAM, "allow", "deny"),
+              ("label", "setsockopt"), (BPF_LD_W_ABS, _arg(1), 0, 0),  # level
+              (BPF_JEQ_K, SOL_SOCKET, 0, "allow"), (BPF_LD_W_ABS, _arg(2), 0, 0)]  # optname
+    checks += [(BPF_JEQ_K, opt, "deny", 0) for opt in BUFFER_OPTS]
+    return checks + [(BPF_RET_K, SECCOMP_RET_ALLOW, 0, 0),
+                     ("label", "fadvise"), (BPF_LD_W_ABS, _arg(3), 0, 0),  # advice
+                     (BPF_JEQ_K, POSIX_FADV_DONTNEED, "deny", "allow"),
+                     ("label", "preadv2"), (BPF_LD_W_ABS, _arg(5), 0, 0),  # flags
+                     (BPF_JSET_K, RWF_NOWAIT, "eopnotsupp", "allow")]
+
+
 def seccomp_program(machine: str | None = None) -> bytes:
     """The filter for this machine's architecture; ValueError on one we have no syscall table for."""
     machine = machine or platform.machine()
@@ -77,12 +129,18 @@ def seccomp_program(machine: str | None = None) -> bytes:
         prog.append((BPF_JGE_K, X32_SYSCALL_BIT, "deny", 0))
     prog += [(BPF_JEQ_K, nr[name], "deny", 0) for name in DENIED]
     prog += [(BPF_JEQ_K, nr["clone3"], "enosys", 0),
-             (BPF_JEQ_K, nr["clone"], 0, "allow"),
-             (BPF_LD_W_ABS, SECCOMP_DATA_ARG0, 0, 0),  # clone's flags
-             (BPF_JSET_K, CLONE_NEWUSER, "deny", "allow"),
-             ("label", "allow"), (BPF_RET_K, SECCOMP_RET_ALLOW, 0, 0),
+             (BPF_JEQ_K, nr["clone"], "clone", 0),
+             (BPF_JEQ_K, nr["socket"], "socket", 0),
+             (BPF_JEQ_K, nr["socketpair"], "socket", 0),
+             (BPF_JEQ_K, nr["setsockopt"], "setsockopt", 0),
+             (BPF_JEQ_K, nr["fadvise64"], "fadvise", 0),
+             (BPF_JEQ_K, nr["preadv2"], "preadv2", "allow")]
+    prog += _argument_checks()
+    prog += [("label", "allow"), (BPF_RET_K, SECCOMP_RET_ALLOW, 0, 0),
              ("label", "deny"), (BPF_RET_K, SECCOMP_RET_ERRNO | EPERM, 0, 0),
-             ("label", "enosys"), (BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS, 0, 0)]
+             ("label", "enosys"), (BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS, 0, 0),
+             ("label", "eafnosupport"), (BPF_RET_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT, 0, 0),
+             ("label", "eopnotsupp"), (BPF_RET_K, SECCOMP_RET_ERRNO | EOPNOTSUPP, 0, 0)]
     return _assemble(prog)
 
 

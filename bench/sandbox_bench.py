@@ -1,7 +1,7 @@
-"""Benchmark (not a test): the cost the issue-13 hardening adds to one sandboxed execution.
+"""Benchmark (not a test): the cost the last sandbox change adds to one sandboxed execution.
 
-The sandbox before the hardening (`git show c066304:sandbox.py`, loaded as a module from a temp file) and the one
-in this tree run the same trivial snippets, interleaved, in one process:
+The sandbox before it (`git show c0cc552:sandbox.py` and its `sandbox_limits.py`, loaded as modules from a temp
+folder) and the one in this tree run the same trivial snippets, interleaved, in one process:
 
     python bench/sandbox_bench.py            # --repeats N (default 30)
 
@@ -25,21 +25,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import sandbox  # noqa: E402
 
-BEFORE = "c066304"  # the last commit before the hardening
+BEFORE = "c0cc552"  # the last commit before the seccomp side doors, the /usr view and the uid per slot
 SNIPPETS = {"ok": "x = sorted([3, 1, 2])", "name_error": "mylist.sort()", "runtime_error": "1 / 0"}
 
 
-def load_old(commit: str):
-    src = subprocess.run(["git", "show", f"{commit}:sandbox.py"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="sandbox-bench-")) / "sandbox_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("sandbox_before", path)
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["sandbox_before"] = mod  # dataclasses look their module up there
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     path.unlink()  # loaded: the module keeps no hold on its file
-    path.parent.rmdir()
+    return mod
+
+
+def load_old(commit: str):
+    """That commit's sandbox.py, bound to that commit's sandbox_limits.py (not this tree's)."""
+    folder = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
+    for module in ("sandbox_limits", "sandbox"):
+        src = subprocess.run(["git", "show", f"{commit}:{module}.py"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+        (folder / f"{module}_before.py").write_text(src.replace("import sandbox_limits\n",
+                                                                "import sandbox_limits_before as sandbox_limits\n"))
+        mod = _load(f"{module}_before", folder / f"{module}_before.py")
+    folder.rmdir()
     return mod
 
 

@@ -38,7 +38,7 @@ def test_syntax_signal():
 
 
 def test_exec_signal():
-    assert [feedback.exec_signal(o) for o in sandbox.OUTCOMES] == [1.0, 0.0, 0.5, 0.25, 0.0, 0.0, 0.0]
+    assert [feedback.exec_signal(o) for o in sandbox.OUTCOMES] == [1.0, 0.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError):
         feedback.exec_signal("crashed")
 

@@ -4,6 +4,7 @@ Every attack from the reward issue and from the hardening issue (13) runs for re
 process) must survive each one and no file outside the sandbox's own temp dir may change. Each hostile test is
 bounded in count, size and time by itself, so a broken sandbox fails the test instead of taking the machine down.
 """
+import contextlib
 import json
 import math
 import os
@@ -102,7 +103,7 @@ def _descendants(root: int) -> list[int]:
 
 @needs_sandbox
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop applies to a root parent")
-def test_root_parent_drops_to_nobody():
+def test_root_parent_drops_to_its_slot_uid():
     seen = {}
     t = threading.Thread(target=lambda: seen.update(res=sandbox.execute_snippet("import time; time.sleep(1.5)", 5)))
     t.start()
@@ -116,7 +117,8 @@ def test_root_parent_drops_to_nobody():
             pass
     t.join()
     assert seen["res"].outcome == "ok"
-    assert uids == {sandbox.NOBODY}, uids
+    slot_uids = range(sandbox.SLOT_UID_BASE, sandbox.SLOT_UID_BASE + sandbox.SLOTS)
+    assert len(uids) == 1 and uids <= set(slot_uids), uids  # one unprivileged uid, no account's
 
 
 @needs_sandbox
@@ -175,17 +177,27 @@ def test_no_network():
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     server.settimeout(0.5)
-    port = server.getsockname()[1]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.5)
     try:
+        port = server.getsockname()[1]
         code = f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))"
         res = sandbox.execute_snippet(code, timeout_s=3.0)
-        assert res.outcome == "runtime_error" and "ConnectionRefused" in res.detail, res
+        assert res.outcome == "runtime_error" and "PermissionError" in res.detail, res  # no TCP at all
         with pytest.raises(socket.timeout):
             server.accept()  # nothing reached the parent's loopback
-        res = sandbox.execute_snippet("import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)", 3.0)
+        code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"s.sendto(b'x', ('127.0.0.1', {udp.getsockname()[1]}))\n")
+        assert sandbox.execute_snippet(code, timeout_s=3.0).outcome == "ok"  # sent into the sandbox's own lo
+        with pytest.raises(socket.timeout):
+            udp.recv(1)
+        code = "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('1.1.1.1', 53))"
+        res = sandbox.execute_snippet(code, 3.0)
         assert res.outcome == "runtime_error" and "unreachable" in res.detail.lower(), res
     finally:
         server.close()
+        udp.close()
 
 
 @needs_sandbox
@@ -287,15 +299,19 @@ def test_seccomp_denies_what_the_namespaces_leave():
 
 
 def test_seccomp_program_layout():
-    for machine in sandbox_limits.SYSCALLS:
-        prog = sandbox_limits.seccomp_program(machine)
+    lim = sandbox_limits
+    for machine, nr in lim.SYSCALLS.items():
+        prog = lim.seccomp_program(machine)
         n = len(prog) // 8
-        assert len(prog) % 8 == 0 and n == 3 + (machine == "x86_64") + len(sandbox_limits.DENIED) + 7
-        rets = [int.from_bytes(prog[i * 8 + 4:i * 8 + 8], sys.byteorder) for i in range(n - 3, n)]
-        assert rets == [sandbox_limits.SECCOMP_RET_ALLOW, sandbox_limits.SECCOMP_RET_ERRNO | 1,
-                        sandbox_limits.SECCOMP_RET_ERRNO | 38]
-        for i in range(n - 3):  # every jump lands inside the program
-            assert i + 1 + max(prog[i * 8 + 2], prog[i * 8 + 3]) < n
+        ins = [(int.from_bytes(prog[i * 8:i * 8 + 2], sys.byteorder), prog[i * 8 + 2], prog[i * 8 + 3],
+                int.from_bytes(prog[i * 8 + 4:i * 8 + 8], sys.byteorder)) for i in range(n)]
+        assert len(prog) % 8 == 0 and n < 256  # jumps are one byte
+        assert [k for _, _, _, k in ins[-5:]] == [lim.SECCOMP_RET_ALLOW] + [lim.SECCOMP_RET_ERRNO | e for e in (
+            lim.EPERM, lim.ENOSYS, lim.EAFNOSUPPORT, lim.EOPNOTSUPP)]
+        compared = {k for code, _, _, k in ins[:4 + len(nr)] if code == lim.BPF_JEQ_K}
+        assert set(nr.values()) <= compared  # every syscall of the table is looked at
+        for i, (code, jt, jf, _) in enumerate(ins[:-5]):  # every jump lands inside the program
+            assert i + 1 + max(jt, jf) < n
     with pytest.raises(ValueError, match="no seccomp syscall table"):
         sandbox_limits.seccomp_program("sparc")
 
@@ -427,3 +443,162 @@ def test_cgroup_layer_holds_the_sandbox(monkeypatch):
     assert res.outcome == "timeout"
     assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # empty, so it was killed
     assert sandbox.layers()["cgroup"].startswith("on: ")
+
+
+# ----------------------------------------------------------------------------- kernel side doors
+@needs_sandbox
+def test_socket_memory_outside_rlimit_as_is_bounded():
+    # One process held ~1 GiB of socket buffers with 8 fds open under a 512 MiB RLIMIT_AS: receivers parked in
+    # io_uring fixed-file tables, each socket raised to wmem_max (4 MiB, ~8 MiB charged). Bounded here: 16 pairs,
+    # at most 2 MiB queued on each, so a broken sandbox pins at most 32 MiB for a moment.
+    code = ("import ctypes, json, socket\nlibc = ctypes.CDLL(None, use_errno=True)\ngot = {}\n"
+            "got['io_uring_setup'] = libc.syscall(425, 8, ctypes.create_string_buffer(120))\n"
+            "pairs, most = [], 0\nfor _ in range(16):\n    a, b = socket.socketpair()\n    pairs.append((a, b))\n"
+            "    try:\n        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)\n"
+            "        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)\n    except OSError:\n        pass\n"
+            "    a.setblocking(False)\n    queued = 0\n    while queued < (2 << 20):\n        try:\n"
+            "            queued += a.send(b'x' * 65536)\n        except BlockingIOError:\n            break\n"
+            "    most = max(most, queued)\ngot['most_queued'] = most\n"
+            "try:\n    socket.socket().listen()\n    got['tcp'] = True\nexcept OSError:\n    got['tcp'] = False\n"
+            "raise RuntimeError(json.dumps(got))\n")
+    got = _detail_json(sandbox.execute_snippet(code, timeout_s=5.0))
+    assert got["io_uring_setup"] == -1 and not got["tcp"], got
+    assert got["most_queued"] <= 512 << 10, got  # the default 208 KiB buffer, not wmem_max
+
+
+@needs_sandbox
+def test_only_unix_and_inet_sockets():
+    # AF_VSOCK reaches the hypervisor (CID 2) whatever the network namespace says: a snippet could bind and listen
+    # in the host's vsock port space. Netlink and packet sockets are kernel surface no snippet needs. (Creating the
+    # socket is the whole test: binding a vsock port here would touch the machine's real vsock port space.)
+    code = ("import json, socket\ngot = {}\n"
+            "for name, family, kind in [('vsock', 40, 1), ('netlink', 16, 2), ('packet', 17, 3), ('unix', 1, 1),"
+            " ('udp', 2, 2), ('udp6', 10, 2)]:\n    try:\n        socket.socket(family, kind).close()\n"
+            "        got[name] = 0\n    except OSError as e:\n        got[name] = e.errno\n"
+            "raise RuntimeError(json.dumps(got))\n")
+    got = _detail_json(sandbox.execute_snippet(code, timeout_s=3.0))
+    assert got == {"vsock": 97, "netlink": 97, "packet": 97, "unix": 0, "udp": 0, "udp6": 0}, got  # EAFNOSUPPORT
+
+
+@needs_sandbox
+def test_page_cache_eviction_and_probe_are_refused():
+    # Call 1 read chosen pages of a host library, a later call probed them with preadv2(RWF_NOWAIT): a 32-bit
+    # secret carried between calls; posix_fadvise(DONTNEED) evicts the host's cache of any readable file.
+    code = ("import json, os\nfd = os.open(os.__file__, os.O_RDONLY)\ngot = {}\n"
+            "for name, call in [('dontneed', lambda: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)),\n"
+            "                   ('nowait', lambda: os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)),\n"
+            "                   ('read', lambda: os.preadv(fd, [bytearray(4096)], 0))]:\n"
+            "    try:\n        call()\n        got[name] = 0\n    except OSError as e:\n        got[name] = e.errno\n"
+            "raise RuntimeError(json.dumps(got))\n")
+    assert _detail_json(sandbox.execute_snippet(code, timeout_s=3.0)) == {"dontneed": 1, "nowait": 95, "read": 0}
+
+
+@needs_sandbox
+def test_checkout_dataset_and_home_are_not_in_view():
+    # Every world-readable host file was readable, the CoNaLa test references gold scores against included.
+    root = Path(__file__).resolve().parent.parent
+    targets = [root / "README.md", root / "conala-corpus" / "conala-test.json", root / "sandbox.py", Path.home(),
+               Path(sys.executable), Path(tempfile.gettempdir()) / ".."]
+    paths = [str(t) for t in targets]
+    code = f"import json, os\nraise RuntimeError(json.dumps([os.path.exists(p) for p in {paths!r}]))"
+    assert _detail_json(sandbox.execute_snippet(code, timeout_s=3.0)) == [False] * 5 + [True], targets
+    code = "import json, os\nraise RuntimeError(json.dumps(sorted(os.listdir('/'))))"
+    assert set(_detail_json(sandbox.execute_snippet(code, timeout_s=3.0))) <= {
+        "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr"}
+
+
+@needs_sandbox
+@pytest.mark.skipif(os.geteuid() != 0, reason="one uid per slot needs a root parent")
+def test_one_snippet_cannot_spend_anothers_per_user_quota():
+    # Snippet B alone is ok, but was runtime_error (ETOOMANYREFS) beside a snippet A holding more fds in flight
+    # over Unix sockets than RLIMIT_NOFILE: the kernel counts those per host uid, which every sandbox shared.
+    hog = ("import os, socket, time\na, b = socket.socketpair()\nr, w = os.pipe()\n"
+           "for _ in range(3):\n    try:\n        socket.send_fds(a, [b'x'], [r] * 60)\n    except OSError:\n"
+           "        break\ntime.sleep(6)\n")
+    victim = "import socket\na, b = socket.socketpair()\nsocket.send_fds(a, [b'x'], [a.fileno()])\n"
+    seen = {}
+    t = threading.Thread(target=lambda: seen.update(hog=sandbox.execute_snippet(hog, timeout_s=12.0)))
+    t.start()
+    time.sleep(3.0)  # the hog has its fds in flight (a sandbox starts in ~0.2 s, ~1 s on a loaded machine)
+    res = sandbox.execute_snippet(victim, timeout_s=3.0)
+    t.join()
+    assert seen["hog"].outcome == "ok", seen
+    assert res.outcome == "ok", res
+
+
+def _big_host_files(limit: int) -> list[str]:
+    """Files over 64 MiB in /usr/lib (inside the sandbox's view), largest first; a bounded walk."""
+    found, seen = [], 0
+    for top, _, names in os.walk("/usr/lib"):
+        for n in names:
+            seen += 1
+            p = os.path.join(top, n)
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p) and os.path.getsize(p) > 64 << 20:
+                    found.append(p)
+        if seen > 200_000:
+            break
+    return sorted(found, key=os.path.getsize, reverse=True)[:limit]
+
+
+@needs_sandbox
+def test_no_task_outlives_the_call_even_in_uninterruptible_io():
+    # Threads in O_DIRECT reads cannot be killed until the I/O ends; `execute` returned after ~1.5 s with 10
+    # snippet tasks alive, and under a subreaper parent the init was left a zombie. Bounded: 24 threads (small
+    # stacks, to fit RLIMIT_AS) reading files of ~100 MiB whole, for 2 s and the one read each has in flight then
+    # (~2.5 s for all 24 here; a few GB from disk in all). Twice: the second time with a grace too short for it.
+    files = _big_host_files(6)
+    if len(files) < 2:
+        pytest.skip("fewer than two files over 64 MiB in /usr/lib to read with O_DIRECT")
+    attack = ("import mmap, os, threading, time\nthreading.stack_size(1 << 20)\nFILES = %r\n" % files +
+              "def reader(path):\n    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)\n    buf = mmap.mmap(-1, 1 << 20)\n"
+              "    n = min(1024, (os.fstat(fd).st_size >> 20) + 1)\n    while True:\n"
+              "        os.preadv(fd, [buf] * n, 0)\n"  # one read of the whole file, every iovec the same buffer
+              "for i in range(24):\n    threading.Thread(target=reader, args=(FILES[i % len(FILES)],)).start()\n"
+              "time.sleep(30)\n")
+    script = ("import ctypes, json, os, sys, time\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
+              "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"  # PR_SET_CHILD_SUBREAPER: a container's PID 1
+              "def tree():\n    parent = {}\n    for p in filter(str.isdigit, os.listdir('/proc')):\n        try:\n"
+              "            stat = open('/proc/%s/stat' % p).read().rsplit(')', 1)[1].split()\n"
+              "            parent[int(p)] = (int(stat[1]), stat[0], os.readlink('/proc/%s/ns/pid' % p))\n"
+              "        except (OSError, IndexError):\n            pass\n"
+              "    out, frontier = {}, {os.getpid()}\n    while frontier:\n"
+              "        frontier = {c for c, (pp, _, _) in parent.items() if pp in frontier}\n"
+              "        out.update((c, parent[c]) for c in frontier)\n    return out\n"
+              "me, attack, got = os.readlink('/proc/self/ns/pid'), sys.stdin.read(), {}\n"
+              "normal = getattr(sandbox, 'KILL_GRACE_S', None)\n"  # None: a sandbox without the grace
+              "for grace in (normal, 0.05) if normal else (None,):\n"  # the second, too short for the I/O
+              "    sandbox.KILL_GRACE_S = grace\n"
+              "    outcomes = [sandbox.execute_snippet(attack, timeout_s=2.0).outcome]\n"
+              "    sandbox.KILL_GRACE_S = normal\n"
+              "    if outcomes[0] == 'unkillable':\n"  # the next call waits until the task is gone
+              "        outcomes.append(sandbox.execute_snippet('x = 1', 10.0).outcome)\n"
+              "    got[grace] = outcomes, len([p for p, (_, _, ns) in tree().items() if ns != me])\n"
+              "time.sleep(8)\n"  # what the old sandbox left behind has died by now: is it our zombie?
+              "print(json.dumps({'runs': list(got.values()),"
+              " 'kids': [st for pp, st, _ in tree().values() if pp == os.getpid()]}))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(Path(sandbox.__file__).parent)], input=attack,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    (outcomes, alive), *short = got["runs"]
+    # nothing alive after the return: no descendant of the caller left in another pid namespace
+    assert outcomes in (["timeout"], ["unkillable", "ok"]) and alive == 0, got
+    assert got["kids"] == [], got  # no zombie left under the subreaper
+    assert short == [[["unkillable", "ok"], 0]], got  # said so, and the next call waited until it was gone
+
+
+@needs_sandbox
+def test_reference_outcomes_survive_the_narrower_view():
+    # A sample of CoNaLa references, with the outcome each had when the sandbox showed all of `/`: the ones that
+    # touch the platform, subprocess, files and the working dir, and one of each other class. (The full sweep:
+    # bench/sandbox_references.py, 2,879 references, none changed.)
+    expected = {"train/1877": "ok", "train/1878": "ok", "train/2329": "ok", "train/827": "ok", "test/25": "ok",
+                "test/480": "ok", "train/612": "ok", "test/288": "ok", "train/41": "runtime_error",
+                "train/2228": "runtime_error", "train/2361": "runtime_error", "train/53": "syntax_error",
+                "train/0": "name_error"}
+    root = Path(__file__).resolve().parent.parent / "conala-corpus"
+    splits = {s: json.loads((root / f"conala-{s}.json").read_text()) for s in ("train", "test")}
+    codes = [splits[k.split("/")[0]][int(k.split("/")[1])]["snippet"] for k in expected]
+    got = dict(zip(expected, (r.outcome for r in sandbox.execute_many(codes, timeout_s=2.0, workers=1))))
+    assert got == expected
