@@ -69,8 +69,8 @@ MUTANTS = [
            "the reference log-probs come from the policy: KL 0 whatever the reference"),
     Mutant("kl_controller_steps", "ppo.py", "n_steps=len(responses) * dist.world_size())", "n_steps=1)",
            ("tests/test_ppo.py::test_train_ppo_iteration_scores_text_and_adapts_kl",), "the adaptive controller told one episode per batch"),
-    Mutant("missing_eos_rewarded", "ppo.py", "cfg.missing_eos_penalty * (~ro.eos).float()",
-           "cfg.missing_eos_penalty * ro.eos.float()",
+    Mutant("missing_eos_rewarded", "ppo.py", "final = scores - cfg.missing_eos_penalty * (~ro.eos).float()",
+           "final = scores - cfg.missing_eos_penalty * ro.eos.float()",
            (BY_HAND, "tests/test_ppo_fixes.py::test_missing_eos_ranks_an_unfinished_response_below_every_finished_one"),
            "the missing-EOS penalty hits finished responses"),
     Mutant("k1_sign", "ppo.py", "return -logr  # unbiased", "return logr  # unbiased",
@@ -94,11 +94,13 @@ def run_tests(work: Path, tests: tuple, timeout: int) -> tuple[int, str]:
 
 
 def first_failure(output: str) -> str:
-    """The first 'FAILED node - message' line pytest's -rf summary prints, or its last line."""
-    for line in output.splitlines():
-        if line.startswith(("FAILED", "ERROR")):
-            return line[:300]
-    return (output.strip().splitlines() or ["(no output)"])[-1][:300]
+    """The first failing test (pytest's -rf summary line) and the first lines of its assertion message."""
+    lines = output.splitlines()
+    failed = next((ln.split(" - ")[0] for ln in lines if ln.startswith(("FAILED", "ERROR"))), None)
+    message = [ln[1:].strip() for ln in lines if ln.startswith("E ")][:3]
+    if failed is None:
+        return (lines or ["(no output)"])[-1][:300]
+    return failed + "".join(f"\n      {m[:200]}" for m in message)
 
 
 def main(argv: list[str]) -> int:
