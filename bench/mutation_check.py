@@ -97,7 +97,7 @@ def first_failure(output: str) -> str:
     """The first failing test (pytest's -rf summary line) and the first lines of its assertion message."""
     lines = output.splitlines()
     failed = next((ln.split(" - ")[0] for ln in lines if ln.startswith(("FAILED", "ERROR"))), None)
-    message = [ln[1:].strip() for ln in lines if ln.startswith("E ")][:3]
+    message = [ln[1:].strip() for ln in lines if ln.startswith("E ") and ln[1:].strip()][:3]
     if failed is None:
         return (lines or ["(no output)"])[-1][:300]
     return failed + "".join(f"\n      {m[:200]}" for m in message)
