@@ -132,3 +132,55 @@ def test_resume_overrides_apply_to_the_saved_config_not_to_the_default_preset(tm
     assert extras == {"resume": str(tmp_path)}
     with pytest.raises(config.ConfigError, match="no config.json there"):
         config.parse_cli(["--resume", str(tmp_path / "nope")], extra_flags=("resume=",))
+
+
+# ----------------------------------------------------------------------------- the domains that matter, by hand
+# Written out here, not read from config.DOMAINS: a wrong domain in config.py must fail these. Each entry: the
+# range in words (as the error prints it), values that must be accepted, and values that must be refused.
+LR = ("in (0, 1]", [1e-9, 1e-5, 1.0], [0.0, -1e-5, 1.5])  # Adam steps: > 0; above 1 is a typo, never a choice
+BATCH = (">= 1", [1, 64], [0, -4])
+HAND_DOMAINS = {
+    "learning_rate": LR,
+    "vf_learning_rate": LR,
+    "sft_learning_rate": LR,
+    "reward_learning_rate": LR,
+    "batch_size": BATCH,
+    "mini_batch_size": BATCH,
+    "micro_batch_size": BATCH,
+    "sft_batch_size": BATCH,
+    "sft_micro_batch_size": BATCH,
+    "reward_batch_size": BATCH,
+    "eval_batch_size": BATCH,
+    "ppo_epochs": BATCH,
+    "samples_per_prompt": BATCH,  # k: 1 for GAE, >= 2 for a group baseline (a cross-field rule)
+    "temperature": ("> 0", [1e-3, 0.7, 5.0], [0.0, -0.5]),  # logits / T
+    "top_p": ("in (0, 1]", [1e-3, 0.95, 1.0], [0.0, -0.1, 1.01]),
+    "cliprange": ("in (0, 1]", [0.01, 0.2, 1.0], [0.0, -0.2, 1.2]),  # ratio clip [1 - eps, 1 + eps]
+    "cliprange_value": ("> 0", [0.2, 10.0], [0.0, -0.2]),
+    "init_kl_coef": (">= 0", [0.0, 0.1, 10.0], [-0.01]),  # beta; 0 = no KL penalty
+    "kl_target": ("> 0", [0.1, 6.0], [0.0, -1.0]),
+    "target_kl": (">= 0", [0.0, 0.02], [-0.01]),  # 0 = off
+    "gamma": ("in [0, 1]", [0.0, 1.0], [-0.1, 1.1]),
+    "lam": ("in [0, 1]", [0.0, 0.95, 1.0], [-0.1, 1.1]),
+    "vf_coef": (">= 0", [0.0, 0.1], [-0.1]),
+    "max_grad_norm": ("> 0", [0.5, 1.0], [0.0, -1.0]),
+}
+HAND_BAD = [(k, bad) for k, (_, _, bads) in HAND_DOMAINS.items() for bad in bads]
+
+
+def test_hand_domains_are_the_configs():
+    for key, (words, good, _) in HAND_DOMAINS.items():
+        assert config.DOMAINS[key].describe() == words, key
+        for value in good:
+            assert config.DOMAINS[key].problem(value) is None, (key, value)
+    for key in ("learning_rate", "temperature", "top_p", "cliprange", "init_kl_coef"):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(config.ConfigError, match=f"--{key}={value}: must be a finite number"):
+                config.make_config("test", {key: value})
+
+
+@pytest.mark.parametrize("key,bad", HAND_BAD, ids=[f"{k}={v!r}" for k, v in HAND_BAD])
+def test_hand_written_bad_values_give_the_hand_written_error(key, bad):
+    with pytest.raises(config.ConfigError) as err:
+        config.make_config("test", {key: bad})
+    assert str(err.value) == f"--{key}={bad}: must be {HAND_DOMAINS[key][0]}"

@@ -210,19 +210,39 @@ def test_value_head_save_load_roundtrip(tiny, tmp_path):
     assert not ref.training and not any(p.requires_grad for p in ref.parameters())
 
 
-def test_identical_reference_gives_zero_kl(tiny):
-    lm, tok, ids, am = tiny
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
-    ref = ppo.make_reference(policy.lm)
+def test_rollout_kl_between_two_models_matches_a_manual_forward():
+    """Policy and reference are two different random Llamas. Each stored log-prob must be log_softmax(logits / T)
+    of that model's own forward over the whole sequence, at the sampled token, and the KL per token is worked out
+    here from those two numbers (k1 = lp - ref, k3 = e^(ref - lp) - 1 - (ref - lp)). An identical reference gives 0."""
+    from types import SimpleNamespace
+
+    tok = SimpleNamespace(eos_token_id=2, pad_token_id=2)
+    policy, ref = ppo.PolicyWithValueHead(small_vocab_lm(seed=0)), ppo.make_reference(small_vocab_lm(seed=1))
+    cfg = cfg_for(temperature=0.7, max_new_tokens=6)
     torch.manual_seed(0)
-    cfg = cfg_for(top_p=0.95)  # the default nucleus sampling path
+    ids = torch.randint(3, 512, (3, 5))
+    am = torch.ones_like(ids)
+    ids[2, :2], am[2, :2] = 2, 0  # one left-padded prompt
     ro = ppo.rollout(policy, ref, ids, am, tok, cfg)
-    assert ro.response_ids.shape[1] <= cfg.max_new_tokens
-    assert torch.equal(ro.logprobs, ro.ref_logprobs)
-    for kind in ("k1", "k3"):
-        assert ppo.kl_penalty(ro.logprobs, ro.ref_logprobs, kind=kind).abs().max().item() == 0.0
+    seq, P = torch.cat([ids, ro.response_ids], 1), ids.shape[1]
+    full_mask = torch.cat([am, torch.ones_like(ro.response_ids)], 1)
+    with torch.no_grad():
+        by_hand = {}
+        for name, lm in (("policy", policy.lm), ("ref", ref)):
+            logits = lm(input_ids=seq, attention_mask=full_mask, position_ids=ppo.position_ids(full_mask)).logits
+            logp = torch.log_softmax(logits[:, P - 1:-1].double() / 0.7, -1)  # position P-1+t predicts token t
+            by_hand[name] = logp.gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)
+    m = ro.response_mask.bool()
+    torch.testing.assert_close(ro.logprobs[m].double(), by_hand["policy"][m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro.ref_logprobs[m].double(), by_hand["ref"][m], atol=1e-5, rtol=0)
+    logr = by_hand["ref"] - by_hand["policy"]
+    for kind, want in (("k1", -logr), ("k3", logr.exp() - 1 - logr)):
+        got = ppo.kl_penalty(ro.logprobs, ro.ref_logprobs, kind=kind)
+        torch.testing.assert_close(got[m].double(), want[m], atol=1e-5, rtol=0)
+    assert logr[m].abs().max() > 0.05  # two different models: a real, non-zero KL
+    same = ppo.rollout(policy, ppo.make_reference(policy.lm), ids, am, tok, cfg)
+    assert torch.equal(same.logprobs, same.ref_logprobs)
     assert (ro.values == 0).all()  # LHP zero-initialised value head
-    assert len(ppo.decode_responses(ro, tok)) == len(ids)
 
 
 def test_first_minibatch_ratio_is_one(tiny):
@@ -353,4 +373,8 @@ def test_train_ppo_iteration_scores_text_and_adapts_kl(tiny):
         policy.parameters(), lr=1e-3), kl_ctl, ids, am, tok, score_fn, cfg)
     assert responses == seen and len(responses) == len(ids)
     assert stats["objective/score"] == pytest.approx(ro.scores.mean().item())
-    assert stats["objective/kl_coef"] == cfg.init_kl_coef and kl_ctl.value != cfg.init_kl_coef
+    assert stats["objective/kl_coef"] == cfg.init_kl_coef
+    # LHP by hand: the policy is the reference at rollout, so KL 0; err = clip(0 / 6 - 1, -0.2, 0.2) = -0.2 and
+    # beta = 0.1 * (1 - 0.2 * 8 episodes / horizon 20) = 0.092
+    assert (cfg.adaptive_kl, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) == (True, 0.1, 6.0, 20)
+    assert stats["objective/kl"] == 0 and kl_ctl.value == pytest.approx(0.092, rel=1e-12)

@@ -112,3 +112,21 @@ def test_causal_reward_model_bradley_terry_loss_falls_and_reloads(tmp_path):
     b = reward.score_texts(again, models.load_tokenizer(str(tmp_path)), ["sort the list `rows`"], ["sorted(rows)"],
                            torch.device("cpu"))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_a_higher_raw_score_gives_a_higher_reward_after_calibration_on_policy_samples():
+    """The reward's direction end to end: score policy samples, fit LHP's gain/bias on them (as rlhf.py's reward
+    stage does), then normalise. Mean 0 / std 1 holds for (gain, bias) and (-gain, -bias) alike; only gain > 0
+    keeps a better raw score a better reward, so PPO climbs the RM instead of descending it."""
+    table = {"good": 9, "fine": 6, "meh": 4, "bad": 1, "awful": -3}
+    rm = FixedRM(table)
+    samples = ["good", "meh", "bad", "fine", "awful", "meh"]  # the reference policy's samples
+    raw = reward.score_texts(rm, None, ["i"] * len(samples), samples, torch.device("cpu"))
+    rm.gain, rm.bias = reward.fit_calibration(raw)
+    # by hand: raw [9, 4, 1, 6, -3, 4], mean 3.5, squared deviations sum to 85.5: population std sqrt(14.25)
+    assert rm.gain == pytest.approx(1 / 14.25 ** 0.5) and rm.bias == pytest.approx(-3.5 / 14.25 ** 0.5)
+    cfg = config.make_config("test")  # reward_scale 1, clip [0, 1]
+    ranked = ["awful", "bad", "meh", "fine", "good"]
+    out = reward.rm_reward(rm, None, ["i"] * 5, ranked, torch.device("cpu"), cfg)
+    assert torch.all(out[1:] > out[:-1]), out.tolist()
+    assert out[0] < 0.5 < out[-1]  # below the samples' mean: sigmoid < 1/2; above it: > 1/2

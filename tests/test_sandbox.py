@@ -48,11 +48,26 @@ def test_outcome_classes(code, outcome):
 
 @needs_sandbox
 def test_kill_parent_is_contained():
-    me = os.getpid()
-    for code in ["import os; os.kill(os.getppid(), 9)", f"import os; os.kill({me}, 9)", "import os; os.kill(-1, 9)"]:
-        res = sandbox.execute_snippet(code, timeout_s=2.0)
-        assert res.outcome in sandbox.OUTCOMES
-    assert os.getpid() == me  # still here
+    """A separate parent process runs the kill attempts, so a sandbox that let one through would end *it* (rc -9)
+    instead of passing silently. The control runs the same parent with the snippets unsandboxed and must die:
+    that proves the check can fail. (kill(-1) is never run unsandboxed: it would hit every process of our uid.)"""
+    driver = ("import json, os, subprocess, sys, sandbox\n"
+              "codes = ['import os; os.kill(os.getppid(), 9)', f'import os; os.kill({os.getpid()}, 9)']\n"
+              "if sys.argv[1] == 'sandboxed':\n"
+              "    codes.append('import os; os.kill(-1, 9)')\n"
+              "    print(json.dumps([sandbox.execute_snippet(c, timeout_s=2.0).outcome for c in codes]))\n"
+              "else:\n"
+              "    for c in codes:\n"
+              "        subprocess.run([sys.executable, '-c', c], timeout=10)\n"
+              "print('parent alive')\n")
+    run = lambda mode: subprocess.run([sys.executable, "-c", driver, mode], cwd=Path(sandbox.__file__).parent,
+                                      capture_output=True, text=True, timeout=60)
+    res = run("sandboxed")
+    assert res.returncode == 0 and res.stdout.endswith("parent alive\n"), (res.returncode, res.stdout, res.stderr)
+    outcomes = json.loads(res.stdout.splitlines()[0])
+    assert len(outcomes) == 3 and all(o in sandbox.OUTCOMES and o != "timeout" for o in outcomes), outcomes
+    control = run("unsandboxed")
+    assert control.returncode == -9 and "parent alive" not in control.stdout, (control.returncode, control.stdout)
 
 
 def _pids_in_namespace(ns: str) -> list[int]:
@@ -202,8 +217,28 @@ def test_no_network():
 
 @needs_sandbox
 def test_output_flood_does_not_grow_the_parent():
-    res = sandbox.execute_snippet("import os\nwhile True:\n    os.write(3, b'x' * 65536)\n", timeout_s=2.0)
-    assert res.outcome in ("killed", "runtime_error", "timeout")
+    """A snippet floods stdout, stderr and the report fd for 2 s (GBs through a pipe). A fresh parent process
+    measures its own peak RSS (VmHWM, reset just before the run) against its RSS before: the growth must stay
+    far below the flood. The probe at the end checks that the measurement sees a real 128 MiB allocation."""
+    flood = ("import os\nwhile True:\n    for fd in (1, 2, 3):\n        try:\n"
+             "            os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\n")
+    driver = ("import json, sandbox\n"
+              "def kib(field):\n"
+              "    return int(next(ln for ln in open('/proc/self/status') if ln.startswith(field)).split()[1])\n"
+              "sandbox.execute_snippet('x = 1', timeout_s=2.0)  # imports and first-call allocations\n"
+              "before = kib('VmRSS:')\n"
+              "open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM to the current RSS\n"
+              f"res = sandbox.execute_snippet({flood!r}, timeout_s=2.0)\n"
+              "peak = kib('VmHWM:')\n"
+              "probe = b'x' * (128 << 20)\n"
+              "print(json.dumps({'outcome': res.outcome, 'before': before, 'peak': peak, 'probe': kib('VmHWM:')}))\n")
+    res = subprocess.run([sys.executable, "-c", driver], cwd=Path(sandbox.__file__).parent, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got["outcome"] in ("killed", "runtime_error", "timeout"), got
+    assert got["peak"] - got["before"] < 32 << 10, got  # KiB: under 32 MiB of growth
+    assert got["probe"] - got["peak"] > 120 << 10, got  # the measurement does see memory the parent holds
 
 
 def test_execute_many_deduplicates_and_keeps_order(monkeypatch):
@@ -408,41 +443,50 @@ def test_layers_say_what_is_on():
     assert "ptrace" in lay["seccomp"] and "memfd_create" in lay["seccomp"]
 
 
-def _writable_v2_cgroup() -> str | None:
-    try:
-        mount = sandbox_limits._v2_mount()
-        rel = next(ln[3:].strip() for ln in open("/proc/self/cgroup") if ln.startswith("0::"))
-    except (OSError, StopIteration):
-        return None
-    path = os.path.normpath(f"{mount}/{rel}") if mount else None
-    return path if path and os.access(path, os.W_OK) and os.geteuid() == 0 else None
-
-
 @needs_sandbox
-@pytest.mark.skipif(_writable_v2_cgroup() is None, reason="no writable cgroup v2 directory here")
+@pytest.mark.skipif(sandbox_limits.cgroup_parent()[0] is None,
+                    reason=f"no cgroup v2 delegation here: {sandbox_limits.cgroup_parent()[1]}")
 def test_cgroup_layer_holds_the_sandbox(monkeypatch):
-    # The optional layer, forced on: where cgroup v2 delegates no memory/pids controllers (this machine), the
-    # limit files are skipped and the rest is real: --block-fd holds the supervisor until it is in the cgroup, its
-    # child inherits it, cgroup.kill ends it, and the cgroup is removed afterwards.
-    parent = _writable_v2_cgroup()
-    skipped = []
+    """Where a cgroup v2 directory delegates memory+pids, every run gets its own cgroup and the kernel really holds
+    its limits: they are read back from the live cgroup while the sandbox is in it (nothing is patched out)."""
+    parent = sandbox_limits.cgroup_parent()[0]
+    seen = {}
 
-    class WithoutControllers(sandbox_limits.RunCgroup):
-        def _write(self, name, value):
-            if name in ("memory.max", "pids.max") and not os.path.exists(os.path.join(self.path, name)):
-                skipped.append(name)
-                return
-            super()._write(name, value)
+    class ReadBack(sandbox_limits.RunCgroup):
+        def add(self, pid):
+            super().add(pid)
+            for name in ("memory.max", "pids.max", "cgroup.procs"):
+                seen[name] = open(os.path.join(self.path, name)).read().split()
 
-    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (parent, ""))
-    monkeypatch.setattr(sandbox_limits, "RunCgroup", WithoutControllers)
+    monkeypatch.setattr(sandbox_limits, "RunCgroup", ReadBack)
     res = sandbox.execute_snippet("raise RuntimeError(open('/proc/self/cgroup').read().split('0::')[1])", 3.0)
     assert res.outcome == "runtime_error" and "/rlhf-sandbox-" in res.detail, res
+    assert seen["memory.max"] == [str(768 << 20)] and seen["pids.max"] == [str(sandbox.NPROC + 4)], seen
+    assert seen["cgroup.procs"], seen  # the sandbox's init was in it
     assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # removed after the run
     res = sandbox.execute_snippet("import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(30)\n", 1.0)
     assert res.outcome == "timeout"
     assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # empty, so it was killed
     assert sandbox.layers()["cgroup"].startswith("on: ")
+
+
+@needs_sandbox
+def test_cgroup_limits_are_written_into_a_stand_in_cgroup_dir(monkeypatch, tmp_path):
+    """The writing logic everywhere, delegation or not: a temp dir stands in for the cgroup fs, and a real sandbox
+    run must create its leaf there with memory.max = 768 MiB, pids.max = NPROC + 4, the init's pid in
+    cgroup.procs and 1 in cgroup.kill (a real cgroupfs removes these files with the leaf; a temp dir keeps them)."""
+    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (str(tmp_path), ""))
+    res = sandbox.execute_snippet("x = 1", 3.0)
+    assert res.outcome == "ok", res
+    (leaf,) = tmp_path.iterdir()
+    assert leaf.name.startswith(f"rlhf-sandbox-{os.getpid()}-")
+    files = {p.name: p.read_text() for p in leaf.iterdir()}
+    assert files["memory.max"] == str(768 << 20) and files["pids.max"] == str(sandbox.NPROC + 4), files
+    assert files["cgroup.procs"].isdigit() and files["cgroup.kill"] == "1", files
+    assert "memory.swap.max" not in files  # written only where the kernel offers it
+    # A parent where the leaf cannot be made: the layer is skipped, the run still happens under the other layers.
+    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (str(tmp_path / "absent"), ""))
+    assert sandbox.execute_snippet("x = 1", 3.0).outcome == "ok"
 
 
 # ----------------------------------------------------------------------------- kernel side doors
