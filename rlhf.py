@@ -23,6 +23,7 @@ import data
 import dist
 import models
 import report
+import runfolder
 from config import ConfigError, die
 from evaluate import decode_batches  # stage_reward samples SFT candidates with it
 from report import Interrupted, Run
@@ -293,8 +294,8 @@ def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
 
 
 def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
-    steps = [int(p.name.rsplit("-", 1)[1]) for p in run.out.glob("checkpoint-ppo-*") if p.name.rsplit("-", 1)[1].isdigit()]
-    return (max(steps), run.out / f"checkpoint-ppo-{max(steps)}") if steps else (0, None)
+    steps = runfolder.ppo_checkpoints(run.out)
+    return (max(steps), steps[max(steps)]) if steps else (0, None)
 
 
 # ----------------------------------------------------------------------------- stage 4: evaluation
@@ -353,8 +354,11 @@ def run_pipeline(run: Run, device) -> None:
             run.log("sft: skipped, starting from --policy " + cfg.policy)
             continue
         if run.done(name) and name != "eval":
-            run.log(f"{name}: already completed in this folder, skipped")
-            continue
+            if (run.out / runfolder.STAGE_OUTPUT[name]).exists():
+                run.log(f"{name}: already completed in this folder, skipped")
+                continue
+            run.log(f"{name}: completed before, but {runfolder.STAGE_OUTPUT[name]}/ is gone: redoing it")
+            run.state["completed"].remove(name)
         # Each stage reproducible on its own, also after a resume; each rank its own random stream (sampling).
         models.seed_everything(cfg.seed + len(name) + RANK_SEED_STRIDE * dist.rank())
         run.log(f"=== stage {name} ===")
@@ -372,6 +376,7 @@ def run_pipeline(run: Run, device) -> None:
 
 
 def main(argv: list[str]) -> int:
+    config.console_fallback()
     cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)  # with --resume: the saved config + overrides
     if extras.get("diagnose"):
         import diagnose
@@ -387,7 +392,7 @@ def main(argv: list[str]) -> int:
     out = problem = None
     if dist.is_main():  # only rank 0 creates, checks or moves the output folder
         try:
-            out = report.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
+            out = runfolder.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
         except ConfigError as e:
             problem = str(e)
     out, problem = dist.broadcast_object((out, problem))
