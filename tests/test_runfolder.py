@@ -1,0 +1,178 @@
+"""Issue #26, run folders shared, clobbered or trusted too far: one lock per folder, unique default names, reward.py
+guarded like rlhf.py, inputs inside a folder --overwrite would move, symbolic links, a full disk, and resume state
+of the wrong shape or without complete checksums. Every case fails before a model loads (seconds at most)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import config
+import models
+import runfolder
+from conftest import ROOT
+from test_resume import ENV, make_run, rlhf, snapshot
+
+
+def run_script(script, *args, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(res, code=2):
+    return res.returncode == code and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process that holds a run folder's lock, as a live run does."""
+    procs = []
+
+    def start(folder):
+        code = f"import runfolder, pathlib, time; runfolder.lock(pathlib.Path({str(folder)!r})); print('held', " \
+               "flush=True); time.sleep(60)"
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+# ----------------------------------------------------------------------------- 1: reward.py
+def test_reward_py_refuses_a_finished_run_and_a_file(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = snapshot(run)
+    res = run_script("reward.py", "--config", "test", f"--output_dir={run}")
+    assert one_line_error(res) and "folder is not empty" in res.stderr and snapshot(run) == before
+    res = run_script("reward.py", "--config", "test", f"--output_dir={ROOT / 'README.md'}")
+    assert one_line_error(res) and "exists and is not a folder" in res.stderr
+
+
+# ----------------------------------------------------------------------------- 2: one writer per folder
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, holder):
+    run = make_run(tmp_path / "run")
+    before = snapshot(run)
+    p = holder(run)
+    for args in (["--resume", str(run)], ["--config", "test", f"--output_dir={run}", "--overwrite"]):
+        res = rlhf(*args)
+        assert one_line_error(res) and f"in use by another run (pid {p.pid})" in res.stderr, res.stderr
+    assert snapshot(run) == before and sorted(os.listdir(tmp_path)) == ["run"]  # not moved aside either
+    res = run_script("reward.py", "--config", "test", f"--output_dir={run}")
+    assert one_line_error(res) and f"pid {p.pid}" in res.stderr
+
+
+def test_the_lock_goes_with_its_holder(tmp_path, holder):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    p = holder(folder)
+    with pytest.raises(config.ConfigError, match="in use by another run"):
+        runfolder.lock(folder)
+    p.kill()
+    p.wait()
+    runfolder.lock(folder)  # the kernel dropped it with the process: no stale lock after a kill
+    runfolder.lock(folder)  # and this process may ask again
+
+
+def test_default_names_are_unique_within_one_second(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261206-120000")
+    cfg = config.make_config("test")
+    outs = [runfolder.prepare_output_dir(cfg, None, False) for _ in range(3)]
+    assert [o.name for o in outs] == ["test-20261206-120000", "test-20261206-120000-2", "test-20261206-120000-3"]
+
+
+# ----------------------------------------------------------------------------- 3, 4: links
+def test_overwrite_refuses_a_run_holding_a_linked_input(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "data").symlink_to(ROOT / "conala-corpus")
+    before = snapshot(run)
+    res = rlhf("--config", "test", f"--output_dir={run}", "--overwrite", f"--conala_path={run / 'data'}")
+    assert one_line_error(res) and "holds --conala_path" in res.stderr
+    assert snapshot(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_save_atomic_replaces_a_link_never_its_target(tmp_path):
+    shared = models.save_atomic(tmp_path / "other-run" / "checkpoint-sft", lambda d: (d / "a.json").write_text("1"))
+    before = snapshot(shared)
+    link = tmp_path / "run" / "checkpoint-sft"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    models.save_atomic(link, lambda d: (d / "a.json").write_text("2"))
+    assert not link.is_symlink() and (link / "a.json").read_text() == "2" and snapshot(shared) == before
+    assert sorted(os.listdir(link.parent)) == ["checkpoint-sft"]  # no .old<pid> or .link<pid> left
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_folder(tmp_path):
+    def write(d):
+        (d / "part").write_text("x")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(config.ConfigError, match="the disk is full"):
+        models.save_atomic(tmp_path / "checkpoint-sft", write)
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- 5, 6: resume state
+def drop_line(path, name):
+    path.write_text("".join(ln for ln in path.read_text().splitlines(True) if not ln.endswith(f"  {name}\n")))
+
+
+def flip(path):
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # in the tensor bytes: the header still parses
+    path.write_bytes(bytes(raw))
+
+
+STATE = {
+    "SHA256SUMS deleted, weights damaged": (lambda r: ((r / "checkpoint-sft" / "SHA256SUMS").unlink(),
+                                                       flip(r / "checkpoint-sft" / "model.safetensors")),
+                                            "checkpoint-sft: no SHA256SUMS, the weights cannot be verified"),
+    "weights line removed, weights damaged": (lambda r: (drop_line(r / "checkpoint-sft" / "SHA256SUMS",
+                                                                   "model.safetensors"),
+                                                         flip(r / "checkpoint-sft" / "model.safetensors")),
+                                              "model.safetensors is not listed in SHA256SUMS"),
+    "metrics.jsonl {} row": (lambda r: open(r / "metrics.jsonl", "a").write("{}\n"),
+                             "metrics.jsonl: record 2 has no string 'stage'"),
+    "evaluated without gold": (lambda r: (r / "state.json").write_text(json.dumps(
+        {"completed": [], "stage_seconds": {}, "evaluated": {"base": {"per_example": {}}}})), "evaluated.base needs"),
+    "evaluated lists of unequal length": (lambda r: (r / "state.json").write_text(json.dumps(
+        {"completed": [], "stage_seconds": {}, "evaluated": {"sft": {"gold": 0.5, "per_example": {
+            "gold": [1], "codebleu": [1, 2], "chrf": [1]}}}})), "equal-length lists"),
+    "checkpoint-ppo-9 a file": (lambda r: (r / "checkpoint-ppo-9").write_text("x"), "a file, not a checkpoint folder"),
+    "checkpoint-final a link": (lambda r: ((r / "checkpoint-final").rename(r / "elsewhere"),
+                                           (r / "checkpoint-final").symlink_to(r / "elsewhere")), "a symbolic link"),
+}
+
+
+@pytest.mark.parametrize("name", STATE)
+def test_resume_state_is_checked_before_any_work(tmp_path, name):
+    run = make_run(tmp_path / "run")
+    damage, message = STATE[name]
+    damage(run)
+    before = snapshot(run)
+    with pytest.raises(config.ConfigError) as err:
+        runfolder.check_resume(run)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert snapshot(run) == before
+
+
+def test_a_superscript_ppo_folder_is_not_a_step(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "checkpoint-ppo-²").mkdir()  # '²'.isdigit() is True and int('²') raises
+    (run / "checkpoint-ppo-nonfinite").mkdir()
+    runfolder.check_resume(run)
+    assert runfolder.ppo_checkpoints(run) == {2: run / "checkpoint-ppo-2"}
+
+
+def test_resume_of_a_checkpoint_without_checksums_from_the_command_line(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "checkpoint-reward" / "SHA256SUMS").unlink()
+    res = rlhf("--resume", str(run))
+    assert one_line_error(res) and "cannot be verified" in res.stderr and "models.write_checksums" in res.stderr
