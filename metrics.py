@@ -295,7 +295,7 @@ def encoder_depth(model: str) -> int | None:
 
     config_file = Path(models.encoder_path(model)) / "config.json"
     try:
-        return int(json.loads(config_file.read_text())["num_hidden_layers"])
+        return int(json.loads(config_file.read_text(encoding="utf-8"))["num_hidden_layers"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
