@@ -176,3 +176,17 @@ def test_resume_of_a_checkpoint_without_checksums_from_the_command_line(tmp_path
     (run / "checkpoint-reward" / "SHA256SUMS").unlink()
     res = rlhf("--resume", str(run))
     assert one_line_error(res) and "cannot be verified" in res.stderr and "models.write_checksums" in res.stderr
+
+
+# ----------------------------------------------------------------------------- 9: the recovery advice works
+def test_moving_a_damaged_checkpoint_out_redoes_its_stage(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "checkpoint-sft" / "SHA256SUMS").unlink()
+    res = rlhf("--resume", str(run), "--stages=sft")
+    assert one_line_error(res) and "move checkpoint-sft/ out of the run folder" in res.stderr
+    (run / "checkpoint-sft").rename(tmp_path / "checkpoint-sft.damaged")  # exactly what the advice says
+    res = rlhf("--resume", str(run), "--stages=sft")
+    assert res.returncode == 0, res.stderr[-800:]
+    assert "checkpoint-sft/ is gone: redoing it" in res.stdout and "already completed" not in res.stdout
+    runfolder.check_checkpoint(run / "checkpoint-sft")
+    assert json.loads((run / "state.json").read_text())["completed"].count("sft") == 1
