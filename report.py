@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from runfolder import load_state, read_jsonl, write_jsonl  # noqa: F401 -- report.read_jsonl/write_jsonl for callers
+from resume import load_state
+from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- report.read_jsonl/write_jsonl for callers
 
 
 # ----------------------------------------------------------------------------- run folder, logs, state

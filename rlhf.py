@@ -23,6 +23,7 @@ import data
 import dist
 import models
 import report
+import resume
 import runfolder
 from config import ConfigError, die
 from evaluate import decode_batches  # stage_reward samples SFT candidates with it
@@ -359,6 +360,8 @@ def run_pipeline(run: Run, device) -> None:
                 continue
             run.log(f"{name}: completed before, but {runfolder.STAGE_OUTPUT[name]}/ is gone: redoing it")
             run.state["completed"].remove(name)
+        if name == "eval":  # a cached evaluation holds only for the data, settings and weights it was made from
+            resume.drop_stale_evaluations(run, env["test"], sft_path(run, env))
         # Each stage reproducible on its own, also after a resume; each rank its own random stream (sampling).
         models.seed_everything(cfg.seed + len(name) + RANK_SEED_STRIDE * dist.rank())
         run.log(f"=== stage {name} ===")
@@ -393,6 +396,8 @@ def main(argv: list[str]) -> int:
     if dist.is_main():  # only rank 0 creates, checks or moves the output folder
         try:
             out = runfolder.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
+            if extras.get("resume"):  # under the lock: what the run holds, and the command line's overrides
+                resume.check_resume(out, cfg)
         except ConfigError as e:
             problem = str(e)
     out, problem = dist.broadcast_object((out, problem))

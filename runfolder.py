@@ -1,9 +1,9 @@
-"""The run folder on disk: who may write it (one lock), where it is (one path check, --overwrite), what a resume
-may trust (one state validator), and how its files are written (UTF-8 always).
+"""The run folder on disk: who may write it (one lock), where it is (--output_dir, --overwrite, unique default
+names), and how its files are written (UTF-8 always, JSONL split on \n only).
 
 Why a separate module: rlhf.py and reward.py both own a run folder, and both must refuse the same things before
-any work: a second writer, a folder that is not theirs, inputs that live inside the folder --overwrite would move,
-and resume state that is damaged or of the wrong shape. report.py turns the folder's numbers into files for humans.
+any work: a second writer, a folder that is not theirs, and inputs that live inside the folder --overwrite would
+move. What a resume may trust is resume.py's; report.py turns the folder's numbers into files for humans.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import models
-from config import ConfigError, load_config
+from config import ConfigError
 
 
 # ----------------------------------------------------------------------------- UTF-8 files
@@ -106,10 +105,9 @@ def prepare_output_dir(cfg, resume: str | None, overwrite: bool, script: str = "
     to `<dir>.old-<time>`, and only a run folder (is_run_folder), never one that holds an input of this run.
     Returns the folder, locked for the life of this process (lock). Call it after the config and the data have
     loaded, so a bad input leaves the old folder where it was."""
-    if resume:
+    if resume:  # resume.check_resume then checks what it holds, under the lock
         out = need_config(resume).parent
         lock(out)
-        check_resume(out)
         return check_writable(out, "--resume")
     if not cfg.output_dir:  # outputs/<config>-<time>, made with an exclusive mkdir: two runs never share it
         stem = f"outputs/{'' if script == 'rlhf.py' else 'reward-'}{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -201,59 +199,9 @@ def refuse_protected(out: Path, cfg) -> None:
                                   f"{'is' if p == t else 'holds'} {what} ({path}); choose another --output_dir")
 
 
-# ----------------------------------------------------------------------------- resume checks
-# What each checkpoint must hold for the stage that reloads it (file names from rlhf.py, ppo.py and reward.py;
-# tests/test_resume.py checks they agree). Checked, with the state files, before a resumed run does any work.
-CHECKPOINT_FILES = {"checkpoint-sft": ("config.json",), "checkpoint-reward": ("config.json", "reward_head.pt"),
-                    "checkpoint-ppo-": ("config.json", "value_head.pt", "trainer_state.pt"),
-                    "checkpoint-final": ("config.json", "value_head.pt")}
+# ----------------------------------------------------------------------------- checkpoints by name
 STAGE_OUTPUT = {"sft": "checkpoint-sft", "reward": "checkpoint-reward", "ppo": "checkpoint-final"}  # redone if gone
 PPO_STEP = re.compile(r"checkpoint-ppo-([0-9]+)")  # ASCII digits only: '²'.isdigit() is True, int('²') fails
-STATE_KEYS = {"completed": list, "stage_seconds": dict, "evaluated": dict}
-PER_EXAMPLE_KEYS = ("gold", "codebleu", "chrf")  # evaluate.BOOTSTRAP_METRICS: what the paired bootstrap reads
-FIX_STATE = ('fix it by hand ({"completed": [...], "stage_seconds": {}, "evaluated": {}} lists the finished '
-             "stages), or start again in a new --output_dir")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def load_state(path: Path) -> dict:
-    """state.json, checked for the shape Run writes; a truncated or foreign file is a one-line error."""
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise ConfigError(f"{path}: cannot read the run state ({str(e)[:120]}); {FIX_STATE}") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(state).__name__}; {FIX_STATE}")
-    for key, typ in STATE_KEYS.items():
-        if not isinstance(state.get(key), typ):
-            raise ConfigError(f"{path}: '{key}' must be a JSON {'list' if typ is list else 'object'}; {FIX_STATE}")
-    if not all(isinstance(s, str) for s in state["completed"]):
-        raise ConfigError(f"{path}: 'completed' must list stage names; {FIX_STATE}")
-    if not all(_is_number(v) for v in state["stage_seconds"].values()):
-        raise ConfigError(f"{path}: 'stage_seconds' must map stages to numbers; {FIX_STATE}")
-    for name, entry in state["evaluated"].items():
-        problem = evaluated_problem(entry)
-        if problem:
-            raise ConfigError(f"{path}: evaluated.{name} {problem}; delete that entry to evaluate {name} again")
-    return state
-
-
-def evaluated_problem(entry) -> str | None:
-    """A cached evaluation is reused as is (evaluate.evaluate_system): it must hold what the report reads."""
-    if not isinstance(entry, dict):
-        return "must be an object"
-    if "per_example" not in entry:
-        return None  # not a cached result: evaluated again
-    per = entry["per_example"]
-    if not _is_number(entry.get("gold")) or not isinstance(per, dict):
-        return "needs a number 'gold' and an object 'per_example'"
-    lists = [per.get(k) for k in PER_EXAMPLE_KEYS]
-    if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in lists) or len({len(v) for v in lists}) != 1:
-        return f"per_example needs equal-length lists of numbers {', '.join(PER_EXAMPLE_KEYS)}"
-    return None
 
 
 def ppo_checkpoints(out: Path) -> dict[int, Path]:
@@ -264,80 +212,6 @@ def ppo_checkpoints(out: Path) -> dict[int, Path]:
         if m:
             found[int(m.group(1))] = p
     return found
-
-
-def check_resume(run_dir: str | Path) -> Path:
-    """Everything a resumed run will read, checked before it writes anything: config.json, state.json,
-    metrics.jsonl rows, and the files of each checkpoint it may reload. Returns the run folder."""
-    out = need_config(run_dir).parent
-    load_config(out / "config.json")
-    if (out / "state.json").exists():
-        load_state(out / "state.json")
-    if (out / "metrics.jsonl").exists():
-        for i, row in enumerate(read_jsonl(out / "metrics.jsonl"), 1):
-            if not isinstance(row.get("stage"), str) or not isinstance(row.get("step"), int):
-                raise ConfigError(f"{out / 'metrics.jsonl'}: record {i} has no string 'stage' and integer 'step' "
-                                  "(the report reads them); fix or delete that line, then --resume again")
-    ppo = ppo_checkpoints(out)
-    folders = [out / n for n in ("checkpoint-sft", "checkpoint-reward", "checkpoint-final")] + \
-        ([ppo[max(ppo)]] if ppo else [])
-    for folder in folders:
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise ConfigError(f"{folder}: a {'symbolic link' if folder.is_symlink() else 'file'}, not a checkpoint "
-                              "folder; move it out of the run folder, then --resume again")
-        if folder.is_dir():
-            check_checkpoint(folder)
-    return out
-
-
-def check_checkpoint(folder: Path) -> None:
-    """The files a checkpoint needs are there and whole: a truncated safetensors or torch zip is caught from its
-    header, without loading a tensor, and damaged bytes in a file of the right size from the checkpoint's
-    SHA256SUMS (models.save_atomic writes it; one sha256 pass over the bytes, timed in the README)."""
-    kind = "checkpoint-ppo-" if folder.name.startswith("checkpoint-ppo-") else folder.name
-    advice = (f"move {folder.name}/ out of the run folder to resume from the previous checkpoint"
-              if kind == "checkpoint-ppo-" else f"move {folder.name}/ out of the run folder and --resume with "
-              "its stage in --stages to redo it")
-    for name in CHECKPOINT_FILES.get(kind, ()):
-        if not (folder / name).is_file():
-            raise ConfigError(f"{folder / name}: missing, the checkpoint is incomplete; {advice}")
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights and not (folder / "pytorch_model.bin").is_file():
-        raise ConfigError(f"{folder}: no model weights (*.safetensors); the checkpoint is incomplete; {advice}")
-    for path in weights + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.bin")):
-        problem = _safetensors_problem(path) if path.suffix == ".safetensors" else _torch_zip_problem(path)
-        if problem:
-            raise ConfigError(f"{path}: {problem}, the checkpoint is damaged; {advice}")
-    problem = models.checksum_problem(folder)  # a whole-size file with damaged bytes passes the header checks
-    if problem:
-        raise ConfigError(f"{folder}: {problem}; {advice}")
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """safetensors layout: u64 little-endian header size, a JSON header, then the tensor bytes it indexes."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            size = path.stat().st_size
-            if size < 8 or n > size - 8:
-                return "truncated (header runs past the end of the file)"
-            header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-        return f"unreadable safetensors header ({str(e)[:80]})"
-    return None if 8 + n + end <= size else f"truncated ({size} bytes, the header needs {8 + n + end})"
-
-
-def _torch_zip_problem(path: Path) -> str | None:
-    """torch.save writes a zip whose directory sits at the end, so a truncated file has none."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            z.infolist()
-    except (OSError, zipfile.BadZipFile) as e:
-        return f"truncated or not a torch file ({str(e)[:80]})"
-    return None
 
 
 def need_config(run_dir: str | Path) -> Path:

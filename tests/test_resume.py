@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 import config
 import models
+import resume
 import runfolder
 from conftest import ROOT
 
@@ -155,12 +156,12 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_a_damaged_resume_file_is_one_line_naming_it_and_nothing_changes(tmp_path, name):
     run = make_run(tmp_path / "run")
-    runfolder.check_resume(run)  # the intact folder passes
+    resume.check_resume(run)  # the intact folder passes
     damage, message = CORRUPTIONS[name]
     damage(run)
     before = snapshot(run)
     with pytest.raises(config.ConfigError) as err:
-        runfolder.check_resume(run)
+        resume.check_resume(run)
     assert message in str(err.value) and str(run) in str(err.value) and "\n" not in str(err.value)
     assert snapshot(run) == before
 
@@ -182,17 +183,17 @@ def test_save_atomic_writes_checksums_that_a_resume_check_verifies(tmp_path):
         (d / "config.json").write_text("{}"), save_file({"w": torch.arange(6.0)}, str(d / "model.safetensors"))))
     want = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert f"{want}  model.safetensors" in (folder / "SHA256SUMS").read_text().splitlines()
-    runfolder.check_checkpoint(folder)
+    resume.check_checkpoint(folder)
     (folder / "config.json").write_text("{ }")  # same folder, one byte more: caught
     with pytest.raises(config.ConfigError, match="config.json differs from its sha256"):
-        runfolder.check_checkpoint(folder)
+        resume.check_checkpoint(folder)
 
 
 def test_checkpoint_file_names_agree_with_the_code_that_writes_them():
     import ppo
     import reward
 
-    assert ppo.VALUE_HEAD_FILE in runfolder.CHECKPOINT_FILES["checkpoint-ppo-"]
-    assert ppo.VALUE_HEAD_FILE in runfolder.CHECKPOINT_FILES["checkpoint-final"]
-    assert reward.HEAD_FILE in runfolder.CHECKPOINT_FILES["checkpoint-reward"]
+    assert ppo.VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-ppo-"]
+    assert ppo.VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-final"]
+    assert reward.HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-reward"]
     assert '"trainer_state.pt"' in (ROOT / "rlhf.py").read_text()

@@ -12,6 +12,7 @@ import torch
 
 import config
 import models
+import resume
 import runfolder
 from conftest import ROOT
 from test_resume import ENV, make_run, rlhf, snapshot
@@ -158,7 +159,7 @@ def test_resume_state_is_checked_before_any_work(tmp_path, name):
     damage(run)
     before = snapshot(run)
     with pytest.raises(config.ConfigError) as err:
-        runfolder.check_resume(run)
+        resume.check_resume(run)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert snapshot(run) == before
 
@@ -167,7 +168,7 @@ def test_a_superscript_ppo_folder_is_not_a_step(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "checkpoint-ppo-²").mkdir()  # '²'.isdigit() is True and int('²') raises
     (run / "checkpoint-ppo-nonfinite").mkdir()
-    runfolder.check_resume(run)
+    resume.check_resume(run)
     assert runfolder.ppo_checkpoints(run) == {2: run / "checkpoint-ppo-2"}
 
 
@@ -188,5 +189,61 @@ def test_moving_a_damaged_checkpoint_out_redoes_its_stage(tmp_path):
     res = rlhf("--resume", str(run), "--stages=sft")
     assert res.returncode == 0, res.stderr[-800:]
     assert "checkpoint-sft/ is gone: redoing it" in res.stdout and "already completed" not in res.stdout
-    runfolder.check_checkpoint(run / "checkpoint-sft")
+    resume.check_checkpoint(run / "checkpoint-sft")
     assert json.loads((run / "state.json").read_text())["completed"].count("sft") == 1
+
+
+# ----------------------------------------------------------------------------- 8: overrides of a run under way
+def resumed(run, *overrides):
+    return config.parse_cli(["--resume", str(run), *overrides], extra_flags=("resume=",))[0]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["--learning_rate=0.001"], "ppo already ran with learning_rate=1e-05"),
+    (["--ppo_steps=1"], "PPO finished its 3 steps"),
+    (["--sft_learning_rate=0.1"], "sft already ran"),
+    (["--reward_epochs=3"], "reward already ran"),
+    (["--conala_path=/tmp"], "sft already ran"),
+])
+def test_an_override_a_finished_stage_would_ignore_is_refused(tmp_path, overrides, message):
+    run = make_run(tmp_path / "run")
+    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(")):
+        resume.check_resume(run, resumed(run, *overrides))
+
+
+def test_overrides_that_take_effect_are_applied(tmp_path):
+    run = make_run(tmp_path / "run")
+    resume.check_resume(run, resumed(run, "--bon_n=4", "--test_limit=4", "--device=cpu", "--stages=eval"))
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps(dict(state, completed=["sft", "reward"])))  # PPO under way, step 2
+    with pytest.raises(config.ConfigError, match="PPO already ran 2 steps"):
+        resume.check_resume(run, resumed(run, "--ppo_steps=1"))
+    resume.check_resume(run, resumed(run, "--ppo_steps=5"))  # more steps: applied, and config.json records it
+
+
+# ----------------------------------------------------------------------------- 7: the evaluation cache
+def test_a_cached_evaluation_is_dropped_when_what_it_depends_on_changes(tmp_path):
+    import data
+    import report
+
+    run_dir = make_run(tmp_path / "run")
+    cfg = config.load_config(run_dir / "config.json")
+    test = data.load_splits(cfg)[2]
+    entry = {"gold": 0.5, "per_example": {k: [0.5] * len(test) for k in ("gold", "codebleu", "chrf")}}
+
+    def cached_after(cfg, test, sft=str(run_dir / "checkpoint-sft")):
+        run = report.Run(run_dir, cfg)
+        run.state["evaluated"] = {"base": dict(entry), "sft": dict(entry), "ppo": dict(entry)}
+        resume.drop_stale_evaluations(run, test, sft)
+        return sorted(report.Run(run_dir, cfg).state["evaluated"])
+
+    assert cached_after(cfg, test) == []  # no keys yet (a kill before this change): every system again
+    assert cached_after(cfg, test) == ["base", "ppo", "sft"]  # nothing changed: all kept
+    assert cached_after(cfg, test[:4]) == []  # --test_limit=4: other items
+    assert cached_after(cfg, test[:4]) == ["base", "ppo", "sft"]
+    flip(run_dir / "checkpoint-final" / "model.safetensors")
+    models.write_checksums(run_dir / "checkpoint-final")  # PPO went on: new weights, new SHA256SUMS
+    assert cached_after(cfg, test[:4]) == ["base", "sft"]
+    other = config.make_config("test", dict(config.to_dict(cfg), codebleu_tokenizer="whitespace"))
+    assert cached_after(other, test[:4]) == []  # another metric setting
+    assert cached_after(other, test[:4], sft="tiny:llama") == ["base", "ppo"]  # --policy=X: another SFT model
