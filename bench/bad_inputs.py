@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import bad_inputs3
+
 HERE = Path(__file__).resolve().parent.parent
 
 # --key=value cases, by the issue's examples and then every field's edge (one line each: `flags`).
@@ -156,8 +158,9 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
     diag = [py, str(root / "diagnose.py")]
     cases = []
 
-    def add(cls, name, argv, protect=(), expect="error", env=None, cwd=None):
-        cases.append(dict(cls=cls, name=name, argv=argv, protect=list(protect), expect=expect, env=env, cwd=cwd))
+    def add(cls, name, argv, protect=(), expect="error", env=None, cwd=None, hold=None):
+        cases.append(dict(cls=cls, name=name, argv=argv, protect=list(protect), expect=expect, env=env, cwd=cwd,
+                          hold=hold))
 
     for i, flags in enumerate(CONFIG_CASES):
         add("config", flags, rlhf + ["--config", "test", *flags.split(), f"--output_dir={tmp / f'cfg{i}'}"])
@@ -224,13 +227,28 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
         pred.write_text(json.dumps({"reference": lines(n, 1), "prediction": lines(n, 2)}) + "\n")
         add("metrics", f"RUBY on a {n}-line pair", [py, str(root / "metrics.py"), str(pred), "--no-bertscore"],
             expect="ok")
+    bad_inputs3.build(add, tmp, base, py, root, HERE, corpus)  # round 3 (issue #26)
     return cases
+
+
+def start_holder(hold, timeout: float, env: dict):
+    """A writer of the case's folder, started first and left running: returns once it has appended its argv.txt
+    line (it owns the folder then), or has exited."""
+    argv, folder = hold
+    lines = lambda: (folder / "argv.txt").read_text().count("\n") if (folder / "argv.txt").exists() else 0  # noqa: E731
+    before = lines()
+    proc = subprocess.Popen(argv, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while lines() == before and proc.poll() is None and time.monotonic() - t0 < timeout:
+        time.sleep(0.2)
+    return proc
 
 
 def run_case(case: dict, timeout: float, root: Path) -> dict:
     before = {str(p): snapshot(p) for p in map(Path, case["protect"])}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                **(case["env"] or {}))
+    holder = start_holder(case["hold"], timeout, env) if case.get("hold") else None
     t0 = time.perf_counter()
     try:
         res = subprocess.run(case["argv"], cwd=case["cwd"] or root, env=env, capture_output=True, text=True,
@@ -238,6 +256,10 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         rc, out, err = res.returncode, res.stdout, res.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = None, str(e.stdout or ""), str(e.stderr or "")
+    finally:
+        if holder:
+            holder.kill()
+            holder.wait()
     seconds = time.perf_counter() - t0
     last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "")
     is_diag = case["argv"][1].endswith("diagnose.py")
@@ -255,7 +277,7 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         outcome = "unclear"
     lost = sum(lost_files(Path(p), snap) for p, snap in before.items())
     detail = last if not is_diag else next((ln for ln in out.splitlines() if ln.startswith("❌")), last)
-    return dict(case, argv=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc, lost=lost,
+    return dict(case, argv=None, hold=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc, lost=lost,
                 seconds=round(seconds, 1), detail=detail[:200])
 
 
@@ -265,7 +287,8 @@ def main() -> int:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--only", help="run one class: config, data, diagnose, resume, overwrite, metrics")
+    p.add_argument("--only", help="run these classes (comma-separated): config, data, diagnose, resume, overwrite, "
+                   "metrics; round 3: sharing, state, flags, unicode, paths, locale, absurd, nesting")
     p.add_argument("--base", help="a finished `rlhf.py --config test` run to copy for the resume cases")
     p.add_argument("--json", help="write every case's outcome here")
     args = p.parse_args()
@@ -281,7 +304,7 @@ def main() -> int:
             if res.returncode:
                 print(res.stderr[-2000:])
                 return 1
-        cases = [c for c in build_cases(tmp, base, args.python, root) if not args.only or c["cls"] == args.only]
+        cases = [c for c in build_cases(tmp, base, args.python, root) if not args.only or c["cls"] in args.only.split(",")]
         print(f"bad_inputs: {len(cases)} cases, {args.jobs} at a time, {args.timeout:.0f} s each at most", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda c: run_case(c, args.timeout, root), cases))
