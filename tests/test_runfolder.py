@@ -15,12 +15,17 @@ import models
 import resume
 import runfolder
 from conftest import ROOT
-from test_resume import ENV, make_run, rlhf, snapshot
+from test_resume import ENV, make_run, snapshot
 
 
-def run_script(script, *args, timeout=120):
+def run_script(script, *args, timeout=300):
+    """Bounded, with room for a starved machine: each case fails before a model loads (seconds of CPU)."""
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def rlhf(*args):
+    return run_script("rlhf.py", *args)
 
 
 def one_line_error(res, code=2):
