@@ -2,8 +2,8 @@
 script flags, Unicode, paths and filesystems, locale, absurd values inside the domains, deeply nested code.
 
 build(...) adds these cases to bad_inputs.py's list; a case may name `hold`, a writer started first on the same
-folder and kept alive while the case runs (bad_inputs.run_case waits until that writer has appended its argv.txt
-line, i.e. owns the folder). Items whose right answer is a correct exit 0 with a changed result (the stale
+folder and kept alive while the case runs (bad_inputs.start_holder waits until that writer has appended its
+argv.txt line, i.e. owns the folder, then stops it with SIGSTOP). Items whose right answer is a correct exit 0 with a changed result (the stale
 evaluation cache, the redone stage after the recovery advice) are tested in tests/, not here: exit codes alone
 cannot tell them from the old behaviour.
 """
