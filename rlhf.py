@@ -432,5 +432,9 @@ if __name__ == "__main__":
         if line is None:
             raise SystemExit(code) from None
         die(line, code)  # a failing rank exits at once; torchrun then stops the others (no teardown to hang in)
+    except OSError as e:  # a full, read-only or over-quota disk mid-run: one line naming the file
+        if "--debug" in sys.argv or e.errno not in runfolder.DISK_ERRNOS:
+            raise
+        die(f"{e.filename or 'the run folder'}: {e.strerror}; free space or fix the disk, then --resume", 1)
     dist.teardown()
     raise SystemExit(code)

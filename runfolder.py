@@ -59,6 +59,10 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+# A disk that fills up, turns read-only or runs out of quota mid-run: rlhf.py prints these as one line.
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
 # ----------------------------------------------------------------------------- one writer per folder
 _HELD: dict[int, int] = {}  # inode -> fd of every folder this process writes; held until the process exits
 
