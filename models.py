@@ -142,11 +142,13 @@ def _cached_gguf_tokenizer():
         return AutoTokenizer.from_pretrained(cached)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(tmp)
     try:
+        tok.save_pretrained(tmp)
         os.replace(tmp, cached)  # atomic: a concurrent process either sees the whole folder or none
-    except OSError:
-        pass  # another process won the race; its folder is identical
+    except OSError:  # another process won the race (its folder is identical), or HOME is read-only or full:
+        import shutil  # the cache only saves time, so the run goes on without it
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 
