@@ -182,3 +182,12 @@ def test_deeply_nested_code_is_scored_not_a_segfault(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "metrics.py"), str(pred), "--no-bertscore"], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "syntax_valid_rate     0.0000" in res.stdout, res.stderr[-500:]
+
+
+def test_an_unwritable_model_cache_is_skipped_not_a_traceback(tmp_path, monkeypatch):
+    import models
+
+    (tmp_path / "file").write_text("x")  # what a read-only or full HOME gives: the cache folder cannot be made
+    monkeypatch.setattr(models, "CACHE_DIR", tmp_path / "file" / "cache")
+    cached = getattr(models._cached_gguf_tokenizer, "__wrapped__", models._cached_gguf_tokenizer)
+    assert cached()("sorted(l)")["input_ids"] and os.listdir(tmp_path) == ["file"]
