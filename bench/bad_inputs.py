@@ -154,7 +154,8 @@ def lost_files(folder: Path, before: dict[str, bytes]) -> int:
                for rel, data in before.items())
 
 
-def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
+def build_cases(tmp: Path, base: Path, py: str, root: Path, only: str | None = None) -> list[dict]:
+    want = lambda cls: not only or cls in only.split(",")  # noqa: E731 -- copies of the base run only when asked
     rlhf = [py, str(root / "rlhf.py")]
     diag = [py, str(root / "diagnose.py")]
     cases = []
@@ -178,7 +179,7 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
         expect = "ok" if name == "SHA256SUMS binary marker" else "error"  # `*name` is valid sha256sum output
         add("diagnose", name, diag + [f"--conala_path={c}"], expect=expect)
     add("diagnose", "--temperature=inf", diag + ["--config", "test", "--temperature=inf"])
-    for name, damage in RESUME.items():
+    for name, damage in RESUME.items() if want("resume") else ():
         run = tmp / f"resume-{len(cases)}"
         shutil.copytree(base, run)
         damage(run)
@@ -187,39 +188,40 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
     add("resume", "resume a non-run folder", rlhf + ["--resume", str(HERE / "conala-corpus")])
 
     # --overwrite: the issue's three reproductions, then the other targets that must never be replaced.
-    r = tmp / "ow-run"
-    shutil.copytree(base, r)
-    add("overwrite", "run + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={r}", "--overwrite",
-                                                         f"--conala_path={tmp / 'nowhere'}"], protect=[r])
-    notes = tmp / "ow-notes"
-    notes.mkdir()
-    (notes / "thesis.txt").write_text("not a run")
-    add("overwrite", "non-run folder + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={notes}",
-                                                                   "--overwrite", f"--conala_path={tmp / 'nowhere'}"],
-        protect=[notes])
-    ds = corpus(tmp, "ow-dataset")
-    add("overwrite", "--output_dir=<dataset> --overwrite", rlhf + ["--config", "test", f"--output_dir={ds}",
-                                                                   f"--conala_path={ds}", "--overwrite"],
-        protect=[ds])
-    r2 = tmp / "ow-run2"
-    shutil.copytree(base, r2)
-    add("overwrite", "run + a later step fails", rlhf + ["--config", "test", f"--output_dir={r2}", "--overwrite",
-                                                          f"--policy_model={tmp / 'no-model'}"], protect=[r2])
-    r3 = tmp / "ow-run3"
-    shutil.copytree(base, r3)
-    add("overwrite", "run holding --policy", rlhf + ["--config", "test", f"--output_dir={r3}", "--overwrite",
-                                                      f"--policy={r3 / 'checkpoint-sft'}", "--stages=eval"],
-        protect=[r3])
-    home = tmp / "fake-home"
-    shutil.copytree(HERE / "conala-corpus", home / "data")
-    add("overwrite", "--output_dir=$HOME --overwrite", rlhf + ["--config", "test", f"--output_dir={home}",
-                                                               "--overwrite", "--stages=sft"],
-        protect=[home], env={"HOME": str(home)})
-    work = tmp / "fake-cwd"
-    shutil.copytree(HERE / "conala-corpus", work / "conala-corpus")
-    add("overwrite", "--output_dir=. --overwrite", rlhf + ["--config", "test", "--output_dir=.", "--overwrite",
-                                                           "--stages=sft"], protect=[work], cwd=work)
-    add("overwrite", "--output_dir is a file", rlhf + ["--config", "test", f"--output_dir={HERE / 'README.md'}"])
+    if want("overwrite"):
+        r = tmp / "ow-run"
+        shutil.copytree(base, r)
+        add("overwrite", "run + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={r}", "--overwrite",
+                                                             f"--conala_path={tmp / 'nowhere'}"], protect=[r])
+        notes = tmp / "ow-notes"
+        notes.mkdir()
+        (notes / "thesis.txt").write_text("not a run")
+        add("overwrite", "non-run folder + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={notes}",
+                                                                       "--overwrite", f"--conala_path={tmp / 'nowhere'}"],
+            protect=[notes])
+        ds = corpus(tmp, "ow-dataset")
+        add("overwrite", "--output_dir=<dataset> --overwrite", rlhf + ["--config", "test", f"--output_dir={ds}",
+                                                                       f"--conala_path={ds}", "--overwrite"],
+            protect=[ds])
+        r2 = tmp / "ow-run2"
+        shutil.copytree(base, r2)
+        add("overwrite", "run + a later step fails", rlhf + ["--config", "test", f"--output_dir={r2}", "--overwrite",
+                                                              f"--policy_model={tmp / 'no-model'}"], protect=[r2])
+        r3 = tmp / "ow-run3"
+        shutil.copytree(base, r3)
+        add("overwrite", "run holding --policy", rlhf + ["--config", "test", f"--output_dir={r3}", "--overwrite",
+                                                          f"--policy={r3 / 'checkpoint-sft'}", "--stages=eval"],
+            protect=[r3])
+        home = tmp / "fake-home"
+        shutil.copytree(HERE / "conala-corpus", home / "data")
+        add("overwrite", "--output_dir=$HOME --overwrite", rlhf + ["--config", "test", f"--output_dir={home}",
+                                                                   "--overwrite", "--stages=sft"],
+            protect=[home], env={"HOME": str(home)})
+        work = tmp / "fake-cwd"
+        shutil.copytree(HERE / "conala-corpus", work / "conala-corpus")
+        add("overwrite", "--output_dir=. --overwrite", rlhf + ["--config", "test", "--output_dir=.", "--overwrite",
+                                                               "--stages=sft"], protect=[work], cwd=work)
+        add("overwrite", "--output_dir is a file", rlhf + ["--config", "test", f"--output_dir={HERE / 'README.md'}"])
 
     # RUBY on large code must finish, in bounded time (metrics.py CLI, BERTScore off).
     lines = lambda n, k: "\n".join(f"x{i} = foo(a{i}, b[{i}] + {k}) * bar(c{i})" for i in range(n))  # noqa: E731
@@ -228,7 +230,7 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
         pred.write_text(json.dumps({"reference": lines(n, 1), "prediction": lines(n, 2)}) + "\n")
         add("metrics", f"RUBY on a {n}-line pair", [py, str(root / "metrics.py"), str(pred), "--no-bertscore"],
             expect="ok")
-    bad_inputs3.build(add, tmp, base, py, root, HERE, corpus)  # round 3 (issue #26)
+    bad_inputs3.build(add, tmp, base, py, root, HERE, corpus, want)  # round 3 (issue #26)
     return cases
 
 
@@ -280,7 +282,8 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         outcome = "unclear"
     lost = sum(lost_files(Path(p), snap) for p, snap in before.items())
     detail = last if not is_diag else next((ln for ln in out.splitlines() if ln.startswith("❌")), last)
-    return dict(case, argv=None, hold=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc, lost=lost,
+    return dict(case, argv=None, hold=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc,
+                lost=lost,
                 seconds=round(seconds, 1), detail=detail[:200])
 
 
@@ -307,7 +310,8 @@ def main() -> int:
             if res.returncode:
                 print(res.stderr[-2000:])
                 return 1
-        cases = [c for c in build_cases(tmp, base, args.python, root) if not args.only or c["cls"] in args.only.split(",")]
+        cases = [c for c in build_cases(tmp, base, args.python, root, args.only)
+                 if not args.only or c["cls"] in args.only.split(",")]
         print(f"bad_inputs: {len(cases)} cases, {args.jobs} at a time, {args.timeout:.0f} s each at most", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda c: run_case(c, args.timeout, root), cases))
