@@ -42,7 +42,8 @@ STATE = {
     "evaluated.base without gold": (lambda r: set_state(r, evaluated={"base": {"per_example": {}}}), []),
     "checkpoint-ppo-² folder": (lambda r: (set_state(r, completed=["sft", "reward"]),
                                             (r / "checkpoint-final").rename(r / "final-aside"),
-                                            shutil.copytree(r / "checkpoint-ppo-3", r / "checkpoint-ppo-²")), []),
+                                            shutil.copytree(r / "checkpoint-ppo-3", r / "checkpoint-ppo-²")),
+                                 ["--stages=ppo"]),  # not a step: PPO resumes from checkpoint-ppo-3 (expect ok)
     "checkpoint-ppo-9 a file": (lambda r: (set_state(r, completed=["sft", "reward"]),
                                            (r / "checkpoint-ppo-9").write_text("x")), []),
     "--learning_rate mid-PPO": (lambda r: (set_state(r, completed=["sft", "reward"]),
@@ -93,7 +94,8 @@ def build(add, tmp, base, py, root, here, corpus, want=lambda cls: True):
         for name, (damage, extra) in STATE.items():
             run = copy(f"state-{len(name)}-{abs(hash(name)) % 10**6}")
             damage(run)
-            add("state", name, rlhf + ["--resume", str(run), *extra], protect=[run])
+            add("state", name, rlhf + ["--resume", str(run), *extra], protect=[run],
+                expect="ok" if name == "checkpoint-ppo-² folder" else "error")
 
     # script flags
     if want("flags"):
