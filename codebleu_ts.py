@@ -85,11 +85,36 @@ def _parser():
     return tree_sitter.Parser(tree_sitter.Language(tree_sitter_python.language()))
 
 
+# tree-sitter parses 20,000 nested parentheses, but printing or walking that tree recurses in C and segfaults
+# (exit 139). CPython itself refuses 200 nested parentheses, so deeper code stands in as one syntax error, and the
+# metrics fall back as for code that does not parse (RUBY's string level, no syntax or dataflow match).
+MAX_TREE_DEPTH = 1000
+TOO_DEEP = "("  # an unclosed parenthesis: a tiny tree with has_error
+
+
+def tree_depth_over(root, limit: int) -> bool:
+    """Is any node deeper than `limit`? Iterative (a TreeCursor), and it stops at the first one."""
+    cursor, depth = root.walk(), 0
+    while True:
+        if depth > limit:
+            return True
+        if cursor.goto_first_child():
+            depth += 1
+            continue
+        while not cursor.goto_next_sibling():
+            if not cursor.goto_parent():
+                return False
+            depth -= 1
+
+
 def parse(code: str, cache: dict | None = None):
-    """Root node of `code`; `cache` (one dict per call) parses each distinct string once."""
+    """Root node of `code`, or of TOO_DEEP when its tree is deeper than MAX_TREE_DEPTH; `cache` (one dict per
+    call) parses each distinct string once."""
     if cache is not None and code in cache:
         return cache[code]
     root = _parser().parse(code.encode("utf-8")).root_node  # a Node keeps its Tree alive
+    if 3 * len(code) + 8 > MAX_TREE_DEPTH and tree_depth_over(root, MAX_TREE_DEPTH):  # ~3 levels a character at most
+        root = _parser().parse(TOO_DEEP.encode()).root_node
     if cache is not None:
         cache[code] = root
     return root

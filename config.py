@@ -77,17 +77,39 @@ class Choices:
 
 @dataclass(frozen=True)
 class Text:
-    """Free text (a path, a model spec); never a NUL byte (the OS refuses it in paths), empty only if allowed."""
+    """Free text (a path, a model spec); never a NUL byte (the OS refuses it in paths), empty only if allowed,
+    and a path the filesystem can hold (path_problem)."""
     empty_ok: bool = True
 
     def describe(self) -> str:
-        return "a string without NUL bytes" + ("" if self.empty_ok else ", not empty")
+        return f"UTF-8 text without NUL bytes, each name at most {NAME_MAX} bytes" + ("" if self.empty_ok else
+                                                                                    ", not empty")
 
     def problem(self, value) -> str | None:
-        return None if "\0" not in value and (self.empty_ok or value.strip()) else f"must be {self.describe()}"
+        if "\0" in value or not (self.empty_ok or value.strip()):
+            return f"must be {self.describe()}"
+        problem = path_problem(value)
+        return f"must be {self.describe()}: it {problem}" if problem else None
 
     def bad_values(self, typ: type) -> list:
-        return ["a\0b"] + ([] if self.empty_ok else ["", "  "])
+        return ["a\0b", "x" * 256, "caf\udce9"] + ([] if self.empty_ok else ["", "  "])
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # Linux limits, in bytes: a longer name is ENAMETOOLONG only once the run writes
+
+
+def path_problem(value: str) -> str | None:
+    """The one path check, for every path a script reads or writes (config paths, --resume): valid UTF-8 (a
+    non-UTF-8 byte on the command line arrives as a lone surrogate, and every UTF-8 file naming the path would
+    fail) and within the filesystem's name limits."""
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (a byte from another encoding?); rename it in UTF-8"
+    long = next((c for c in raw.split(b"/") if len(c) > NAME_MAX), None)
+    if long is not None:
+        return f"has a name of {len(long)} bytes, over the filesystem's limit of {NAME_MAX}"
+    return f"is {len(raw)} bytes long, over the limit of {PATH_MAX}" if len(raw) > PATH_MAX else None
 
 
 @dataclass(frozen=True)
@@ -225,7 +247,10 @@ class Config:
     tensorboard: bool = False  # also write every logged stat to <run>/tensorboard/ (metrics.jsonl stays the record)
 
 
-POSITIVE, NON_NEGATIVE, COUNT, LIMIT = Range(0, lo_open=True), Range(0), Range(1), Range(0)  # COUNT/LIMIT: ints
+# Every open domain has a real upper bound, far above any preset: 1e39 overflows fp32 once squared or
+# exponentiated, and a count of 2**30 allocates terabytes, but only after SFT has run (issue #26).
+BIG = 10**6
+POSITIVE, NON_NEGATIVE, COUNT, LIMIT = Range(0, BIG, lo_open=True), Range(0, BIG), Range(1, BIG), Range(0, BIG)
 UNIT, LR = Range(0, 1), Range(0, 1, lo_open=True)
 DOMAINS: dict[str, object] = {
     "config_name": Choices(("research", "quick", "cpu", "test")),
@@ -247,7 +272,7 @@ DOMAINS: dict[str, object] = {
     "bertscore_model": Text(empty_ok=False),
     "bertscore_layers": COUNT,  # the upper bound is the encoder's depth, checked when it loads (metrics.py)
     "do_sample": Flag(),
-    "temperature": POSITIVE,
+    "temperature": Range(0.01, 100),  # logits / T: below 0.01 fp32 overflows (greedy is --do_sample=false)
     "top_p": Range(0, 1, lo_open=True),
     "max_new_tokens": COUNT,
     "eval_batch_size": COUNT,
@@ -465,6 +490,14 @@ def validate(cfg: Config) -> None:
         problem = domain.problem(getattr(cfg, key))
         if problem:
             raise ConfigError(f"--{key}={_show(getattr(cfg, key))}: {problem}")
+    for key, cap in MEMORY_CAPS.items():  # what one step holds at once: checked before SFT, not after it
+        if getattr(cfg, key) > cap:
+            raise ConfigError(f"--{key}={getattr(cfg, key)}: at most {cap} (config.MEMORY_CAPS: {key} sequences "
+                              "are held in memory at once)")
+    order = [s for s in STAGES if s in stage_list(cfg)]
+    if stage_list(cfg) != order:  # each stage reads the previous one's checkpoint
+        raise ConfigError(f"--stages={cfg.stages}: stages run in pipeline order ({', '.join(STAGES)}); "
+                          f"write --stages={','.join(order)}")
     if "ppo" in stage_list(cfg) and not cfg.do_sample:
         raise ConfigError(
             "--do_sample=False cannot be used with PPO: PPO learns from the variation between sampled responses; "
@@ -510,6 +543,13 @@ def sharpen_grid(cfg) -> list[float]:
     return [float(t) for t in split_names(cfg.sharpen_temperatures)]
 
 
+SEQUENCES, SAMPLES = 2**16, 2**10  # research holds 512 sequences per step and at most 16 samples per intent
+MEMORY_CAPS = {"batch_size": SEQUENCES, "mini_batch_size": SEQUENCES, "micro_batch_size": SEQUENCES,
+               "sft_batch_size": SEQUENCES, "sft_micro_batch_size": SEQUENCES, "eval_batch_size": SEQUENCES,
+               "reward_batch_size": SEQUENCES, "samples_per_prompt": SAMPLES, "reward_policy_samples": SAMPLES,
+               "bon_n": SAMPLES}
+
+
 def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -552,7 +592,7 @@ def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Confi
         elif key in types:
             overrides[key] = val
         elif key in [f.rstrip("=") for f in extra_flags]:
-            extras[key] = val if (eq or takes_value) else True
+            extras[key] = _extra_value(key, val, takes_value) if (eq or takes_value) else True
         else:
             valid = ", ".join(["config"] + [f.rstrip("=") for f in extra_flags] + list(types))
             raise ConfigError(f"unknown option --{key}; valid options: {valid}")
@@ -566,6 +606,17 @@ def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Confi
         saved = load_config(path)
         return make_config(saved.config_name, {**to_dict(saved), **overrides}), extras
     return make_config(preset, overrides), extras
+
+
+def _extra_value(key: str, val: str, takes_value: bool):
+    """A script flag's value: a path is checked like the config's paths (--resume= is not "no resume"), and a
+    boolean flag's value is parsed (--overwrite=false must not overwrite)."""
+    if not takes_value:
+        return _parse_value(key, val, bool)
+    problem = "needs a value" if not val.strip() else path_problem(val)
+    if problem:
+        raise ConfigError(f"--{key}={val!r}: {problem}")
+    return val
 
 
 def extras_takes_value(key: str, extra_flags: tuple[str, ...]) -> bool:
@@ -590,7 +641,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
 
 
 def load_config(path: str | Path) -> Config:
@@ -606,6 +657,14 @@ def load_config(path: str | Path) -> Config:
         return make_config(data.pop("config_name", "quick"), data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def console_fallback() -> None:
+    """Print under any locale: under LC_ALL=en_US.ISO-8859-1 the first ✅ would raise UnicodeEncodeError, so a
+    character the console cannot show is printed as an escape instead (files stay UTF-8 whatever the locale)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def die(msg: str, code: int = 2) -> None:

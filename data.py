@@ -49,6 +49,12 @@ def validate_record(rec, where: str) -> Example:
     if not isinstance(rec["snippet"], str) or not rec["snippet"].strip():
         raise DataError(f"{where}: 'snippet' must be a non-empty string")
     for key in ("intent", "rewritten_intent", "snippet"):
+        if rec[key] is not None and not rec[key].isascii():
+            try:  # "\ud800" is valid JSON but no Unicode text: the tokenizer and every UTF-8 file refuse it
+                rec[key].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(f"{where}: {key!r} holds a lone surrogate ({rec[key][e.start]!r} at character "
+                                f"{e.start}), not Unicode text; fix that escape") from None
         if rec[key] is not None and len(rec[key]) > MAX_TEXT_CHARS:
             raise DataError(f"{where}: {key!r} has {len(rec[key])} characters, over the limit of {MAX_TEXT_CHARS} "
                             "(data.MAX_TEXT_CHARS)")
@@ -111,6 +117,9 @@ def load_splits(cfg) -> tuple[list[Example], list[Example], list[Example]]:
     """(train, val, test) with the config's limits applied (limits cut after the split, so val is stable)."""
     train_all, test = load_conala(cfg.conala_path)
     train, val = split_train_val(train_all, cfg.val_fraction)
+    if not train:
+        raise DataError(f"{cfg.conala_path}: --val_fraction={cfg.val_fraction} holds out all {len(train_all)} train "
+                        "records, none is left to train on; lower it")
     if cfg.train_limit:
         train = train[: cfg.train_limit]
         val = val[: max(8, cfg.train_limit // 8)]  # keep validation proportionate to a subset run

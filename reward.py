@@ -25,7 +25,7 @@ import dist
 from config import ConfigError, die
 from feedback import (annotate, build_candidates, build_preference_pairs, pair_counts_by_kind,  # noqa: F401
                       pairing, rule_signals)
-from report import read_jsonl, write_jsonl  # noqa: F401 -- re-exported: reward.write_jsonl(pairs, path)
+from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- re-exported: reward.write_jsonl(pairs, path)
 
 HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
 RULE_WEIGHTS = {"syntax": "w_syntax", "exec": "w_exec", "similarity": "w_similarity", "quality": "w_quality"}  # rule signal -> Config field
@@ -413,15 +413,17 @@ def main(argv: list[str]) -> None:
     import config
     import data
     import models
+    import runfolder
 
-    cfg, _ = config.parse_cli(argv, extra_flags=("debug",))
-    out = Path(cfg.output_dir or f"outputs/reward-{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    config.console_fallback()
+    cfg, extras = config.parse_cli(argv, extra_flags=("debug", "overwrite"))
+    train, val, _ = data.load_splits(cfg)  # bad data fails here, before --overwrite moves an old folder aside
+    out = runfolder.prepare_output_dir(cfg, None, bool(extras.get("overwrite")), script="reward.py")  # locked
     config.save_config(cfg, out / "rlhf_config.json")
+    runfolder.write_text(out / "argv.txt", " ".join(["reward.py", *argv]) + "\n")
     models.seed_everything(cfg.seed)
     device = models.resolve_device(cfg.device)
     dtype = models.resolve_dtype(cfg.dtype, device)
-    train, val, _ = data.load_splits(cfg)
     t0 = time.perf_counter()
     train_pairs, val_pairs = build_preference_pairs(train, val, None, cfg)
     print(f"feedback: {len(train_pairs)} train / {len(val_pairs)} held-out pairs in {time.perf_counter() - t0:.0f}s")
@@ -440,8 +442,9 @@ def main(argv: list[str]) -> None:
     final = evaluate_pairs(rm, tok, val_pairs, device, by_kind=True)
     counts["train_used"] = pair_counts_by_kind(train_pairs)
     models.save_atomic(out / "checkpoint-reward", lambda d: (rm.save(d), tok.save_pretrained(d)))
-    (out / "reward_history.json").write_text(json.dumps({"history": history, "pair_counts": counts, "held_out": final,
-                                                         "train_pairs_used": len(train_pairs)}, indent=2) + "\n")
+    runfolder.write_text(out / "reward_history.json", json.dumps({"history": history, "pair_counts": counts,
+                                                                 "held_out": final, "train_pairs_used": len(train_pairs)},
+                                                                indent=2) + "\n")
     print(f"held-out pairwise accuracy {final['accuracy']:.3f}; by rejected kind "
           + ", ".join(f"{k} {v:.3f}" for k, v in final["accuracy_by_kind"].items()) + f"; wrote {out}")
 

@@ -24,6 +24,8 @@ import dist
 import models
 import rejection
 import report
+import resume
+import runfolder
 from config import ConfigError, die
 from evaluate import decode_batches  # stage_reward samples SFT candidates with it
 from report import Interrupted, Run
@@ -314,8 +316,8 @@ def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
 
 
 def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
-    steps = [int(p.name.rsplit("-", 1)[1]) for p in run.out.glob("checkpoint-ppo-*") if p.name.rsplit("-", 1)[1].isdigit()]
-    return (max(steps), run.out / f"checkpoint-ppo-{max(steps)}") if steps else (0, None)
+    steps = runfolder.ppo_checkpoints(run.out)
+    return (max(steps), steps[max(steps)]) if steps else (0, None)
 
 
 # ----------------------------------------------------------------------------- stage 4: evaluation
@@ -376,8 +378,13 @@ def run_pipeline(run: Run, device) -> None:
             run.log("sft: skipped, starting from --policy " + cfg.policy)
             continue
         if run.done(name) and name != "eval":
-            run.log(f"{name}: already completed in this folder, skipped")
-            continue
+            if (run.out / runfolder.STAGE_OUTPUT[name]).exists():
+                run.log(f"{name}: already completed in this folder, skipped")
+                continue
+            run.log(f"{name}: completed before, but {runfolder.STAGE_OUTPUT[name]}/ is gone: redoing it")
+            run.state["completed"].remove(name)
+        if name == "eval":  # a cached evaluation holds only for the data, settings and weights it was made from
+            resume.drop_stale_evaluations(run, env["test"], sft_path(run, env))
         # Each stage reproducible on its own, also after a resume; each rank its own random stream (sampling).
         models.seed_everything(cfg.seed + len(name) + RANK_SEED_STRIDE * dist.rank())
         run.log(f"=== stage {name} ===")
@@ -395,6 +402,7 @@ def run_pipeline(run: Run, device) -> None:
 
 
 def main(argv: list[str]) -> int:
+    config.console_fallback()
     cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)  # with --resume: the saved config + overrides
     if extras.get("diagnose"):
         import diagnose
@@ -410,7 +418,9 @@ def main(argv: list[str]) -> int:
     out = problem = None
     if dist.is_main():  # only rank 0 creates, checks or moves the output folder
         try:
-            out = report.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
+            out = runfolder.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
+            if extras.get("resume"):  # under the lock: what the run holds, and the command line's overrides
+                resume.check_resume(out, cfg)
         except ConfigError as e:
             problem = str(e)
     out, problem = dist.broadcast_object((out, problem))
@@ -445,5 +455,9 @@ if __name__ == "__main__":
         if line is None:
             raise SystemExit(code) from None
         die(line, code)  # a failing rank exits at once; torchrun then stops the others (no teardown to hang in)
+    except OSError as e:  # a full, read-only or over-quota disk mid-run: one line naming the file
+        if "--debug" in sys.argv or e.errno not in runfolder.DISK_ERRNOS:
+            raise
+        die(f"{e.filename or 'the run folder'}: {e.strerror}; free space or fix the disk, then --resume", 1)
     dist.teardown()
     raise SystemExit(code)

@@ -236,7 +236,7 @@ class RunCgroup:
             raise
 
     def _write(self, name: str, value) -> None:
-        with open(os.path.join(self.path, name), "w") as f:
+        with open(os.path.join(self.path, name), "w", encoding="utf-8") as f:
             f.write(str(value))
 
     def add(self, pid: int) -> None:

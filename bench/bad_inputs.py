@@ -21,12 +21,15 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import bad_inputs3
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -151,13 +154,15 @@ def lost_files(folder: Path, before: dict[str, bytes]) -> int:
                for rel, data in before.items())
 
 
-def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
+def build_cases(tmp: Path, base: Path, py: str, root: Path, only: str | None = None) -> list[dict]:
+    want = lambda cls: not only or cls in only.split(",")  # noqa: E731 -- copies of the base run only when asked
     rlhf = [py, str(root / "rlhf.py")]
     diag = [py, str(root / "diagnose.py")]
     cases = []
 
-    def add(cls, name, argv, protect=(), expect="error", env=None, cwd=None):
-        cases.append(dict(cls=cls, name=name, argv=argv, protect=list(protect), expect=expect, env=env, cwd=cwd))
+    def add(cls, name, argv, protect=(), expect="error", env=None, cwd=None, hold=None):
+        cases.append(dict(cls=cls, name=name, argv=argv, protect=list(protect), expect=expect, env=env, cwd=cwd,
+                          hold=hold))
 
     for i, flags in enumerate(CONFIG_CASES):
         add("config", flags, rlhf + ["--config", "test", *flags.split(), f"--output_dir={tmp / f'cfg{i}'}"])
@@ -174,7 +179,7 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
         expect = "ok" if name == "SHA256SUMS binary marker" else "error"  # `*name` is valid sha256sum output
         add("diagnose", name, diag + [f"--conala_path={c}"], expect=expect)
     add("diagnose", "--temperature=inf", diag + ["--config", "test", "--temperature=inf"])
-    for name, damage in RESUME.items():
+    for name, damage in RESUME.items() if want("resume") else ():
         run = tmp / f"resume-{len(cases)}"
         shutil.copytree(base, run)
         damage(run)
@@ -183,39 +188,40 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
     add("resume", "resume a non-run folder", rlhf + ["--resume", str(HERE / "conala-corpus")])
 
     # --overwrite: the issue's three reproductions, then the other targets that must never be replaced.
-    r = tmp / "ow-run"
-    shutil.copytree(base, r)
-    add("overwrite", "run + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={r}", "--overwrite",
-                                                         f"--conala_path={tmp / 'nowhere'}"], protect=[r])
-    notes = tmp / "ow-notes"
-    notes.mkdir()
-    (notes / "thesis.txt").write_text("not a run")
-    add("overwrite", "non-run folder + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={notes}",
-                                                                   "--overwrite", f"--conala_path={tmp / 'nowhere'}"],
-        protect=[notes])
-    ds = corpus(tmp, "ow-dataset")
-    add("overwrite", "--output_dir=<dataset> --overwrite", rlhf + ["--config", "test", f"--output_dir={ds}",
-                                                                   f"--conala_path={ds}", "--overwrite"],
-        protect=[ds])
-    r2 = tmp / "ow-run2"
-    shutil.copytree(base, r2)
-    add("overwrite", "run + a later step fails", rlhf + ["--config", "test", f"--output_dir={r2}", "--overwrite",
-                                                          f"--policy_model={tmp / 'no-model'}"], protect=[r2])
-    r3 = tmp / "ow-run3"
-    shutil.copytree(base, r3)
-    add("overwrite", "run holding --policy", rlhf + ["--config", "test", f"--output_dir={r3}", "--overwrite",
-                                                      f"--policy={r3 / 'checkpoint-sft'}", "--stages=eval"],
-        protect=[r3])
-    home = tmp / "fake-home"
-    shutil.copytree(HERE / "conala-corpus", home / "data")
-    add("overwrite", "--output_dir=$HOME --overwrite", rlhf + ["--config", "test", f"--output_dir={home}",
-                                                               "--overwrite", "--stages=sft"],
-        protect=[home], env={"HOME": str(home)})
-    work = tmp / "fake-cwd"
-    shutil.copytree(HERE / "conala-corpus", work / "conala-corpus")
-    add("overwrite", "--output_dir=. --overwrite", rlhf + ["--config", "test", "--output_dir=.", "--overwrite",
-                                                           "--stages=sft"], protect=[work], cwd=work)
-    add("overwrite", "--output_dir is a file", rlhf + ["--config", "test", f"--output_dir={HERE / 'README.md'}"])
+    if want("overwrite"):
+        r = tmp / "ow-run"
+        shutil.copytree(base, r)
+        add("overwrite", "run + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={r}", "--overwrite",
+                                                             f"--conala_path={tmp / 'nowhere'}"], protect=[r])
+        notes = tmp / "ow-notes"
+        notes.mkdir()
+        (notes / "thesis.txt").write_text("not a run")
+        add("overwrite", "non-run folder + bad --conala_path", rlhf + ["--config", "test", f"--output_dir={notes}",
+                                                                       "--overwrite", f"--conala_path={tmp / 'nowhere'}"],
+            protect=[notes])
+        ds = corpus(tmp, "ow-dataset")
+        add("overwrite", "--output_dir=<dataset> --overwrite", rlhf + ["--config", "test", f"--output_dir={ds}",
+                                                                       f"--conala_path={ds}", "--overwrite"],
+            protect=[ds])
+        r2 = tmp / "ow-run2"
+        shutil.copytree(base, r2)
+        add("overwrite", "run + a later step fails", rlhf + ["--config", "test", f"--output_dir={r2}", "--overwrite",
+                                                              f"--policy_model={tmp / 'no-model'}"], protect=[r2])
+        r3 = tmp / "ow-run3"
+        shutil.copytree(base, r3)
+        add("overwrite", "run holding --policy", rlhf + ["--config", "test", f"--output_dir={r3}", "--overwrite",
+                                                          f"--policy={r3 / 'checkpoint-sft'}", "--stages=eval"],
+            protect=[r3])
+        home = tmp / "fake-home"
+        shutil.copytree(HERE / "conala-corpus", home / "data")
+        add("overwrite", "--output_dir=$HOME --overwrite", rlhf + ["--config", "test", f"--output_dir={home}",
+                                                                   "--overwrite", "--stages=sft"],
+            protect=[home], env={"HOME": str(home)})
+        work = tmp / "fake-cwd"
+        shutil.copytree(HERE / "conala-corpus", work / "conala-corpus")
+        add("overwrite", "--output_dir=. --overwrite", rlhf + ["--config", "test", "--output_dir=.", "--overwrite",
+                                                               "--stages=sft"], protect=[work], cwd=work)
+        add("overwrite", "--output_dir is a file", rlhf + ["--config", "test", f"--output_dir={HERE / 'README.md'}"])
 
     # RUBY on large code must finish, in bounded time (metrics.py CLI, BERTScore off).
     lines = lambda n, k: "\n".join(f"x{i} = foo(a{i}, b[{i}] + {k}) * bar(c{i})" for i in range(n))  # noqa: E731
@@ -224,13 +230,30 @@ def build_cases(tmp: Path, base: Path, py: str, root: Path) -> list[dict]:
         pred.write_text(json.dumps({"reference": lines(n, 1), "prediction": lines(n, 2)}) + "\n")
         add("metrics", f"RUBY on a {n}-line pair", [py, str(root / "metrics.py"), str(pred), "--no-bertscore"],
             expect="ok")
+    bad_inputs3.build(add, tmp, base, py, root, HERE, corpus, want)  # round 3 (issue #26)
     return cases
+
+
+def start_holder(hold, timeout: float, env: dict):
+    """A writer of the case's folder, started first: once it has appended its argv.txt line (it owns the folder
+    then) it is stopped (SIGSTOP), so it stays alive, holding whatever it holds, however long the case takes."""
+    argv, folder = hold
+    lines = lambda: (folder / "argv.txt").read_text().count("\n") if (folder / "argv.txt").exists() else 0  # noqa: E731
+    before = lines()
+    proc = subprocess.Popen(argv, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while lines() == before and proc.poll() is None and time.monotonic() - t0 < timeout:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGSTOP)
+    return proc
 
 
 def run_case(case: dict, timeout: float, root: Path) -> dict:
     before = {str(p): snapshot(p) for p in map(Path, case["protect"])}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                **(case["env"] or {}))
+    holder = start_holder(case["hold"], timeout, env) if case.get("hold") else None
     t0 = time.perf_counter()
     try:
         res = subprocess.run(case["argv"], cwd=case["cwd"] or root, env=env, capture_output=True, text=True,
@@ -238,6 +261,10 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         rc, out, err = res.returncode, res.stdout, res.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = None, str(e.stdout or ""), str(e.stderr or "")
+    finally:
+        if holder:
+            holder.kill()
+            holder.wait()
     seconds = time.perf_counter() - t0
     last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "")
     is_diag = case["argv"][1].endswith("diagnose.py")
@@ -245,8 +272,8 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         outcome = "timeout"
     elif "Traceback (most recent call last)" in out + err:
         outcome = "traceback"
-    elif case["expect"] == "ok":
-        outcome = "clear" if rc == 0 else "unclear"
+    elif case["expect"] == "ok":  # diagnose ran through: its exit 1 reports this machine, not the input
+        outcome = "clear" if rc == 0 or (is_diag and rc == 1) else "unclear"
     elif rc == 0:
         outcome = "exit-0"
     elif (is_diag and any(ln.startswith("❌") for ln in out.splitlines())) or last.startswith("error: "):
@@ -255,7 +282,8 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
         outcome = "unclear"
     lost = sum(lost_files(Path(p), snap) for p, snap in before.items())
     detail = last if not is_diag else next((ln for ln in out.splitlines() if ln.startswith("❌")), last)
-    return dict(case, argv=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc, lost=lost,
+    return dict(case, argv=None, hold=None, protect=[str(p) for p in case["protect"]], outcome=outcome, rc=rc,
+                lost=lost,
                 seconds=round(seconds, 1), detail=detail[:200])
 
 
@@ -265,7 +293,8 @@ def main() -> int:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--only", help="run one class: config, data, diagnose, resume, overwrite, metrics")
+    p.add_argument("--only", help="run these classes (comma-separated): config, data, diagnose, resume, overwrite, "
+                   "metrics; round 3: sharing, state, flags, unicode, paths, locale, absurd, nesting")
     p.add_argument("--base", help="a finished `rlhf.py --config test` run to copy for the resume cases")
     p.add_argument("--json", help="write every case's outcome here")
     args = p.parse_args()
@@ -281,7 +310,8 @@ def main() -> int:
             if res.returncode:
                 print(res.stderr[-2000:])
                 return 1
-        cases = [c for c in build_cases(tmp, base, args.python, root) if not args.only or c["cls"] == args.only]
+        cases = [c for c in build_cases(tmp, base, args.python, root, args.only)
+                 if not args.only or c["cls"] in args.only.split(",")]
         print(f"bad_inputs: {len(cases)} cases, {args.jobs} at a time, {args.timeout:.0f} s each at most", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda c: run_case(c, args.timeout, root), cases))

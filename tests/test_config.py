@@ -91,11 +91,11 @@ def test_out_of_domain_values_fail_from_the_command_line_too(key, bad):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"seed": True}, "expected int"),  # bool is an int to Python, not to the config
-    ({"temperature": "inf"}, "must be a finite number > 0"),
-    ({"ppo_steps": "0"}, "--ppo_steps=0: must be >= 1"),
-    ({"ppo_steps": "-1"}, "--ppo_steps=-1: must be >= 1"),
-    ({"test_limit": "-3"}, "--test_limit=-3: must be >= 0"),
-    ({"save_every": "-1"}, "--save_every=-1: must be >= 0"),
+    ({"temperature": "inf"}, "must be a finite number in [0.01, 100]"),
+    ({"ppo_steps": "0"}, "--ppo_steps=0: must be in [1, 1000000]"),
+    ({"ppo_steps": "-1"}, "--ppo_steps=-1: must be in [1, 1000000]"),
+    ({"test_limit": "-3"}, "--test_limit=-3: must be in [0, 1000000]"),
+    ({"save_every": "-1"}, "--save_every=-1: must be in [0, 1000000]"),
     ({"reward_clip_min": "0.6", "reward_clip_max": "0.5"}, "--reward_clip_min=0.6 must be < --reward_clip_max=0.5"),
     ({"w_rm": "0"}, "PPO would optimise a constant reward"),
     ({"batch_size": "6", "mini_batch_size": "4"}, "batch_size must be a multiple of mini_batch_size"),

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 
 import config
 import models
-import report
+import resume
+import runfolder
 from conftest import ROOT
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -77,7 +78,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     folder.mkdir()
     (folder / "todo.txt").write_text("keep me")
     res = rlhf("--config", "test", f"--output_dir={folder}", "--overwrite")
-    assert res.returncode == 2 and "not an rlhf.py run folder" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert res.returncode == 2 and "not a run folder of rlhf.py" in res.stderr and len(res.stderr.splitlines()) == 1
     assert (folder / "todo.txt").read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1
 
 
@@ -95,15 +96,15 @@ def test_overwrite_refuses_root_home_and_the_working_directory(target, monkeypat
     cfg = config.make_config("test", {"output_dir": os.path.expanduser(target)})
     monkeypatch.chdir(ROOT)
     with pytest.raises(config.ConfigError, match="refusing --overwrite"):
-        report.prepare_output_dir(cfg, None, overwrite=True)
+        runfolder.prepare_output_dir(cfg, None, overwrite=True)
 
 
 def test_overwrite_refuses_a_run_that_holds_the_policy_it_starts_from(tmp_path):
     run = make_run(tmp_path / "run")
     cfg = config.make_config("test", {"output_dir": str(run), "policy": str(run / "checkpoint-sft")})
     with pytest.raises(config.ConfigError, match="holds --policy"):
-        report.prepare_output_dir(cfg, None, overwrite=True)
-    assert report.is_run_folder(run) and not report.is_run_folder(run / "checkpoint-sft")
+        runfolder.prepare_output_dir(cfg, None, overwrite=True)
+    assert runfolder.is_run_folder(run) and not runfolder.is_run_folder(run / "checkpoint-sft")
 
 
 # ----------------------------------------------------------------------------- damaged resume files
@@ -155,12 +156,12 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_a_damaged_resume_file_is_one_line_naming_it_and_nothing_changes(tmp_path, name):
     run = make_run(tmp_path / "run")
-    report.check_resume(run)  # the intact folder passes
+    resume.check_resume(run)  # the intact folder passes
     damage, message = CORRUPTIONS[name]
     damage(run)
     before = snapshot(run)
     with pytest.raises(config.ConfigError) as err:
-        report.check_resume(run)
+        resume.check_resume(run)
     assert message in str(err.value) and str(run) in str(err.value) and "\n" not in str(err.value)
     assert snapshot(run) == before
 
@@ -182,17 +183,17 @@ def test_save_atomic_writes_checksums_that_a_resume_check_verifies(tmp_path):
         (d / "config.json").write_text("{}"), save_file({"w": torch.arange(6.0)}, str(d / "model.safetensors"))))
     want = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert f"{want}  model.safetensors" in (folder / "SHA256SUMS").read_text().splitlines()
-    report.check_checkpoint(folder)
+    resume.check_checkpoint(folder)
     (folder / "config.json").write_text("{ }")  # same folder, one byte more: caught
     with pytest.raises(config.ConfigError, match="config.json differs from its sha256"):
-        report.check_checkpoint(folder)
+        resume.check_checkpoint(folder)
 
 
 def test_checkpoint_file_names_agree_with_the_code_that_writes_them():
     import ppo
     import reward
 
-    assert ppo.VALUE_HEAD_FILE in report.CHECKPOINT_FILES["checkpoint-ppo-"]
-    assert ppo.VALUE_HEAD_FILE in report.CHECKPOINT_FILES["checkpoint-final"]
-    assert reward.HEAD_FILE in report.CHECKPOINT_FILES["checkpoint-reward"]
+    assert ppo.VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-ppo-"]
+    assert ppo.VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-final"]
+    assert reward.HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-reward"]
     assert '"trainer_state.pt"' in (ROOT / "rlhf.py").read_text()
