@@ -138,7 +138,7 @@ def test_resume_overrides_apply_to_the_saved_config_not_to_the_default_preset(tm
 # Written out here, not read from config.DOMAINS: a wrong domain in config.py must fail these. Each entry: the
 # range in words (as the error prints it), values that must be accepted, and values that must be refused.
 LR = ("in (0, 1]", [1e-9, 1e-5, 1.0], [0.0, -1e-5, 1.5])  # Adam steps: > 0; above 1 is a typo, never a choice
-BATCH = (">= 1", [1, 64], [0, -4])
+BATCH = ("in [1, 1000000]", [1, 64], [0, -4, 2_000_000])  # every open domain has an upper bound of 10^6
 HAND_DOMAINS = {
     "learning_rate": LR,
     "vf_learning_rate": LR,
@@ -153,17 +153,17 @@ HAND_DOMAINS = {
     "eval_batch_size": BATCH,
     "ppo_epochs": BATCH,
     "samples_per_prompt": BATCH,  # k: 1 for GAE, >= 2 for a group baseline (a cross-field rule)
-    "temperature": ("> 0", [1e-3, 0.7, 5.0], [0.0, -0.5]),  # logits / T
+    "temperature": ("in [0.01, 100]", [0.01, 0.7, 5.0], [0.0, -0.5, 1e-3, 1e-40, 101.0]),  # logits / T: fp32-safe
     "top_p": ("in (0, 1]", [1e-3, 0.95, 1.0], [0.0, -0.1, 1.01]),
     "cliprange": ("in (0, 1]", [0.01, 0.2, 1.0], [0.0, -0.2, 1.2]),  # ratio clip [1 - eps, 1 + eps]
-    "cliprange_value": ("> 0", [0.2, 10.0], [0.0, -0.2]),
-    "init_kl_coef": (">= 0", [0.0, 0.1, 10.0], [-0.01]),  # beta; 0 = no KL penalty
-    "kl_target": ("> 0", [0.1, 6.0], [0.0, -1.0]),
-    "target_kl": (">= 0", [0.0, 0.02], [-0.01]),  # 0 = off
+    "cliprange_value": ("in (0, 1000000]", [0.2, 10.0], [0.0, -0.2, 1e39]),  # 1e39 overflowed fp32
+    "init_kl_coef": ("in [0, 1000000]", [0.0, 0.1, 10.0], [-0.01, 1e7]),  # beta; 0 = no KL penalty
+    "kl_target": ("in (0, 1000000]", [0.1, 6.0], [0.0, -1.0]),
+    "target_kl": ("in [0, 1000000]", [0.0, 0.02], [-0.01]),  # 0 = off
     "gamma": ("in [0, 1]", [0.0, 1.0], [-0.1, 1.1]),
     "lam": ("in [0, 1]", [0.0, 0.95, 1.0], [-0.1, 1.1]),
-    "vf_coef": (">= 0", [0.0, 0.1], [-0.1]),
-    "max_grad_norm": ("> 0", [0.5, 1.0], [0.0, -1.0]),
+    "vf_coef": ("in [0, 1000000]", [0.0, 0.1], [-0.1]),
+    "max_grad_norm": ("in (0, 1000000]", [0.5, 1.0], [0.0, -1.0]),
 }
 HAND_BAD = [(k, bad) for k, (_, _, bads) in HAND_DOMAINS.items() for bad in bads]
 

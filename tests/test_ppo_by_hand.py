@@ -4,7 +4,7 @@ KL, GRPO's KL loss term, the value head's alignment, the logged objective/kl, en
 target_kl early stopping, whiten_rewards, and the one-token shift of rlhf.sft_loss. Tiny models, CPU, seconds.
 
 compute_rewards gets an explicit cfg (a SimpleNamespace with only the fields it reads), so a new Config field with
-today's behaviour as its default leaves these tests valid; `advantage_norm="token"` is today's whitening."""
+today's behaviour as its default leaves these tests valid; `advantage_norm="auto"` is each estimator's original normalisation."""
 import dataclasses
 import math
 import statistics
@@ -30,7 +30,7 @@ def reward_cfg(advantage, **kw):
     """What compute_rewards reads, explicitly."""
     return SimpleNamespace(**{"advantage": advantage, "samples_per_prompt": 2, "kl_estimator": "k1",
                               "missing_eos_penalty": 0.0, "whiten_rewards": False, "gamma": 1.0, "lam": 0.95,
-                              "advantage_norm": "token", **kw})
+                              "advantage_norm": "auto", **kw})  # each estimator's original normalisation
 
 
 def step_cfg(**kw):
