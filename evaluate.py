@@ -243,7 +243,7 @@ def curve_point(run, env, policy_lm, tok, step: int, kl: float) -> dict:
     m = cfg.eval_samples
     if m:
         got = sample_and_judge(run, env, policy_lm, tok, exs, m, cfg.temperature, f"ppo_eval step {step} (m={m})")
-        codes = [[s for s in ss] for ss in got["samples"]] if got else []
+        codes = got["samples"] if got else []
         gold = got["per"]["sampled_gold"] if got else []
     else:
         codes = [[p] for p in greedy(policy_lm, tok, [e.intent for e in exs], run, env, f"ppo_eval step {step}")]
