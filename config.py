@@ -230,6 +230,8 @@ class Config:
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response without EOS (TRL examples use 1.0; scores are in [0, 1], so it ranks every unfinished response below every finished one)
     missing_eos: str = "penalty"  # an unfinished response: penalty (score - missing_eos_penalty) | filter (advantage 0, out of every baseline: DAPO)
     advantage_norm: str = "auto"  # auto (token for gae/rloo, group for grpo) | token (whiten over tokens, LHP) | batch (whiten over sequences) | group (divide by the group's std) | none
+    prompt_selection: str = "random"  # PPO prompt order: random | disagreement (train intents whose reward-stage samples disagree most under the PPO reward first; equal-reward groups dropped: DAPO's dynamic sampling)
+    kl_budget: float = 0.0  # stop PPO after the first step whose rollout KL (nats per response) exceeds this, and keep that policy (0 = off; set before a run, never from its results)
     target_kl: float = 0.0  # early-stop PPO epochs when approx_kl exceeds this (0 = off)
     whiten_rewards: bool = False  # whiten per-token rewards before GAE (LHP PpoHParams sets True with minibatches >= 8; off here: CPU batches are 4-16 responses)
     eval_every: int = 0  # every N PPO steps, gold + proxy on eval_slice validation intents (0 = off; evaluate.py)
@@ -324,6 +326,8 @@ DOMAINS: dict[str, object] = {
     "missing_eos_penalty": NON_NEGATIVE,
     "missing_eos": Choices(("penalty", "filter")),
     "advantage_norm": Choices(("auto", "token", "batch", "group", "none")),
+    "prompt_selection": Choices(("random", "disagreement")),
+    "kl_budget": NON_NEGATIVE,
     "target_kl": NON_NEGATIVE,
     "whiten_rewards": Flag(),
     "eval_every": LIMIT,

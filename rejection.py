@@ -14,6 +14,7 @@ import data
 import report
 
 SAMPLES_FILE = "policy_samples.jsonl"  # the reward stage's k SFT samples per intent, one row per intent
+REWARDS_FILE = "policy_sample_rewards.jsonl"  # the same samples (blanks dropped) with their PPO rewards
 
 
 def write_policy_samples(chosen: list, samples: dict[int, list[str]], path) -> None:
@@ -31,6 +32,28 @@ def read_policy_samples(path) -> list[dict]:
     return rows
 
 
+def write_scored(rows: list[dict], groups: list[list[float]], path) -> None:
+    report.write_jsonl([dict(r, rewards=g) for r, g in zip(rows, groups)], path)
+
+
+def read_scored(path, rows: list[dict]) -> list[list[float]] | None:
+    """The cached rewards of score_groups(rows, ...), or None when the cache does not match rows (other
+    intents or samples: a cache from another policy_samples.jsonl is never trusted)."""
+    cached = report.read_jsonl(path)
+    if [(c.get("question_id"), c.get("samples")) for c in cached] != [(r["question_id"], r["samples"]) for r in rows]:
+        return None
+    groups = [c.get("rewards") for c in cached]
+    ok = all(isinstance(g, list) and len(g) == len(r["samples"]) and all(isinstance(x, (int, float)) for x in g)
+             for g, r in zip(groups, rows))
+    return [[float(x) for x in g] for g in groups] if ok else None
+
+
+def nonblank(rows: list[dict]) -> list[dict]:
+    """Blank samples dropped, and rows left without samples skipped: what score_groups scores."""
+    rows = [dict(r, samples=[s for s in r["samples"] if s.strip()]) for r in rows]
+    return [r for r in rows if r["samples"]]
+
+
 def best_per_group(rewards: list[float], sizes: list[int]) -> list[int]:
     """rewards, flat over groups of the given sizes -> the index within each group of its highest reward;
     ties keep the first (as best_of_n). Empty groups are not allowed."""
@@ -44,18 +67,48 @@ def best_per_group(rewards: list[float], sizes: list[int]) -> list[int]:
     return picks
 
 
-def select_examples(rows: list[dict], score_fn) -> tuple[list[data.Example], list[float]]:
-    """The best sample of each intent by score_fn(intents, references, codes) -> [N] rewards; rows whose samples
-    are all empty are skipped. -> (training examples with the kept sample as the snippet, the kept rewards)."""
-    rows = [dict(r, samples=[s for s in r["samples"] if s.strip()]) for r in rows]
-    rows = [r for r in rows if r["samples"]]
+def score_groups(rows: list[dict], score_fn) -> tuple[list[dict], list[list[float]]]:
+    """rows of policy samples -> (the rows with blank samples dropped and rows left empty skipped, each kept row's
+    rewards by score_fn(intents, references, codes) -> [N], scored in one flat call)."""
+    rows = nonblank(rows)
     flat = [(r, s) for r in rows for s in r["samples"]]
     rewards = [float(x) for x in score_fn([r["intent"] for r, _ in flat], [r["reference"] for r, _ in flat],
                                           [s for _, s in flat])]
-    picks = best_per_group(rewards, [len(r["samples"]) for r in rows])
-    starts = [0]
+    groups, start = [], 0
     for r in rows:
-        starts.append(starts[-1] + len(r["samples"]))
+        groups.append(rewards[start:start + len(r["samples"])])
+        start += len(r["samples"])
+    return rows, groups
+
+
+def select_examples(rows: list[dict], score_fn) -> tuple[list[data.Example], list[float]]:
+    """The best sample of each intent by score_fn(intents, references, codes) -> [N] rewards; rows whose samples
+    are all empty are skipped. -> (training examples with the kept sample as the snippet, the kept rewards)."""
+    return pick_best(*score_groups(rows, score_fn))
+
+
+def pick_best(rows: list[dict], groups: list[list[float]]) -> tuple[list[data.Example], list[float]]:
+    """Scored rows (score_groups) -> (one training example per row, its best sample as the snippet; its reward)."""
+    picks = best_per_group([x for g in groups for x in g], [len(g) for g in groups])
     kept = [data.Example(question_id=r["question_id"], intent=r["intent"], snippet=r["samples"][j])
             for r, j in zip(rows, picks)]
-    return kept, [rewards[s + j] for s, j in zip(starts, picks)]
+    return kept, [g[j] for g, j in zip(groups, picks)]
+
+
+def group_spread(rewards: list[float]) -> float:
+    """Population std of one prompt's k rewards: 0 when every sample scored the same, so a group baseline
+    (RLOO, GRPO) gives every sample advantage 0 and the prompt teaches nothing."""
+    if max(rewards) == min(rewards):  # exactly 0: the float mean of [0.2] * 3 leaves a 3e-17 residue
+        return 0.0
+    mean = sum(rewards) / len(rewards)
+    return (sum((x - mean) ** 2 for x in rewards) / len(rewards)) ** 0.5
+
+
+def disagreement_order(question_ids: list[int], spreads: dict[int, float]) -> list[int]:
+    """PPO prompt order by disagreement (--prompt_selection=disagreement): the positions in question_ids of the
+    prompts whose reward-stage samples disagree, largest spread first (ties by position). Prompts with spread 0
+    are dropped, as DAPO's dynamic sampling drops groups whose rewards are all equal (Yu et al. 2025, sec. 3.2);
+    ranking by the spread is its continuous version. Prompts without samples are dropped too: their spread is
+    unknown. The PPO loop cycles over the result."""
+    scored = [(spreads[q], i) for i, q in enumerate(question_ids) if spreads.get(q, 0.0) > 0.0]
+    return [i for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))]

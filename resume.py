@@ -161,7 +161,7 @@ FREE = {"device", "dtype", "dist_timeout_s", "output_dir", "stages", "tensorboar
 PPO_FIRST = {"batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs", "learning_rate", "vf_learning_rate",
              "lr_decay", "lr_warmup_steps", "samples_per_prompt", "advantage", "gamma", "lam", "cliprange",
              "cliprange_value", "vf_coef", "max_grad_norm", "adaptive_kl", "init_kl_coef", "kl_target", "kl_horizon",
-             "kl_estimator", "missing_eos_penalty", "missing_eos", "advantage_norm", "sft_rs", "target_kl", "whiten_rewards", "do_sample", "w_rm", "w_syntax",
+             "kl_estimator", "missing_eos_penalty", "missing_eos", "advantage_norm", "prompt_selection", "kl_budget", "sft_rs", "target_kl", "whiten_rewards", "do_sample", "w_rm", "w_syntax",
              "w_exec", "w_similarity", "w_quality", "reward_scale", "reward_clip_min", "reward_clip_max"}
 REWARD_FIRST = {"reward_encoder", "exec_timeout_s", "temperature", "top_p", "max_new_tokens"}
 

@@ -126,23 +126,53 @@ def train_sft(run: Run, env: dict, lm, tok, train, val, name: str) -> None:
             "examples")
 
 
+def scored_policy_samples(run: Run, reward_fn) -> tuple[list[dict], list[list[float]]]:
+    """The reward stage's k SFT samples per train intent and their PPO rewards, on every rank. Rank 0 scores them
+    once (sandboxed exec) and caches them in policy_sample_rewards.jsonl: sft-rs and --prompt_selection read them."""
+    path, cache = run.out / rejection.SAMPLES_FILE, run.out / rejection.REWARDS_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: the reward stage writes it when --reward_policy_intents > 0")
+    scored = None
+    if dist.is_main():
+        rows = rejection.nonblank(rejection.read_policy_samples(path))
+        groups = rejection.read_scored(cache, rows) if cache.exists() else None
+        if groups is None:
+            rows, groups = rejection.score_groups(rows, reward_fn)
+            rejection.write_scored(rows, groups, cache)
+        scored = rows, groups
+    return dist.broadcast_object(scored)
+
+
 def stage_rejection_sampling(run: Run, env: dict, reward_fn) -> None:
     """sft-rs (rejection.py): the best of the reward stage's k SFT samples per intent by the PPO reward, then
-    one SFT pass on them from the SFT policy -> checkpoint-sft-rs/. Rank 0 scores (sandboxed exec), all train."""
-    path = run.out / rejection.SAMPLES_FILE
-    if not path.exists():
-        raise ConfigError(f"--sft_rs needs {path}: the reward stage writes it when --reward_policy_samples > 0")
-    kept = None
+    one SFT pass on them from the SFT policy -> checkpoint-sft-rs/."""
+    kept, rewards = rejection.pick_best(*scored_policy_samples(run, reward_fn))
     if dist.is_main():
-        kept, rewards = rejection.select_examples(rejection.read_policy_samples(path), reward_fn)
         report.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "snippet": e.snippet, "reward": r}
                             for e, r in zip(kept, rewards)], run.out / "sft_rs_examples.jsonl")
-        run.log(f"sft-rs: best of k by the PPO reward for {len(kept)} intents, mean kept reward "
-                f"{sum(rewards) / max(len(rewards), 1):.4f}")
-    kept = dist.broadcast_object(kept)
+    run.log(f"sft-rs: best of k by the PPO reward for {len(kept)} intents, mean kept reward "
+            f"{sum(rewards) / max(len(rewards), 1):.4f}")
     lm, tok = models.load_causal_lm(sft_path(run, env), seed=run.cfg.seed)
     train_sft(run, env, lm, tok, kept, env["val"], "sft-rs")
     dist.save_on_main(run.out / "checkpoint-sft-rs", lambda d: save_policy(lm, tok, d, run.cfg))
+
+
+def prompt_order(run: Run, train, reward_fn) -> list[int]:
+    """Positions in train of the PPO prompts, in order (the loop cycles over them): a seeded permutation, or
+    with --prompt_selection=disagreement the intents whose reward-stage samples disagree most first."""
+    import torch
+
+    if run.cfg.prompt_selection == "random":
+        return torch.randperm(len(train), generator=torch.Generator().manual_seed(run.cfg.seed)).tolist()
+    rows, groups = scored_policy_samples(run, reward_fn)
+    spreads = {r["question_id"]: rejection.group_spread(g) for r, g in zip(rows, groups)}
+    order = rejection.disagreement_order([e.question_id for e in train], spreads)
+    if not order:
+        raise ConfigError("--prompt_selection=disagreement: no train intent's samples disagree under the PPO reward")
+    run.log(f"ppo prompts: {len(order)} train intents whose {len(groups[0])} samples disagree, of {len(rows)} "
+            f"sampled (largest reward spread first; {sum(1 for g in groups if not rejection.group_spread(g))} "
+            f"with equal rewards dropped)")
+    return order
 
 
 def save_policy(lm, tok, folder: Path, cfg) -> None:
@@ -258,7 +288,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         by_rank = saved.get("torch_rng_by_rank", [saved["torch_rng"]])  # one stream per rank, as saved
         torch.set_rng_state(by_rank[dist.rank()] if len(by_rank) == dist.world_size() else saved["torch_rng"])
         run.log(f"ppo: resumed from {resume_dir.name} (step {start})")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = prompt_order(run, train, reward_fn)
     n_prompts = cfg.batch_size // cfg.samples_per_prompt  # batch_size counts responses
     if n_prompts % dist.world_size():
         raise dist.EveryRankError(f"--batch_size={cfg.batch_size} gives {n_prompts} prompts per PPO step, which do not "
@@ -269,7 +299,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
     for step in range(start, cfg.ppo_steps):
         t0 = time.perf_counter()
-        prompts = [train[order[(step * n_prompts + first + i) % len(train)]] for i in range(n_local)]
+        prompts = [train[order[(step * n_prompts + first + i) % len(order)]] for i in range(n_local)]
         exs = [e for e in prompts for _ in range(cfg.samples_per_prompt)]  # the k samples of a prompt are adjacent
         q = data.generation_batch([e.intent for e in exs], tok, fmt, cfg.max_prompt_len)
 
@@ -291,13 +321,21 @@ def stage_ppo(run: Run, env: dict, train) -> None:
                 f"approx_kl {stats['policy/approx_kl']:.4f}  ev {stats.get('value/explained_variance', float('nan')):.2f}  "
                 f"len {stats['response/length_mean']:.1f}  "
                 f"{stats['time/step_seconds']:.1f}s  e.g. {responses[0][:60]!r}")
-        last, stop = step + 1 == cfg.ppo_steps, run.agree_stop()
+        # A pre-registered KL budget ends the run early: past some KL the gold score falls while the proxy still
+        # rises (Gao et al. 2022, fig. 1), so the budget is fixed before a run, never chosen from its results.
+        over_budget = bool(cfg.kl_budget) and stats["objective/kl"] > cfg.kl_budget
+        if over_budget:
+            run.log(f"ppo: rollout KL {stats['objective/kl']:.3f} > --kl_budget={cfg.kl_budget}: stopping at step "
+                    f"{step + 1} of {cfg.ppo_steps}")
+        last, stop = step + 1 == cfg.ppo_steps or over_budget, run.agree_stop()
         if last or stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
             save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):  # over-optimisation curve
             evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
         if stop and not last:
             raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved")
+        if last:
+            break
     dist.save_on_main(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
 
 

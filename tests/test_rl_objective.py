@@ -148,6 +148,30 @@ def test_rejection_sampling_keeps_the_argmax_of_the_reward_it_is_given():
     assert rejection.best_per_group([0.1, 0.3, 0.3, 5.0], [3, 1]) == [1, 0]
 
 
+def test_prompt_selection_ranks_by_reward_spread_and_drops_equal_groups():
+    # spreads by hand: population std of [0, 1] is 0.5, of [0.2, 0.2, 0.2] is 0, of [0, 0, 0, 1] is sqrt(3)/4
+    assert rejection.group_spread([0.0, 1.0]) == pytest.approx(0.5)
+    assert rejection.group_spread([0.2, 0.2, 0.2]) == 0.0
+    assert rejection.group_spread([0.0, 0.0, 0.0, 1.0]) == pytest.approx(math.sqrt(3) / 4)
+    # question 11 has equal rewards (dropped), 13 was never sampled (dropped), 10 and 14 tie (train order)
+    spreads = {10: 0.1, 11: 0.0, 12: 0.3, 14: 0.1}
+    assert rejection.disagreement_order([10, 11, 12, 13, 14], spreads) == [2, 0, 4]
+    assert rejection.disagreement_order([11, 13], spreads) == []
+
+
+def test_scored_samples_cache_is_used_only_for_the_same_samples(tmp_path):
+    rows = [{"question_id": 1, "intent": "a", "reference": "x", "samples": ["s1", "s2"]},
+            {"question_id": 2, "intent": "b", "reference": "y", "samples": ["t1"]}]
+    path = tmp_path / rejection.REWARDS_FILE
+    rejection.write_scored(rows, [[0.1, 0.9], [0.5]], path)
+    assert rejection.read_scored(path, rows) == [[0.1, 0.9], [0.5]]
+    other = [dict(rows[0], samples=["s1", "s3"]), rows[1]]  # another sample: the cache must not be trusted
+    assert rejection.read_scored(path, other) is None
+    assert rejection.read_scored(path, rows[:1]) is None
+    kept, rewards = rejection.pick_best(rows, [[0.1, 0.9], [0.5]])
+    assert [e.snippet for e in kept] == ["s2", "t1"] and rewards == [0.9, 0.5]
+
+
 # ----------------------------------------------------------------------------- sampled evaluation
 def test_bootstrap_of_sampled_gold_by_hand():
     """Per-intent sampled gold is the mean of its m sample scores; the paired CI of a constant difference is
@@ -201,6 +225,9 @@ def test_same_seed_same_samples_for_the_same_model(tiny):
     assert all(len(s) == 3 for s in first)
 
 
+KL_BUDGET = 1e-6  # the tiny policy moves from step 2 on (with --missing_eos=filter it never finishes, so never moves)
+
+
 def test_test_config_with_sampled_eval_and_sft_rs_end_to_end(tmp_path):
     """--config test with --eval_samples=2 and --sft_rs: m samples per item land in the predictions files,
     sft-rs is trained and evaluated, and report.md has the sampled-gold section. ~35 s idle on 2 cores (the
@@ -209,8 +236,9 @@ def test_test_config_with_sampled_eval_and_sft_rs_end_to_end(tmp_path):
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "rlhf.py"), "--config", "test", f"--output_dir={out}",
                            "--eval_samples=2", "--sft_rs", "--advantage=rloo", "--samples_per_prompt=2",
-                           "--advantage_norm=batch", "--missing_eos=filter", "--eval_bertscore=false",
-                           "--eval_every=0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--advantage_norm=batch", "--eval_bertscore=false",
+                           "--eval_every=0", "--prompt_selection=disagreement", f"--kl_budget={KL_BUDGET}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     print(f"--config test with sampled eval and sft-rs: {time.perf_counter() - t0:.0f} s")
     for name in ("sft", "sft-rs", "ppo"):
@@ -224,3 +252,13 @@ def test_test_config_with_sampled_eval_and_sft_rs_end_to_end(tmp_path):
     assert {"sampled_gold", "sampled_gold_se"} <= set(rep["systems"]["ppo"])
     assert any(b["metric"] == "sampled_gold" and b["comparison"] == "ppo − sft" for b in rep["bootstrap"])
     assert "## The RL objective: sampled gold" in (out / "report.md").read_text()
+    # sft-rs and the prompt selection share one scoring of the reward stage's samples
+    scored = report.read_jsonl(out / rejection.REWARDS_FILE)
+    assert {r["question_id"] for r in kept} <= {r["question_id"] for r in scored}
+    assert proc.stdout.count("ppo prompts:") == 1 and "disagree" in proc.stdout
+    # the KL budget: PPO stops after the first step whose rollout KL exceeds it, and keeps that policy
+    kls = [r["objective/kl"] for r in report.read_jsonl(out / "metrics.jsonl") if r.get("stage") == "ppo"]
+    over = [i for i, kl in enumerate(kls) if kl > KL_BUDGET]
+    assert len(kls) == (over[0] + 1 if over else 3), kls
+    assert over, f"no step exceeded the budget {KL_BUDGET}: the test no longer exercises it ({kls})"
+    assert (out / "checkpoint-final").is_dir()
