@@ -354,12 +354,32 @@ PRESETS: dict[str, dict] = {
         reward_policy_intents=0,  # policy samples for every intent
         reward_backbone="policy",  # the full-split measurement that chose it for cpu (README, 2026-12-03); unrun on GPU
         reward_epochs=1,  # InstructGPT's single RM epoch (it overfits after; our intents-trained causal RM did within one)
-        ppo_steps=400,  # 400 x 16 rollouts ~ 2.7 passes over the train intents
-        batch_size=16,
-        mini_batch_size=4,
-        micro_batch_size=4,
-        eval_every=50,  # 9 points on the over-optimisation curve
-        save_every=50,
+        # The RL recipe that beat SFT on the cpu preset (README, Results), scaled to a GPU's batch; unrun on GPU.
+        ppo_steps=100,  # 100 x 64 prompts ~ 3 passes over the 2,144 train intents
+        batch_size=256,  # 64 prompts x 4 samples: each update from 256 episodes (anchors: 64-1024)
+        samples_per_prompt=4,  # RLOO's group of k = 4
+        advantage="rloo",  # the group baseline needs no critic (cpu: a critic fitted on a few dozen episodes failed)
+        advantage_norm="none",  # plain RLOO, as TRL: no whitening that one long outlier can dominate
+        missing_eos="filter",  # DAPO's overlong filtering: an unfinished sample carries no advantage
+        ppo_epochs=1,  # on-policy: one pass per rollout (TRL num_iterations=1)
+        mini_batch_size=256,  # one optimizer step per rollout
+        micro_batch_size=16,
+        learning_rate=1e-5,  # 3e-5 on cpu took 30 steps to KL 0.7-1 nats; 100 steps here at a third of it
+        lr_warmup_steps=2,
+        lr_decay=False,
+        kl_budget=2.0,  # stop if the rollout KL passes 2 nats: past ~1-1.5 nats cpu runs drifted sideways
+        w_rm=0.25,  # the cpu preset's reward: RM plus the annotator's rule signals on the train references
+        w_similarity=0.5,
+        w_syntax=0.2,
+        w_exec=0.15,
+        w_quality=0.15,
+        adaptive_kl=False,
+        init_kl_coef=0.05,
+        eval_samples=4,  # sampled gold, the RL objective
+        sharpen_temperatures="0.4,0.6,0.8",  # the sharpening control
+        sft_rs=True,  # the rejection-sampling baseline
+        eval_every=25,  # 5 points on the over-optimisation curve (steps 0, 25, 50, 75, 100)
+        save_every=25,
         bon_n=16,  # Gao et al. 2022 compare PPO with best-of-n; 500 x 16 samples is minutes on one GPU
         eval_batch_size=64,
     ),
