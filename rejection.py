@@ -44,14 +44,27 @@ def best_per_group(rewards: list[float], sizes: list[int]) -> list[int]:
     return picks
 
 
-def select_examples(rows: list[dict], score_fn) -> tuple[list[data.Example], list[float]]:
+SCORE_BATCH = 64  # samples per score_fn call: the stop check and the progress bar move between calls
+
+
+def select_examples(rows: list[dict], score_fn, stop=None) -> tuple[list[data.Example], list[float]]:
     """The best sample of each intent by score_fn(intents, references, codes) -> [N] rewards; rows whose samples
-    are all empty are skipped. -> (training examples with the kept sample as the snippet, the kept rewards)."""
+    are all empty are skipped. -> (training examples with the kept sample as the snippet, the kept rewards).
+    Scored SCORE_BATCH samples at a time (sandboxed exec makes it long); stop() -> True raises Interrupted."""
+    import dist
+    from tqdm import tqdm
+
     rows = [dict(r, samples=[s for s in r["samples"] if s.strip()]) for r in rows]
     rows = [r for r in rows if r["samples"]]
     flat = [(r, s) for r in rows for s in r["samples"]]
-    rewards = [float(x) for x in score_fn([r["intent"] for r, _ in flat], [r["reference"] for r, _ in flat],
-                                          [s for _, s in flat])]
+    rewards = []
+    for start in tqdm(range(0, len(flat), SCORE_BATCH), desc="sft-rs: scoring samples", unit="batch",
+                      dynamic_ncols=True, disable=not dist.is_main()):
+        if stop is not None and stop():
+            raise report.Interrupted(f"sft-rs scoring: stopped after {start}/{len(flat)} samples")
+        part = flat[start:start + SCORE_BATCH]
+        rewards += [float(x) for x in score_fn([r["intent"] for r, _ in part], [r["reference"] for r, _ in part],
+                                               [s for _, s in part])]
     picks = best_per_group(rewards, [len(r["samples"]) for r in rows])
     starts = [0]
     for r in rows:
