@@ -76,7 +76,8 @@ class Interrupted(Exception):
 
 @contextlib.contextmanager
 def on_interrupt(resume_note: str):
-    """Adds to an Interrupted raised inside what --resume will do about it (each stage says: continue or redo)."""
+    """Adds to an Interrupted raised inside what --resume will do about it (each stage says: continue or redo).
+    A `with` block or a decorator (@on_interrupt("...") on a stage function)."""
     try:
         yield
     except Interrupted as e:

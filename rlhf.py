@@ -154,16 +154,12 @@ def save_policy(lm, tok, folder: Path, cfg) -> None:
 
 
 # ----------------------------------------------------------------------------- stage 2: reward model
+@report.on_interrupt("the reward stage starts over on --resume")
 def stage_reward(run: Run, env: dict, train, val) -> None:
     """Synthetic feedback (reference, corruptions, other intents' snippets, k SFT samples per intent) ->
     Bradley-Terry RM on the encoder or on the SFT policy itself; held-out accuracy per pairing, policy>policy first.
     A stop signal ends sampling, labelling or RM training within a batch; the stage then starts over on --resume
     (it writes checkpoint-reward/ only at its end, so nothing partial is ever trusted)."""
-    with report.on_interrupt("the reward stage starts over on --resume"):
-        reward_stage(run, env, train, val)
-
-
-def reward_stage(run: Run, env: dict, train, val) -> None:
     import reward
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
