@@ -3,8 +3,10 @@ stop signals (Ctrl-C, SIGTERM, SIGHUP) that every long loop of the pipeline answ
 
 How a stop travels: the first signal only sets run.stop_requested. Long loops poll it between batches (their
 `stop` argument, usually run.stopping) and raise Interrupted; loops every rank runs ask all ranks at once
-(dist.any_flag), so under torchrun they stop together. Each stage adds what --resume will do (on_interrupt),
-and rlhf.py prints it and exits 128 + the signal's number. A second signal exits at once (abort_now).
+(dist.any_flag), so under torchrun they stop together. Each stage adds what --resume will do (on_interrupt):
+SFT and the reward stage start over (nothing partial of theirs is ever read), PPO continues from its last
+checkpoint (drawing a curve point the stop skipped), evaluation keeps every system it had fully scored. rlhf.py
+prints it and exits 128 + the signal's number. A second signal exits at once (abort_now).
 Why a separate module: report.py keeps the run folder and the report; re-exported there (report.Interrupted).
 """
 from __future__ import annotations

@@ -48,8 +48,8 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
     answers: list[list[str]] = [[] for _ in intents]
     lm.eval()
     starts = dist.shard(list(range(0, len(order), cfg.eval_batch_size)), strided=True)  # prompts sorted by length
-    done = 0
-    for start in report.progress(starts, desc=desc, unit="batch"):
+    done, bar = 0, report.progress(starts, desc=desc, unit="batch")
+    for start in bar:
         if stop is not None and stop():
             break
         idx = order[start:start + cfg.eval_batch_size]
@@ -67,6 +67,7 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
         for j, text in enumerate(texts):
             answers[idx[j // n]].append(data.extract_code(text))
         done += 1
+    bar.close()  # also after a break: a bar left open is redrawn under the "interrupted:" line
     # Every rank reaches this line (a rank without the signal decodes its whole share), so they stop together.
     if stop is not None and dist.any_flag(done < len(starts)):
         raise report.Interrupted(f"{desc}: stopped after {done}/{len(starts)} batches")
@@ -395,10 +396,8 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
                             f"in training): {sandbox.sandbox_status()[1]}")
     results = {}
     for name, spec in systems.items():
-        kept = ", ".join(n for n in run.state["evaluated"] if "per_example" in run.state["evaluated"][n]) or "none"
         # A system is cached in state.json only once it is fully scored, so resume redoes the one interrupted.
-        with report.on_interrupt(f"eval resumes on --resume: systems already scored are kept ({kept}), the "
-                                 "interrupted one is redone"):
+        with report.on_interrupt("on --resume eval keeps the systems it has scored and redoes this one"):
             lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
             results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
             if name == "sft" and cfg.sharpen_temperatures:

@@ -57,10 +57,11 @@ def select_examples(rows: list[dict], score_fn, stop=None) -> tuple[list[data.Ex
     rows = [dict(r, samples=[s for s in r["samples"] if s.strip()]) for r in rows]
     rows = [r for r in rows if r["samples"]]
     flat = [(r, s) for r in rows for s in r["samples"]]
-    rewards = []
-    for start in tqdm(range(0, len(flat), SCORE_BATCH), desc="sft-rs: scoring samples", unit="batch",
-                      dynamic_ncols=True, disable=not dist.is_main()):
+    rewards, bar = [], tqdm(range(0, len(flat), SCORE_BATCH), desc="sft-rs: scoring samples", unit="batch",
+                            dynamic_ncols=True, disable=not dist.is_main())
+    for start in bar:
         if stop is not None and stop():
+            bar.close()
             raise report.Interrupted(f"sft-rs scoring: stopped after {start}/{len(flat)} samples")
         part = flat[start:start + SCORE_BATCH]
         rewards += [float(x) for x in score_fn([r["intent"] for r, _ in part], [r["reference"] for r, _ in part],

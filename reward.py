@@ -164,7 +164,7 @@ def score_texts(rm: RewardModel, tokenizer, intents: list[str], codes: list[str]
             if stop is not None and stop():
                 from console import Interrupted
 
-                rm.train(was_training)
+                starts.close()
                 raise Interrupted(f"{desc or 'reward-model scoring'}: stopped after {start}/{len(order)} texts")
             idx = order[start:start + batch_size]
             batch = rm.tokenize(tokenizer, [intents[i] for i in idx], [codes[i] for i in idx])

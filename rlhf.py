@@ -118,6 +118,7 @@ def train_sft(run: Run, env: dict, lm, tok, train, val, name: str) -> None:
         if run.agree_stop():
             part = f"checkpoint-{name}-step{step + 1}"
             dist.save_on_main(run.out / part, lambda d: save_policy(lm, tok, d, cfg))
+            bar.close()
             raise Interrupted(f"{name} stopped at step {step + 1}/{n_steps}; the partial policy is in {part}/ "
                               f"(usable with --policy); {name} restarts from scratch on resume")
     val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
@@ -282,8 +283,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     elif (kl := missing_curve_kl(run, start)) is not None:  # the stop came before this step's curve point
         with report.on_interrupt(resume_note):
             evaluate.curve_point(run, env, policy.lm, tok, start, kl)
-    for step in report.progress(range(start, cfg.ppo_steps), initial=start, total=cfg.ppo_steps, desc="ppo",
-                                unit="step"):
+    bar = report.progress(range(start, cfg.ppo_steps), initial=start, total=cfg.ppo_steps, desc="ppo", unit="step")
+    for step in bar:
         t0 = time.perf_counter()
         prompts = [train[order[(step * n_prompts + first + i) % len(train)]] for i in range(n_local)]
         exs = [e for e in prompts for _ in range(cfg.samples_per_prompt)]  # the k samples of a prompt are adjacent
@@ -312,6 +313,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         if saved:
             save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
         if stop:  # also at the last step: checkpoint-final and this step's curve point come on --resume
+            bar.close()  # a bar left open is redrawn under the "interrupted:" line
             raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved; {resume_note}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):  # over-optimisation curve
             try:
@@ -319,6 +321,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             except Interrupted as e:  # the stop came during the curve point: keep the step, redraw the point
                 if not saved:
                     save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
+                bar.close()
                 raise Interrupted(f"PPO stopped after step {step + 1} ({e}); checkpoint-ppo-{step + 1}/ saved; "
                                   f"{resume_note}, drawing this step's curve point first") from None
     dist.save_on_main(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
