@@ -218,6 +218,35 @@ def test_resume_redraws_a_curve_point_the_stop_skipped(tmp_path):
     assert rlhf.missing_curve_kl(run_with(ppo + curve), 5) == 0.5  # the last step always gets one
 
 
+@pytest.mark.parametrize("stop_in, raises", [("reward", True), ("eval", False)])
+def test_a_stop_during_the_last_stage_ends_the_run_as_complete(tmp_path, monkeypatch, stop_in, raises):
+    """A stop seen after a stage that is not the last: Interrupted (rlhf.py prints "continue with --resume").
+    After the last stage there is nothing to continue: the run ends normally (no such line)."""
+    import config
+    import rlhf
+
+    ran = []
+
+    def stage(name):
+        def run_it(*args):
+            ran.append(name)
+            run.stop_requested = run.stop_requested or name == stop_in  # the signal lands during this stage
+        return run_it
+
+    for name in ("reward", "eval"):
+        monkeypatch.setattr(rlhf, f"stage_{name}", stage(name))
+    monkeypatch.setattr(rlhf.data, "load_splits", lambda cfg: ([], [], []))
+    monkeypatch.setattr(rlhf.resume, "drop_stale_evaluations", lambda *a: None)
+    run = report.Run(tmp_path, config.make_config("test", {"stages": "reward,eval"}))
+    if raises:
+        with pytest.raises(Interrupted, match="stopped after the reward stage"):
+            rlhf.run_pipeline(run, torch.device("cpu"))
+        assert ran == ["reward"] and run.state["completed"] == ["reward"]
+    else:
+        rlhf.run_pipeline(run, torch.device("cpu"))
+        assert ran == ["reward", "eval"] and run.state["completed"] == ["reward", "eval"]
+
+
 def test_console_ends_with_report_mds_table_and_verdicts(tmp_path):
     import config
 
