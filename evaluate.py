@@ -32,7 +32,7 @@ SAMPLED_SYSTEMS = ("sft", "sft-rs", "ppo")  # sampled gold costs m decodes + m s
 # ----------------------------------------------------------------------------- decoding
 def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: bool, n: int = 1,
                    desc: str = "decode", temperature: float | None = None, top_p: float | None = None,
-                   seed: int | None = None) -> list[list[str]]:
+                   seed: int | None = None, stop=None) -> list[list[str]]:
     """Generate n answers per intent, batched by prompt length (less left padding), returned in input order.
     Greedy for evaluation; sampling with the config's temperature/top_p for synthetic-feedback candidates and
     best-of-n. Several ranks: the batches (the very batches one process would form) are dealt out over the ranks
@@ -40,15 +40,18 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
     (each rank has its own random stream), unless `seed` is given: then every batch draws from its own stream,
     seeded by seed + the batch's first position, so two models decoding the same intents share their random
     numbers batch by batch (common random numbers: paired differences carry less noise) and the samples do not
-    depend on the number of ranks. temperature/top_p override the config's."""
+    depend on the number of ranks. temperature/top_p override the config's. stop() -> True (a stop signal) ends
+    this rank's loop before its next batch; the ranks then agree and all raise Interrupted."""
     import torch
-    from tqdm import tqdm
 
     order = sorted(range(len(intents)), key=lambda i: len(intents[i]))
     answers: list[list[str]] = [[] for _ in intents]
     lm.eval()
     starts = dist.shard(list(range(0, len(order), cfg.eval_batch_size)), strided=True)  # prompts sorted by length
-    for start in tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True, disable=not dist.is_main()):
+    done, bar = 0, report.progress(starts, desc=desc, unit="batch")
+    for start in bar:
+        if stop is not None and stop():
+            break
         idx = order[start:start + cfg.eval_batch_size]
         batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
         batch = {k: v.to(lm.device) for k, v in batch.items()}
@@ -63,6 +66,11 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for j, text in enumerate(texts):
             answers[idx[j // n]].append(data.extract_code(text))
+        done += 1
+    bar.close()  # also after a break: a bar left open is redrawn under the "interrupted:" line
+    # Every rank reaches this line (a rank without the signal decodes its whole share), so they stop together.
+    if stop is not None and dist.any_flag(done < len(starts)):
+        raise report.Interrupted(f"{desc}: stopped after {done}/{len(starts)} batches")
     if dist.world_size() > 1:
         mine = {i: a for i, a in enumerate(answers) if a}  # this rank's intents, by index
         for part in dist.gather_objects(mine):
@@ -74,11 +82,12 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
 def greedy(lm, tok, intents: list[str], run, env, desc: str) -> list[str]:
     lm.to(env["device"])
     fmt = data.resolve_prompt_format(tok, run.cfg.prompt_format)
-    return [a[0] for a in decode_batches(lm, tok, fmt, intents, run.cfg, env["ctx"], sample=False, desc=desc)]
+    return [a[0] for a in decode_batches(lm, tok, fmt, intents, run.cfg, env["ctx"], sample=False, desc=desc,
+                                         stop=run.stopping)]
 
 
 # ----------------------------------------------------------------------------- gold, proxy, best-of-n
-def proxy_scores(run, env, intents: list[str], codes: list[str]) -> list[float] | None:
+def proxy_scores(run, env, intents: list[str], codes: list[str], desc: str = "proxy") -> list[float] | None:
     """The RM's proxy score of each (intent, code): raw -> LHP calibration -> sigmoid -> clip, the same map as
     PPO's reward. The one place evaluation asks the reward model; None when there is no checkpoint-reward/."""
     import reward
@@ -91,7 +100,7 @@ def proxy_scores(run, env, intents: list[str], codes: list[str]) -> list[float] 
         return None
     rm, rm_tok = env["proxy_rm"]
     cfg = run.cfg
-    raw = reward.score_texts(rm, rm_tok, intents, codes, env["device"])
+    raw = reward.score_texts(rm, rm_tok, intents, codes, env["device"], stop=run.rank0_stop(), desc=desc)
     return reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
                                    rm.gain, rm.bias).tolist()
 
@@ -125,11 +134,12 @@ def sample_and_judge(run, env, lm, tok, exs: list, m: int, temperature: float, d
     lm.to(env["device"])
     fmt = data.resolve_prompt_format(tok, run.cfg.prompt_format)
     samples = decode_batches(lm, tok, fmt, [e.intent for e in exs], run.cfg, env["ctx"], sample=True, n=m,
-                             desc=desc, temperature=temperature, top_p=1.0, seed=run.cfg.seed + 7919)
+                             desc=desc, temperature=temperature, top_p=1.0, seed=run.cfg.seed + 7919,
+                             stop=run.stopping)
     if not dist.is_main():
         return None
     judged = feedback.judge([s for ss in samples for s in ss], [e.snippet for e in exs for _ in range(m)],
-                            run.cfg.exec_timeout_s, log=run.log)
+                            run.cfg.exec_timeout_s, log=run.log, stop=run.rank0_stop(), desc=f"{desc}: gold")
     groups = [judged[i * m:(i + 1) * m] for i in range(len(exs))]  # [I][m]
     per = {"sampled_gold": [mean([j["score"] for j in g]) for g in groups]}
     for c in COMPONENTS:
@@ -161,14 +171,14 @@ def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: l
                               with_bertscore=cfg.eval_bertscore, codebleu_tokenizer=cfg.codebleu_tokenizer,
                               per_example=True)
     per = {"codebleu": scores.pop("per_example")["codebleu"], "chrf": sentence_chrf(refs, preds)}
-    judged = feedback.judge(preds, refs, cfg.exec_timeout_s, log=run.log)
+    judged = feedback.judge(preds, refs, cfg.exec_timeout_s, log=run.log, stop=run.rank0_stop(), desc=f"gold {name}")
     per["gold"] = [j["score"] for j in judged]
     for c in COMPONENTS:  # the greedy answer's gold, signal by signal (report.md's breakdown)
         if all(c in j["capped"] for j in judged):
             per[f"gold_{c}"] = [j["capped"][c] for j in judged]
     if sampled:
         per |= sampled["per"]
-    proxy = proxy_scores(run, env, [e.intent for e in test], preds)
+    proxy = proxy_scores(run, env, [e.intent for e in test], preds, desc=f"proxy {name}")
     result = {"gold": mean(per["gold"])} | ({"proxy": mean(proxy)} if proxy else {})
     result |= {k: v for k, v in scores.items() if isinstance(v, (int, float, str))} | {"chrf": mean(per["chrf"])}
     if sampled:
@@ -216,10 +226,11 @@ def evaluate_best_of_n(run, env, name: str, lm, tok, n: int, step: int) -> dict:
     # The same samples whether or not the greedy systems came from a resume; each rank its own stream.
     models.seed_everything(cfg.seed + 1000 * dist.rank())
     samples = decode_batches(lm, tok, fmt, [e.intent for e in test], cfg, env["ctx"], sample=True, n=n,
-                             desc=f"eval {name} (n={n})")
+                             desc=f"eval {name} (n={n})", stop=run.stopping)
     if not dist.is_main():
         return {}
-    flat = proxy_scores(run, env, [e.intent for e in test for _ in range(n)], [s for ss in samples for s in ss])
+    flat = proxy_scores(run, env, [e.intent for e in test for _ in range(n)], [s for ss in samples for s in ss],
+                        desc=f"proxy {name} candidates")
     scores = [flat[i * n:(i + 1) * n] for i in range(len(test))]  # [I, n]
     pick = best_of_n(scores).tolist()
     preds = [ss[j] for ss, j in zip(samples, pick)]
@@ -253,9 +264,11 @@ def curve_point(run, env, policy_lm, tok, step: int, kl: float) -> dict:
     if not m:
         import feedback
 
-        gold = feedback.gold_scores([c[0] for c in codes], [e.snippet for e in exs], cfg.exec_timeout_s, log=run.log)
+        gold = [j["score"] for j in feedback.judge([c[0] for c in codes], [e.snippet for e in exs], cfg.exec_timeout_s,
+                                                   log=run.log, stop=run.rank0_stop(), desc=f"ppo_eval step {step}: gold")]
     k = len(codes[0])
-    flat = proxy_scores(run, env, [e.intent for e in exs for _ in range(k)], [c for cs in codes for c in cs])
+    flat = proxy_scores(run, env, [e.intent for e in exs for _ in range(k)], [c for cs in codes for c in cs],
+                        desc=f"ppo_eval step {step}: proxy")
     proxy = [mean(flat[i * k:(i + 1) * k]) for i in range(len(exs))] if flat else None
     point = {"gold": mean(gold), "gold_se": standard_error(gold), "proxy": mean(proxy) if proxy else float("nan"),
              "proxy_se": standard_error(proxy) if proxy else float("nan"), "objective/kl": kl, "n": len(exs),
@@ -383,16 +396,18 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
                             f"in training): {sandbox.sandbox_status()[1]}")
     results = {}
     for name, spec in systems.items():
-        lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
-        results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
-        if name == "sft" and cfg.sharpen_temperatures:
-            results["sft-sharp"] = sharpened_sft(run, env, lm, tok, step=len(results))
-        if name == "sft" and cfg.bon_n:
-            if (run.out / "checkpoint-reward").exists():
-                results["sft-bon"] = evaluate_best_of_n(run, env, "sft-bon", lm, tok, cfg.bon_n, step=len(results))
-            else:
-                env["notes"].append("sft-bon skipped: no checkpoint-reward/ to pick with")
-        del lm
+        # A system is cached in state.json only once it is fully scored, so resume redoes the one interrupted.
+        with report.on_interrupt("on --resume eval keeps the systems it has scored and redoes this one"):
+            lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
+            results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
+            if name == "sft" and cfg.sharpen_temperatures:
+                results["sft-sharp"] = sharpened_sft(run, env, lm, tok, step=len(results))
+            if name == "sft" and cfg.bon_n:
+                if (run.out / "checkpoint-reward").exists():
+                    results["sft-bon"] = evaluate_best_of_n(run, env, "sft-bon", lm, tok, cfg.bon_n, step=len(results))
+                else:
+                    env["notes"].append("sft-bon skipped: no checkpoint-reward/ to pick with")
+            del lm
     if not dist.is_main():  # the other ranks only helped decode
         return
     boot = bootstrap_rows(results, cfg.bootstrap_samples, cfg.seed)
@@ -406,7 +421,9 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
     table = {n: {k: v for k, v in r.items() if k != "per_example"} for n, r in results.items()}
     report.write_plots(run.out)
     seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
-    report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
-                        str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"],
-                        reward_eval=run.state.get("reward_eval"),
-                        sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown, flips=flips)
+    written = report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
+                                  str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"],
+                                  reward_eval=run.state.get("reward_eval"),
+                                  sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown,
+                                  flips=flips)
+    run.echo(report.console_summary(written))

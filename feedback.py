@@ -266,17 +266,44 @@ def annotator_score(signals: dict[str, float], exec_detail: str = "",
     return score, reasons + (f" exec_outcome={exec_detail}" if exec_detail else "")
 
 
+SANDBOX_BATCH = 32  # distinct snippets per sandbox batch: a stop signal waits for at most one batch
+
+
+def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None, desc: str | None = None) -> list:
+    """sandbox.execute_many over `codes`, identical code run once, in batches of SANDBOX_BATCH with a progress bar
+    (`desc`) and, between batches, the stop check: stop() -> True raises Interrupted. The same runs as one
+    execute_many call; PPO's reward (no stop, no desc) makes that one call, so a step is never cut in half."""
+    if stop is None and desc is None:
+        return sandbox.execute_many(codes, timeout_s, workers)
+    import dist
+    from tqdm import tqdm
+
+    unique, results = list(dict.fromkeys(codes)), {}
+    with tqdm(total=len(unique), desc=desc, unit="snippet", dynamic_ncols=True,
+              disable=desc is None or not dist.is_main()) as bar:
+        for start in range(0, len(unique), SANDBOX_BATCH):
+            if stop is not None and stop():
+                from console import Interrupted
+
+                raise Interrupted(f"{desc or 'sandboxed execution'}: stopped after {start}/{len(unique)} snippets")
+            batch = unique[start:start + SANDBOX_BATCH]
+            results.update(zip(batch, sandbox.execute_many(batch, timeout_s, workers)))
+            bar.update(len(batch))
+    return [results[c] for c in codes]
+
+
 def judge(codes: list[str], references: list[str], timeout_s: float = 2.0, workers: int = 2,
-          log=print) -> list[dict]:
+          log=print, stop=None, desc: str | None = None) -> list[dict]:
     """The synthetic annotator on (code, reference) pairs -> [{signals, capped, score, reasons}], in input order
     (`capped`: the signals with the reference exec cap, the ones `score` weighs).
     Execution goes through the sandbox only (each distinct reference runs too, for the cap in `annotator_score`);
-    without a sandbox the exec signal is dropped (weight 0) with a warning, and every reason says so."""
+    without a sandbox the exec signal is dropped (weight 0) with a warning, and every reason says so.
+    desc: a progress bar; stop: checked between sandbox batches (run_snippets)."""
     assert len(codes) == len(references), "judge needs one reference per code"
     ok, status = sandbox.sandbox_status()
     if ok:
         refs = list(dict.fromkeys(references))
-        results = sandbox.execute_many(list(codes) + refs, timeout_s, workers)
+        results = run_snippets(list(codes) + refs, timeout_s, workers, stop, desc)
         ref_exec = {r: exec_signal(res.outcome) for r, res in zip(refs, results[len(codes):])}
     else:
         log(f"warning: synthetic feedback without the exec signal: {status}")
@@ -297,9 +324,11 @@ def gold_scores(codes: list[str], references: list[str], timeout_s: float = 2.0,
     return [j["score"] for j in judge(codes, references, timeout_s, workers, log)]
 
 
-def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print) -> list[dict]:
+def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print, stop=None,
+             desc: str | None = None) -> list[dict]:
     """Adds signals, score and reasons (`judge`) to every candidate."""
-    judged = judge([c["code"] for c in candidates], [c["reference"] for c in candidates], timeout_s, workers, log)
+    judged = judge([c["code"] for c in candidates], [c["reference"] for c in candidates], timeout_s, workers, log,
+                   stop, desc)
     return [dict(cand, **j) for cand, j in zip(candidates, judged)]
 
 
@@ -329,14 +358,15 @@ def preference_pairs(annotated: list[dict], min_margin: float = MIN_MARGIN) -> l
 
 
 def build_preference_pairs(train_examples: list, val_examples: list, policy_samples: dict[int, list[str]] | None,
-                           cfg, log=print, with_candidates: bool = False):
+                           cfg, log=print, with_candidates: bool = False, stop=None):
     """(train_pairs, val_pairs); the validation intents' pairs are held out for the RM's pairwise accuracy.
-    with_candidates=True also returns the annotated held-out candidates (for the RM-annotator rank correlation)."""
+    with_candidates=True also returns the annotated held-out candidates (for the RM-annotator rank correlation).
+    stop: checked between sandbox batches (run_snippets)."""
     splits, val_annotated = [], []
     for name, examples in (("train", train_examples), ("val", val_examples)):
         cands = build_candidates(examples, policy_samples, cfg.seed)
         log(f"feedback: annotating {len(cands)} {name} candidates from {len(examples)} intents")
-        annotated = annotate(cands, cfg.exec_timeout_s, log=log)
+        annotated = annotate(cands, cfg.exec_timeout_s, log=log, stop=stop, desc=f"annotating {name}")
         splits.append(preference_pairs(annotated))
         val_annotated = annotated
     return (splits[0], splits[1], val_annotated) if with_candidates else (splits[0], splits[1])

@@ -67,13 +67,27 @@ def best_per_group(rewards: list[float], sizes: list[int]) -> list[int]:
     return picks
 
 
-def score_groups(rows: list[dict], score_fn) -> tuple[list[dict], list[list[float]]]:
+SCORE_BATCH = 64  # samples per score_fn call: the stop check and the progress bar move between calls
+
+
+def score_groups(rows: list[dict], score_fn, stop=None) -> tuple[list[dict], list[list[float]]]:
     """rows of policy samples -> (the rows with blank samples dropped and rows left empty skipped, each kept row's
-    rewards by score_fn(intents, references, codes) -> [N], scored in one flat call)."""
+    rewards by score_fn(intents, references, codes) -> [N]). Scored SCORE_BATCH samples at a time (sandboxed exec
+    makes it long); stop() -> True raises Interrupted."""
+    import dist
+    from tqdm import tqdm
+
     rows = nonblank(rows)
     flat = [(r, s) for r in rows for s in r["samples"]]
-    rewards = [float(x) for x in score_fn([r["intent"] for r, _ in flat], [r["reference"] for r, _ in flat],
-                                          [s for _, s in flat])]
+    rewards, bar = [], tqdm(range(0, len(flat), SCORE_BATCH), desc="scoring policy samples", unit="batch",
+                            dynamic_ncols=True, disable=not dist.is_main())
+    for start in bar:
+        if stop is not None and stop():
+            bar.close()
+            raise report.Interrupted(f"policy-sample scoring: stopped after {start}/{len(flat)} samples")
+        part = flat[start:start + SCORE_BATCH]
+        rewards += [float(x) for x in score_fn([r["intent"] for r, _ in part], [r["reference"] for r, _ in part],
+                                               [s for _, s in part])]
     groups, start = [], 0
     for r in rows:
         groups.append(rewards[start:start + len(r["samples"])])
@@ -81,10 +95,10 @@ def score_groups(rows: list[dict], score_fn) -> tuple[list[dict], list[list[floa
     return rows, groups
 
 
-def select_examples(rows: list[dict], score_fn) -> tuple[list[data.Example], list[float]]:
+def select_examples(rows: list[dict], score_fn, stop=None) -> tuple[list[data.Example], list[float]]:
     """The best sample of each intent by score_fn(intents, references, codes) -> [N] rewards; rows whose samples
     are all empty are skipped. -> (training examples with the kept sample as the snippet, the kept rewards)."""
-    return pick_best(*score_groups(rows, score_fn))
+    return pick_best(*score_groups(rows, score_fn, stop))
 
 
 def pick_best(rows: list[dict], groups: list[list[float]]) -> tuple[list[data.Example], list[float]]:

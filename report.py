@@ -1,4 +1,5 @@
-"""The run of rlhf.py: logs, state for --resume, Ctrl-C, the three plots, the bootstrap, and the report.
+"""The run of rlhf.py: logs, state for --resume, the three plots, the bootstrap, and the report (the console
+and Ctrl-C: console.py).
 
 Why a separate module: rlhf.py stays the readable story of the pipeline (stages and loops); everything that
 turns logged numbers into files for humans lives here. No model code. The folder itself (its lock, --overwrite,
@@ -14,29 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from console import Interrupted, Tee, install_sigint, on_interrupt, progress, rank0_section  # noqa: F401 -- for rlhf.py
 from resume import load_state
 from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- report.read_jsonl/write_jsonl for callers
 
 
 # ----------------------------------------------------------------------------- run folder, logs, state
-class Tee:
-    """Send console output to the terminal and to training.log (the full console output)."""
-
-    def __init__(self, stream, path: Path):
-        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
-
-    def write(self, text):
-        self.stream.write(text)
-        self.file.write(text)
-        self.file.flush()
-
-    def flush(self):
-        self.stream.flush()
-
-    def isatty(self):
-        return self.stream.isatty()
-
-
 class Run:
     """One output folder: pipeline.log (the pipeline's own timestamped lines), training.log (everything on the
     console), metrics.jsonl (every stat with stage and step), state.json (completed stages, for --resume).
@@ -47,15 +31,36 @@ class Run:
         self.state_path = out / "state.json"
         self.state = load_state(self.state_path) if self.state_path.exists() else \
             {"completed": [], "stage_seconds": {}, "evaluated": {}}
-        self.stop_requested = False
+        self.stop_requested, self.stop_signal = False, signal.SIGINT
 
     def log(self, msg: str) -> None:
         if not self.writer:
             return
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
+        self.echo([f"[{time.strftime('%H:%M:%S')}] {msg}"])
+
+    def echo(self, lines: list[str]) -> None:
+        """Lines as they are (log() adds the time) to the console and pipeline.log, from the writer only."""
+        if not self.writer:
+            return
+        from tqdm import tqdm
+
+        for line in lines:
+            tqdm.write(line)  # print, but an open progress bar is lifted off its line and redrawn below
+        sys.stdout.flush()
         with open(self.out / "pipeline.log", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write("".join(line + "\n" for line in lines))
+
+    def stopping(self) -> bool:
+        """Has this process been asked to stop? Its own flag, no collective: long loops poll it between batches."""
+        return self.stop_requested
+
+    def rank0_stop(self):
+        """The stop check for a loop only rank 0 runs (sandboxed scoring): run.stopping alone, or None under
+        torchrun, where rank 0 leaving such a loop early would leave the other ranks in a different collective;
+        there the next loop every rank runs (decoding, a training step) stops them together."""
+        import dist
+
+        return self.stopping if dist.world_size() == 1 else None
 
     def agree_stop(self) -> bool:
         """Has any rank seen Ctrl-C? Every rank asks at the same point (a step's end), so all stop together."""
@@ -99,30 +104,6 @@ class Run:
         self.state["completed"].append(stage)
         self.state["stage_seconds"][stage] = self.state["stage_seconds"].get(stage, 0.0) + seconds
         self.save_state()
-
-
-class Interrupted(Exception):
-    """Raised after Ctrl-C once the current step has finished and its checkpoint is written."""
-
-
-def install_sigint(run: Run) -> None:
-    """First Ctrl-C: finish the current step, save a checkpoint, exit 130. Second Ctrl-C: stop at once.
-    Under torchrun the ranks agree at each step's end (Run.agree_stop), so a Ctrl-C on any rank stops them all."""
-    import dist
-
-    def handler(signum, frame):
-        if run.stop_requested:
-            # torchrun forwards the terminal's SIGINT to workers that already got it, so under torchrun one Ctrl-C
-            # arrives twice within milliseconds; only a later one means "stop at once".
-            if dist.world_size() > 1 and time.monotonic() - run.first_sigint < 2.0:
-                return
-            raise KeyboardInterrupt
-        run.stop_requested, run.first_sigint = True, time.monotonic()
-        print("\ninterrupt: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGINT, handler)
-
 
 
 # The seed project's targets (its README, "Ожидаемые результаты"), on 0-1 scales.
@@ -415,3 +396,26 @@ def reward_ppo_lines(reward_eval: dict | None, ppo_kl: dict | None) -> list[str]
 def _table(systems: dict[str, dict], keys: list[str], label: dict) -> list[str]:
     return ["| system | " + " | ".join(label.get(k, k) for k in keys) + " |", "|---|" + "---|" * len(keys)] + \
         [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |" for name, m in systems.items()]
+
+
+def console_summary(report: dict) -> list[str]:
+    """The end of the run on the console and in pipeline.log: report.md's gold/proxy table and its bootstrap
+    verdicts, read from the dict write_report saved as report.json, so the console cannot disagree with it."""
+    systems, tok = report["systems"], report["codebleu_tokenizer"]
+    keys = [k for k in GOLD_KEYS if any(k in m for m in systems.values())]
+    label = {"codebleu": f"codebleu ({tok})"}
+    rows = [["system"] + [label.get(k, k) for k in keys]] + \
+        [[name] + [_fmt(m.get(k)) for k in keys] for name, m in systems.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    n_items = next(iter(systems.values()), {}).get("n", 0)
+    lines = [f"gold and proxy on {n_items} test items (report.md has every metric):"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    boot = report["bootstrap"]
+    if boot:
+        lines.append(f"paired bootstrap 95% CIs ({boot[0]['n_items']} items, {boot[0]['n_resamples']} resamples):")
+        name_w = max(len(b["comparison"]) for b in boot)
+        metric_w = max(len(label.get(b["metric"], b["metric"])) for b in boot)
+        lines += [f"  {b['comparison']:<{name_w}}  {label.get(b['metric'], b['metric']):<{metric_w}}  "
+                  f"{_signed(b['mean_diff'])} [{_signed(b['ci95_low'])}, {_signed(b['ci95_high'])}]  {b['verdict']}"
+                  for b in boot]
+    return lines

@@ -146,16 +146,26 @@ def _check_finite(x: torch.Tensor, what: str) -> None:
 
 
 def score_texts(rm: RewardModel, tokenizer, intents: list[str], codes: list[str], device: torch.device,
-                batch_size: int = 32, ctx=None) -> torch.Tensor:
-    """Raw scores [B] (float32, CPU) in eval mode without grad; batches are length-sorted to cut padding."""
+                batch_size: int = 32, ctx=None, stop=None, desc: str | None = None) -> torch.Tensor:
+    """Raw scores [B] (float32, CPU) in eval mode without grad; batches are length-sorted to cut padding.
+    desc: a progress bar; stop() -> True raises Interrupted before the next batch (PPO's reward passes neither)."""
     import contextlib
+
+    from tqdm import tqdm
 
     order = sorted(range(len(codes)), key=lambda i: len(intents[i]) + len(codes[i]))
     out = torch.empty(len(codes), dtype=torch.float32)
     was_training = rm.training
     rm.eval()
+    starts = tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", dynamic_ncols=True,
+                  disable=desc is None or not dist.is_main())
     with torch.no_grad(), (ctx or contextlib.nullcontext()):
-        for start in range(0, len(order), batch_size):
+        for start in starts:
+            if stop is not None and stop():
+                from console import Interrupted
+
+                starts.close()
+                raise Interrupted(f"{desc or 'reward-model scoring'}: stopped after {start}/{len(order)} texts")
             idx = order[start:start + batch_size]
             batch = rm.tokenize(tokenizer, [intents[i] for i in idx], [codes[i] for i in idx])
             out[idx] = rm(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
@@ -281,12 +291,13 @@ def pair_scores(rm: RewardModel, tokenizer, mb: list[dict], device: torch.device
 
 
 def train_reward_model(rm: RewardModel, tokenizer, train_pairs: list[dict], val_pairs: list[dict], cfg,
-                       device: torch.device, ctx, scaler=None, log=print) -> list[dict]:
+                       device: torch.device, ctx, scaler=None, log=print, stop=None) -> list[dict]:
     """AdamW on the Bradley-Terry loss for cfg.reward_epochs, one intent group per batch (`intent_batches`).
     Returns one dict per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds.
     Several ranks: reward_batch_size is the global batch; each rank takes its share of every step's pairs under
     DDP, its mean loss weighted by its share of the step's pairs (x W, as DDP averages), and the logged train
-    numbers are sums over ranks: the update and the log are those of one process."""
+    numbers are sums over ranks: the update and the log are those of one process. stop() -> True on any rank
+    stops every rank before its next batch (Interrupted; the caller decides what --resume redoes)."""
     from tqdm import tqdm
 
     if not train_pairs or not val_pairs:
@@ -305,6 +316,12 @@ def train_reward_model(rm: RewardModel, tokenizer, train_pairs: list[dict], val_
         batches = intent_batches(train_pairs, cfg.reward_batch_size, rng)
         bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.reward_epochs}", leave=False, disable=not dist.is_main())
         for step, idx in enumerate(bar):
+            if stop is not None and dist.any_flag(stop()):  # every rank runs these batches: they stop together
+                from console import Interrupted
+
+                bar.close()
+                raise Interrupted(f"reward model training: stopped in epoch {epoch}/{cfg.reward_epochs} after "
+                                  f"{step}/{len(batches)} batches")
             mine, keep = dist.shard_or_dummy(idx)  # this rank's pairs of the step (keep = 0: none, a dummy)
             mb = [train_pairs[i] for i in mine]
             mb_r_chosen, mb_r_rejected = pair_scores(model, tokenizer, mb, device, ctx)  # [B], [B]

@@ -118,6 +118,7 @@ def train_sft(run: Run, env: dict, lm, tok, train, val, name: str) -> None:
         if run.agree_stop():
             part = f"checkpoint-{name}-step{step + 1}"
             dist.save_on_main(run.out / part, lambda d: save_policy(lm, tok, d, cfg))
+            bar.close()
             raise Interrupted(f"{name} stopped at step {step + 1}/{n_steps}; the partial policy is in {part}/ "
                               f"(usable with --policy); {name} restarts from scratch on resume")
     val_loss = validation_loss(lm, tok, fmt, val, cfg, ctx, device)
@@ -132,15 +133,16 @@ def scored_policy_samples(run: Run, reward_fn) -> tuple[list[dict], list[list[fl
     path, cache = run.out / rejection.SAMPLES_FILE, run.out / rejection.REWARDS_FILE
     if not path.exists():
         raise ConfigError(f"{path} is missing: the reward stage writes it when --reward_policy_intents > 0")
-    scored = None
-    if dist.is_main():
+
+    def score():
         rows = rejection.nonblank(rejection.read_policy_samples(path))
         groups = rejection.read_scored(cache, rows) if cache.exists() else None
-        if groups is None:
-            rows, groups = rejection.score_groups(rows, reward_fn)
+        if groups is None:  # written only once complete: a stopped scoring starts over on --resume
+            rows, groups = rejection.score_groups(rows, reward_fn, stop=run.stopping)
             rejection.write_scored(rows, groups, cache)
-        scored = rows, groups
-    return dist.broadcast_object(scored)
+        return rows, groups
+
+    return report.rank0_section(score)
 
 
 def stage_rejection_sampling(run: Run, env: dict, reward_fn) -> None:
@@ -182,9 +184,12 @@ def save_policy(lm, tok, folder: Path, cfg) -> None:
 
 
 # ----------------------------------------------------------------------------- stage 2: reward model
+@report.on_interrupt("the reward stage starts over on --resume")
 def stage_reward(run: Run, env: dict, train, val) -> None:
     """Synthetic feedback (reference, corruptions, other intents' snippets, k SFT samples per intent) ->
-    Bradley-Terry RM on the encoder or on the SFT policy itself; held-out accuracy per pairing, policy>policy first."""
+    Bradley-Terry RM on the encoder or on the SFT policy itself; held-out accuracy per pairing, policy>policy first.
+    A stop signal ends sampling, labelling or RM training within a batch; the stage then starts over on --resume
+    (it writes checkpoint-reward/ only at its end, so nothing partial is ever trusted)."""
     import reward
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
@@ -196,18 +201,21 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         k = cfg.reward_policy_intents or len(train)
         chosen = train[:k] + val[:max(1, k * len(val) // max(len(train), 1))]
         samples = decode_batches(lm, tok, fmt, [e.intent for e in chosen], cfg, ctx, sample=True,
-                                 n=cfg.reward_policy_samples, desc="policy samples")
+                                 n=cfg.reward_policy_samples, desc="policy samples", stop=run.stopping)
         policy_samples = {e.question_id: s for e, s in zip(chosen, samples)}
         if dist.is_main():  # rejection sampling (sft-rs) reuses them
             rejection.write_policy_samples(chosen[:k], policy_samples, run.out / rejection.SAMPLES_FILE)
-    pairs = None
-    if dist.is_main():  # the annotator runs sandboxed code whose timeouts may differ: one rank labels, all train
-        pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log, with_candidates=True)
+
+    def label():  # the annotator runs sandboxed code whose timeouts may differ: one rank labels, all train
+        pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log, with_candidates=True,
+                                              stop=run.stopping)
         for rows, name in zip(pairs, ("preference_pairs_train", "preference_pairs_val", "feedback_candidates_val")):
             reward.write_jsonl(rows, run.out / f"{name}.jsonl")
         run.log(f"reward: {len(pairs[0])} train / {len(pairs[1])} held-out pairs; by pairing "
                 f"{reward.pair_counts_by_kind(pairs[0], by='pairing')}")
-    train_pairs, val_pairs, val_cands = dist.broadcast_object(pairs)
+        return pairs
+
+    train_pairs, val_pairs, val_cands = report.rank0_section(label)
     train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, cfg.reward_subsample,
                                          log=run.log)
     if cfg.reward_backbone == "policy":  # InstructGPT/LHP: the RM starts from the SFT policy it will judge
@@ -217,7 +225,8 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
         encoder, etok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
         rm = reward.RewardModel(encoder).to(device)
     history = reward.train_reward_model(rm, etok, train_pairs, val_pairs, cfg, device, ctx,
-                                        models.make_grad_scaler(device, env["dtype"]), log=run.log)
+                                        models.make_grad_scaler(device, env["dtype"]), log=run.log,
+                                        stop=run.stopping)
     if dist.is_main():  # calibration and the held-out report: rank 0's copy is the one saved
         calibrate_and_report(run, rm, etok, train, policy_samples, val_pairs, val_cands, history, device, ctx)
     dist.save_on_main(run.out / "checkpoint-reward", lambda d: (rm.save(d), etok.save_pretrained(d)))
@@ -267,6 +276,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         raise ConfigError(f"--w_exec={cfg.w_exec} needs the sandbox: {sandbox.sandbox_status()[1]}")
     need(run.out / "checkpoint-reward", "the reward stage")
     start, resume_dir = latest_ppo_checkpoint(run)
+    done_by_budget = bool(cfg.kl_budget) and start > 0 and logged_kl(run, start) > cfg.kl_budget  # stopped there
     base_lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
     policy = ppo.PolicyWithValueHead.load(resume_dir) if resume_dir else ppo.PolicyWithValueHead(base_lm)
     ref = ppo.make_reference(base_lm)  # a frozen copy of the SFT weights, taken before any update
@@ -276,7 +286,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
     reward_fn = reward.make_score_fn(rm, rm_tok, cfg, device, log=run.log)
     if cfg.sft_rs and not (run.out / "checkpoint-sft-rs").exists():  # the cheap baseline, on the same reward
-        stage_rejection_sampling(run, env, reward_fn)
+        with report.on_interrupt("on --resume sft-rs starts over, then PPO"):
+            stage_rejection_sampling(run, env, reward_fn)
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
     opt = ppo.make_optimizer(policy, cfg)
     kl_ctl = ppo.make_kl_controller(cfg)
@@ -295,9 +306,15 @@ def stage_ppo(run: Run, env: dict, train) -> None:
                                   f"split over {dist.world_size()} ranks; use a multiple of "
                                   f"{dist.world_size() * cfg.samples_per_prompt}")
     n_local, first = n_prompts // dist.world_size(), n_prompts // dist.world_size() * dist.rank()  # this rank's prompts
+    resume_note = "PPO continues from its last checkpoint on --resume"
     if cfg.eval_every and start == 0:  # the curve starts at the SFT policy, KL 0
-        evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
-    for step in range(start, cfg.ppo_steps):
+        with report.on_interrupt(resume_note):
+            evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
+    elif (kl := missing_curve_kl(run, start, final=done_by_budget)) is not None:  # a stop came before this point
+        with report.on_interrupt(resume_note):
+            evaluate.curve_point(run, env, policy.lm, tok, start, kl)
+    bar = report.progress(range(start, start if done_by_budget else cfg.ppo_steps), initial=start, total=cfg.ppo_steps, desc="ppo", unit="step")
+    for step in bar:
         t0 = time.perf_counter()
         prompts = [train[order[(step * n_prompts + first + i) % len(order)]] for i in range(n_local)]
         exs = [e for e in prompts for _ in range(cfg.samples_per_prompt)]  # the k samples of a prompt are adjacent
@@ -328,12 +345,21 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             run.log(f"ppo: rollout KL {stats['objective/kl']:.3f} > --kl_budget={cfg.kl_budget}: stopping at step "
                     f"{step + 1} of {cfg.ppo_steps}")
         last, stop = step + 1 == cfg.ppo_steps or over_budget, run.agree_stop()
-        if last or stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+        saved = last or stop or (cfg.save_every and (step + 1) % cfg.save_every == 0)
+        if saved:
             save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
+        if stop:  # also at the last step: checkpoint-final and this step's curve point come on --resume
+            bar.close()  # a bar left open is redrawn under the "interrupted:" line
+            raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved; {resume_note}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):  # over-optimisation curve
-            evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
-        if stop and not last:
-            raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved")
+            try:
+                evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
+            except Interrupted as e:  # the stop came during the curve point: keep the step, redraw the point
+                if not saved:
+                    save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")
+                bar.close()
+                raise Interrupted(f"PPO stopped after step {step + 1} ({e}); checkpoint-ppo-{step + 1}/ saved; "
+                                  f"{resume_note}, drawing this step's curve point first") from None
         if last:
             break
     dist.save_on_main(run.out / "checkpoint-final", lambda d: (policy.save(d), save_policy(policy.lm, tok, d, cfg)))
@@ -351,6 +377,31 @@ def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
                    | ({"torch_rng_by_rank": rngs} if len(rngs) > 1 else {}), d / "trainer_state.pt")
 
     dist.save_on_main(run.out / name, write)
+
+
+def logged_kl(run: Run, step: int) -> float:
+    """PPO step `step`'s rollout KL as metrics.jsonl logged it (-inf when absent), on every rank: a resumed run
+    whose last step passed --kl_budget has ended there."""
+    kl = float("-inf")
+    if dist.is_main() and (run.out / "metrics.jsonl").exists():
+        kls = [r["objective/kl"] for r in report.read_jsonl(run.out / "metrics.jsonl")
+               if r.get("stage") == "ppo" and r.get("step") == step]
+        kl = kls[-1] if kls else kl
+    return dist.broadcast_object(kl)
+
+
+def missing_curve_kl(run: Run, start: int, final: bool = False) -> float | None:
+    """Resuming PPO at step `start`: that step's objective/kl when its curve point is due but not in metrics.jsonl
+    (a stop came before or during it), else None. final: `start` ended PPO (its KL budget), so its point is due.
+    Rank 0 reads the file; every rank gets its answer."""
+    cfg, kl = run.cfg, None
+    due = cfg.eval_every and start and (start % cfg.eval_every == 0 or start == cfg.ppo_steps or final)
+    if due and dist.is_main() and (run.out / "metrics.jsonl").exists():
+        rows = report.read_jsonl(run.out / "metrics.jsonl")
+        kls = [r["objective/kl"] for r in rows if r["stage"] == "ppo" and r["step"] == start]
+        if kls and not any(r["stage"] == "ppo_eval" and r["step"] == start for r in rows):
+            kl = kls[-1]
+    return dist.broadcast_object(kl) if due else None
 
 
 def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
@@ -435,7 +486,7 @@ def run_pipeline(run: Run, device) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         run.mark_done(name, time.perf_counter() - t0)
         run.log(f"{name}: done in {time.perf_counter() - t0:.0f}s")
-        if run.agree_stop():
+        if run.agree_stop() and name != config.stage_list(cfg)[-1]:  # after the last stage the run is complete
             raise Interrupted(f"stopped after the {name} stage")
 
 
@@ -478,7 +529,7 @@ def main(argv: list[str]) -> int:
     except Interrupted as e:
         again = f"torchrun --nproc_per_node={dist.world_size()}" if dist.world_size() > 1 else "python"
         run.log(f"interrupted: {e}; continue with: {again} rlhf.py --resume {out}")
-        return 130
+        return 128 + run.stop_signal  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
     run.log(f"done: {out}" + (f", report {out / 'report.md'}" if (out / "report.md").exists() else ""))
     return 0
 
