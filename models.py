@@ -166,11 +166,12 @@ def check_hub_id(spec: str, key: str) -> None:
     """A hub id loads if it is in the local HF cache, or if the hub answers for it. One request with a timeout
     decides, instead of from_pretrained's 5 retries with backoff per file when the hub cannot be reached."""
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if isinstance(huggingface_hub.try_to_load_from_cache(spec, "config.json"), str):
         return  # cached: from_pretrained reads it (offline too)
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE:
         raise ConfigError(f"--{key}={spec}: no such folder, and the hub id is not in the local Hugging Face cache "
                           "while HF_HUB_OFFLINE is set; download it first, or point to a local copy")
     try:

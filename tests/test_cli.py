@@ -198,6 +198,7 @@ def test_an_uncached_hub_id_offline_fails_at_once_without_retries(tmp_path):
 
 def test_an_unreachable_hub_is_asked_once(monkeypatch):
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.errors import RepositoryNotFoundError
 
     calls = []
@@ -206,14 +207,16 @@ def test_an_unreachable_hub_is_asked_once(monkeypatch):
         calls.append(repo)
         raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, timeout: no_network(repo, timeout))
     with pytest.raises(config.ConfigError, match="huggingface.co cannot be reached"):
         models.check_model_spec("nobody-xyz/no-such-model", "policy_model")
     assert calls == ["nobody-xyz/no-such-model"]
 
-    def not_found(self, repo, timeout):
-        raise RepositoryNotFoundError("404", response=None)
+    def not_found(self, repo, timeout):  # the hub's 404 (its __init__ wants a real HTTP response)
+        err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+        Exception.__init__(err, "404 Repository Not Found")
+        raise err
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
     with pytest.raises(config.ConfigError, match="no such model on the Hugging Face hub"):
