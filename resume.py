@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import models
-from config import ConfigError, load_config, to_dict
+from config import ConfigError, load_config, stage_list, to_dict
 from runfolder import need_config, ppo_checkpoints, read_jsonl
 
 
@@ -181,13 +181,14 @@ def check_overrides(out: Path, saved, cfg, state: dict) -> None:
         old = getattr(saved, key)
         if value == old or key in FREE:
             continue
-        if key == "ppo_steps":
-            if "ppo" in state["completed"]:
-                raise ConfigError(f"--ppo_steps={value}: PPO finished its {old} steps in {out}; more steps need a new "
-                                  "--output_dir")
-            if value < ppo_done:
-                raise ConfigError(f"--ppo_steps={value}: PPO already ran {ppo_done} steps in {out}; ask for at least "
-                                  "that many")
+        if key == "ppo_steps":  # fewer steps than ran cannot be undone; more extend PPO (reopen_extended_ppo)
+            done = max(ppo_done, old if "ppo" in state["completed"] else 0)
+            if value < done:
+                raise ConfigError(f"--ppo_steps={value}: PPO already ran {done} steps in {out}; ask for at least "
+                                  "that many (more steps continue it)")
+            if done and "ppo" not in stage_list(cfg):
+                raise ConfigError(f"--ppo_steps={value}: more PPO steps need the ppo stage, but --stages={cfg.stages} "
+                                  "leaves it out; add ppo to --stages")
             continue
         stage = first_reader(key)
         ran = [s for s in order[order.index(stage):] if s in started]
@@ -195,6 +196,22 @@ def check_overrides(out: Path, saved, cfg, state: dict) -> None:
             raise ConfigError(f"--{key}={value}: {ran[0]} already ran with {key}={old} in {out}, so the change would be "
                               f"recorded but not applied{' (PPO resumes its saved optimizer)' if ran[0] == 'ppo' else ''};"
                               " use a new --output_dir to change it")
+
+
+def reopen_extended_ppo(run) -> None:
+    """`--resume DIR --ppo_steps=M` on a PPO that finished N < M steps (check_overrides allowed it): PPO is no
+    longer complete, so the pipeline runs it again, and stage_ppo continues from checkpoint-ppo-N/ (the last step
+    is always saved) with its optimizer, KL coefficient and RNG state. The eval cache is keyed on the weights of
+    checkpoint-final/, so the extended PPO is evaluated again."""
+    done = max(ppo_checkpoints(run.out), default=0)
+    if "ppo" not in run.state["completed"] or run.cfg.ppo_steps <= done:
+        return
+    run.state["completed"].remove("ppo")
+    run.save_state()
+    start = f"checkpoint-ppo-{done}/" if done else "the SFT policy (no checkpoint-ppo-<step>/ is left)"
+    decay = f"; lr_decay now spans {run.cfg.ppo_steps} steps, so the lrs differ from a fresh run's" \
+        if run.cfg.lr_decay and done else ""
+    run.log(f"ppo: extending to {run.cfg.ppo_steps} steps from {start}{decay}")
 
 
 # ----------------------------------------------------------------------------- the evaluation cache

@@ -14,6 +14,7 @@ Under torchrun every rank runs every stage on its share of the data; only rank 0
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -462,6 +463,8 @@ def run_pipeline(run: Run, device) -> None:
             f"{len(train)} train / {len(val)} val / {len(test)} test examples, stages {cfg.stages}")
     stages = {"sft": lambda: stage_sft(run, env, train, val), "reward": lambda: stage_reward(run, env, train, val),
               "ppo": lambda: stage_ppo(run, env, train), "eval": lambda: stage_eval(run, env)}
+    if "ppo" in config.stage_list(cfg):
+        resume.reopen_extended_ppo(run)  # --resume with more --ppo_steps than a finished PPO ran
     for name in config.stage_list(cfg):
         if name == "sft" and cfg.policy:
             run.log("sft: skipped, starting from --policy " + cfg.policy)
@@ -493,6 +496,11 @@ def run_pipeline(run: Run, device) -> None:
 def main(argv: list[str]) -> int:
     config.console_fallback()
     cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)  # with --resume: the saved config + overrides
+    if not extras.get("resume") and not config.preset_in(argv) and dist.env_rank() == 0:
+        what, took = config.PRESET_NOTES[cfg.config_name]  # a bare run must not start a long job unannounced
+        print(f"no --config given: running the {cfg.config_name} preset ({what}; {took}); --config test runs in "
+              "about a minute, --help lists the presets and options", flush=True)
+    models.check_model_specs(cfg)  # a missing folder or an unreachable hub id: one line now, not after a stage
     if extras.get("diagnose"):
         import diagnose
 
@@ -505,6 +513,9 @@ def main(argv: list[str]) -> int:
         metrics.check_bertscore_layers(cfg.bertscore_model, cfg.bertscore_layers)
     device = dist.setup(models.resolve_device(cfg.device, verbose=dist.env_rank() == 0), cfg.dist_timeout_s)
     out = problem = None
+    # A new folder, or an empty one: if the run fails before its first stage finishes, nothing in it is kept.
+    new_dir = not extras.get("resume") and not (cfg.output_dir and os.path.lexists(cfg.output_dir))
+    fresh = new_dir or not extras.get("resume") and not runfolder.has_files(Path(cfg.output_dir))
     if dist.is_main():  # only rank 0 creates, checks or moves the output folder
         try:
             out = runfolder.prepare_output_dir(cfg, extras.get("resume"), bool(extras.get("overwrite")))
@@ -530,6 +541,10 @@ def main(argv: list[str]) -> int:
         again = f"torchrun --nproc_per_node={dist.world_size()}" if dist.world_size() > 1 else "python"
         run.log(f"interrupted: {e}; continue with: {again} rlhf.py --resume {out}")
         return 128 + run.stop_signal  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
+    except Exception:
+        if fresh and dist.is_main():  # a retry of the same command must not meet "folder is not empty"
+            runfolder.discard_if_unstarted(out, run.state, remove=new_dir)
+        raise
     run.log(f"done: {out}" + (f", report {out / 'report.md'}" if (out / "report.md").exists() else ""))
     return 0
 

@@ -7,6 +7,7 @@ move. What a resume may trust is resume.py's; report.py turns the folder's numbe
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -148,6 +149,27 @@ def prepare_output_dir(cfg, resume: str | None, overwrite: bool, script: str = "
         raise ConfigError(f"--output_dir {out}: cannot create it ({e.strerror})") from None
     lock(out)
     return check_writable(out, "--output_dir")
+
+
+def has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def discard_if_unstarted(out: Path, state: dict, remove: bool) -> bool:
+    """A new run that failed before its first stage finished (a model that would not load, a missing sandbox)
+    holds only its config, argv and log: empty the folder, and remove it if this run made it, so that the same
+    command can be retried instead of meeting "folder is not empty". Anything a stage finished or saved (a
+    checkpoint) is kept, and so is the folder then."""
+    import shutil
+
+    if state.get("completed") or any(p.name.startswith("checkpoint") for p in out.iterdir()):
+        return False
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if remove:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # the lock is on the folder's fd: removing the folder is allowed
+    return True
 
 
 def check_writable(out: Path, flag: str) -> Path:

@@ -288,7 +288,10 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sys.path.append(str(HERE))
+    from cli_help import ArgumentParser  # one-line errors
+
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(HERE), help="checkout whose rlhf.py/diagnose.py/metrics.py to run")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per case")

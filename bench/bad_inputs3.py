@@ -155,3 +155,13 @@ def build(add, tmp, base, py, root, here, corpus, want=lambda cls: True):
         pred.write_text(json.dumps({"reference": "x = 1", "prediction": "(" * 20_000 + ")" * 20_000}) + "\n")
         add("nesting", "20,000 nested parentheses", [py, str(root / "metrics.py"), str(pred), "--no-bertscore"],
             expect="ok")
+
+
+if __name__ == "__main__":  # a module of bench/bad_inputs.py, not a script
+    import sys
+
+    wants_help = "-h" in sys.argv or "--help" in sys.argv
+    print("usage: python bench/bad_inputs.py [--only ...]  (bench/bad_inputs3.py holds its round-3 cases)" if wants_help
+          else "error: bench/bad_inputs3.py is not a script; run python bench/bad_inputs.py", file=sys.stdout if
+          wants_help else sys.stderr)
+    raise SystemExit(0 if wants_help else 2)

@@ -135,7 +135,10 @@ def prepare(args, workdir: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sys.path.append(str(ROOT))
+    from cli_help import ArgumentParser  # one-line errors
+
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
     p.add_argument("--batch", type=int, default=8, help="the global batch (responses per PPO step)")
     p.add_argument("--ranks", type=int, default=2)

@@ -27,9 +27,6 @@ def episodes_per_hour(run: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
     print("| run | batch | epochs | steps | s/step | episodes per hour |\n|---|---|---|---|---|---|")
     for a in argv:
         r = episodes_per_hour(Path(a))
@@ -39,4 +36,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    import cli_help
+
+    cli_help.bench_main(main, __doc__)  # --help, and one-line errors

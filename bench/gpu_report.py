@@ -57,4 +57,6 @@ def main(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    import cli_help
+
+    cli_help.bench_main(lambda argv: main(argv[0]), __doc__)  # --help, and one-line errors

@@ -165,7 +165,10 @@ def max_diffs(ours: list[dict], theirs: list[dict]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sys.path.append(str(ROOT))
+    from cli_help import ArgumentParser  # one-line errors
+
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="CodeBLEU/RUBY timings: best of this many interleaved runs")
     p.add_argument("--ruby-ref-limit", type=int, default=500, help="pairs given to codegen-metrics RUBY (slow)")
     args = p.parse_args()

@@ -113,7 +113,10 @@ def first_failure(output: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sys.path.append(str(ROOT))
+    from cli_help import ArgumentParser  # one-line errors
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated mutant names")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per test run")

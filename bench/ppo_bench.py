@@ -187,7 +187,10 @@ def run_trl(args, workdir: Path, prompt_ids) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sys.path.append(str(ROOT))
+    from cli_help import ArgumentParser  # one-line errors
+
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--micro", type=int, default=4, help="rows per forward pass (gradient accumulation)")

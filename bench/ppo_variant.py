@@ -58,6 +58,7 @@ def fork(src: Path, dst: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.strip().splitlines()[0])
-    fork(Path(sys.argv[1]), Path(sys.argv[2]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    import cli_help
+
+    cli_help.bench_main(lambda argv: fork(Path(argv[0]), Path(argv[1])), __doc__, n_args=2)  # --help, one-line errors

@@ -46,11 +46,10 @@ def train_one(backbone: str, cfg, run: Path, train_pairs, val_pairs, val_cands, 
 
 def main(argv: list[str]) -> None:
     run = Path(argv[0])
-    headline = "--headline" in argv[1:]
-    rest = [a for a in argv[1:] if not a.startswith("--backbones=") and a != "--headline"]
-    backbones = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--backbones=")), "encoder,policy")
-    saved = json.loads((run / "config.json").read_text())
-    cfg = config.make_config(saved.pop("config_name"), {**saved, **config.explicit_overrides(rest)})
+    # The run's saved config with the overrides on top, checked as `rlhf.py --resume` checks them (a typo is an error)
+    cfg, extras = config.parse_cli(["--resume", str(run), *argv[1:]], extra_flags=("resume=", "headline", "backbones=",
+                                                                                  "debug"))
+    headline, backbones = bool(extras.get("headline")), extras.get("backbones", "encoder,policy")
     device = models.resolve_device(cfg.device)
     train_pairs = reward.subsample_pairs(reward.read_jsonl(run / "preference_pairs_train.jsonl"),
                                          cfg.reward_max_train_pairs, cfg.seed, cfg.reward_subsample)
@@ -77,4 +76,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import cli_help  # noqa: E402
+
+    cli_help.bench_main(main, __doc__)  # --help, and one-line errors

@@ -52,7 +52,10 @@ def load_old(commit: str):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sys.path.append(str(ROOT))
+    from cli_help import ArgumentParser  # one-line errors
+
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     if args.repeats < 1:

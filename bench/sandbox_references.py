@@ -52,7 +52,10 @@ def counts(outcomes: dict[str, str]) -> dict[str, dict[str, int]]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sys.path.append(str(ROOT))
+    from cli_help import ArgumentParser  # one-line errors
+
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sandbox-dir", help="folder with the sandbox.py to measure (default: this tree's)")
     ap.add_argument("--out", help="write {split/index: outcome} here as JSON")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two --out files")

@@ -24,9 +24,6 @@ import report  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
     run_dir = Path(argv[0])
     temps = [0.4, 0.6, 0.8]
     for a in argv[1:]:
@@ -47,4 +44,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    import cli_help  # noqa: E402
+
+    cli_help.bench_main(main, __doc__)  # --help, and one-line errors

@@ -20,7 +20,7 @@ def test_presets_resolve_and_keep_seed_defaults():
 
 def test_good_overrides_are_typed(tmp_path):
     config.save_config(config.make_config("test"), tmp_path / "config.json")
-    cfg, extras = config.parse_cli(["--config", "test", "--seed=7", "--temperature", "0.5", "--do_sample=yes",
+    cfg, extras = config.parse_cli(["--seed=7", "--temperature", "0.5", "--do_sample=yes",  # --config: the saved one
                                     "--resume", str(tmp_path), "--overwrite"], extra_flags=("resume=", "overwrite"))
     assert (cfg.seed, cfg.temperature, cfg.do_sample) == (7, 0.5, True)
     assert extras == {"resume": str(tmp_path), "overwrite": True}

@@ -205,7 +205,7 @@ def resumed(run, *overrides):
 
 @pytest.mark.parametrize("overrides,message", [
     (["--learning_rate=0.001"], "ppo already ran with learning_rate=1e-05"),
-    (["--ppo_steps=1"], "PPO finished its 3 steps"),
+    (["--ppo_steps=1"], "PPO already ran 3 steps"),
     (["--sft_learning_rate=0.1"], "sft already ran"),
     (["--reward_epochs=3"], "reward already ran"),
     (["--conala_path=/tmp"], "sft already ran"),
