@@ -62,11 +62,22 @@ def test_overwrite_with_bad_data_leaves_the_old_run_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
-def test_overwrite_that_fails_later_keeps_the_old_run_whole_beside_it(tmp_path):
+def test_overwrite_with_a_missing_model_fails_before_moving_anything(tmp_path):
     run = make_run(tmp_path / "run")
     before = snapshot(run)
     res = rlhf("--config", "test", f"--output_dir={run}", "--overwrite", "--stages=sft,eval",
                f"--policy_model={tmp_path / 'no-such-model'}")
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "not found" in res.stderr
+    assert snapshot(run) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_overwrite_that_fails_later_keeps_the_old_run_whole_beside_it(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = snapshot(run)
+    bad = tmp_path / "broken-model"  # passes the early check (a folder with config.json), fails when loaded
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    res = rlhf("--config", "test", f"--output_dir={run}", "--overwrite", "--stages=sft,eval", f"--policy_model={bad}")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(moved) == 1 and snapshot(moved[0]) == before
