@@ -404,9 +404,9 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
                                                                if "prediction" in preds[n][i]})
                 for i, e in enumerate(env["test"][:5])]
     table = {n: {k: v for k, v in r.items() if k != "per_example"} for n, r in results.items()}
-    report.write_plots(run.out)
     seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
     report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
                         str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"],
                         reward_eval=run.state.get("reward_eval"),
                         sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown, flips=flips)
+    report.write_plots(run.out)  # after report.json: the systems plot draws its numbers and CIs

@@ -45,7 +45,7 @@ def full_run(tmp_path_factory):
 
 
 EXPECTED = ["config.json", "argv.txt", "pipeline.log", "training.log", "metrics.jsonl",
-            "plots/evaluation_metrics_by_epoch.png", "plots/reward_training_metrics.png",
+            "plots/systems.png", "plots/sft_loss.png", "plots/reward_training_metrics.png",
             "plots/rlhf_training_metrics.png", "checkpoint-sft", "checkpoint-reward", "checkpoint-ppo-2",
             "checkpoint-final", "predictions-base.jsonl", "predictions-sft.jsonl", "predictions-ppo.jsonl",
             "predictions-sft-bon.jsonl", "plots/overoptimization.png",
