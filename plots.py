@@ -258,7 +258,7 @@ def plot_reward(epochs: list[dict], path: Path, final: dict | None = None) -> No
     ax2.set_ylim(0.4, 1.0)
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right" if ax is ax2 else "best")
+            ax.legend(fontsize=8, loc="upper left" if ax is ax2 else "best")
     fig.suptitle("Reward model training")
     _save(fig, path)
 

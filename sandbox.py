@@ -108,7 +108,6 @@ SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile
 warnings.filterwarnings("ignore", module=SNIPPET_FILENAME)  # only warnings attributed to that filename
 
 
-
 class SandboxUnavailable(RuntimeError):
     """No isolation on this machine: execution is disabled (see `sandbox_status()`)."""
 
