@@ -20,7 +20,8 @@ from pathlib import Path
 
 from runfolder import read_jsonl
 
-SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-sharp": 1.2, "sft-bon": 2, "sft-rs": 2.5, "ppo": 4}  # ppo-step<N> (old runs) sort between at 3
+# the pipeline's order of systems; ppo-step<N> (old runs) sort between at 3
+SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-sharp": 1.2, "sft-bon": 2, "sft-rs": 2.5, "ppo": 4}
 Z95 = 1.959964  # two-sided 95% normal quantile
 BAR_PANELS = (("Gold and proxy (what PPO optimises)", ("gold", "proxy", "sampled_gold")),
               ("Headline metrics vs the reference", ("codebleu", "chrf", "syntax_valid_rate")))
@@ -92,8 +93,8 @@ def system_bars(systems: dict[str, dict], preds: dict[str, list[dict]] | None = 
                     half = Z95 * m["sampled_gold_se"]
                 elif key == "syntax_valid_rate" and m.get("n"):
                     half = Z95 * math.sqrt(value * (1 - value) / m["n"])
-                rows.append({"system": name, "metric": key, "value": value,
-                             "low": None if half is None else value - half, "high": None if half is None else value + half})
+                low, high = (None, None) if half is None else (value - half, value + half)
+                rows.append({"system": name, "metric": key, "value": value, "low": low, "high": high})
     return rows
 
 

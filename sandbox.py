@@ -16,11 +16,11 @@ layer below names the attack it stops (the attacks are tests in tests/test_sandb
     and a few /etc files, not of `/`: the checkout, the dataset (the test references gold scores against), HOME
     and the run folder are absent. Every writable mount is a capped tmpfs: /tmp (64 MiB, holds the working dir)
     and /dev/shm (16 MiB); / and /dev are read-only (a write flood there took host RAM).
-  * time (decided by the supervisor, `sandbox_supervisor.py`): `timeout_s` is CPU time (RLIMIT_CPU, whole
-    seconds, and the child's rusage), and a sleeping or blocked snippet gets BLOCKED_FACTOR x `timeout_s` of
-    wall clock less its wait for a CPU. Neither depends on the machine's load, so the same seed gives the same
-    exec outcomes, labels and rewards on a busy machine (a plain wall clock timed out more snippets under load).
-    The host keeps a wall-clock backstop; all three end as `timeout`.
+  * time (decided by the supervisor, `sandbox_supervisor.py`): `timeout_s` is CPU time (the kernel's account
+    of the child; RLIMIT_CPU is only a backstop), and a sleeping or blocked snippet gets BLOCKED_FACTOR x
+    `timeout_s` of wall clock less its wait for a CPU. Neither depends on the machine's load, so the same seed
+    gives the same exec outcomes, labels and rewards on a busy machine (a plain wall clock timed out more
+    snippets under load). The host keeps a wall-clock backstop; all three end as `timeout`.
   * rlimits (set by the supervisor): CPU, AS (a 50 GB allocation is a MemoryError), NPROC (fork bomb), FSIZE,
     NOFILE (bounds the pipe and socket buffers a snippet can hold).
   * seccomp (`sandbox_limits.py`): EPERM for ptrace, process_vm_readv/writev and friends (no reaching into the
@@ -62,7 +62,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
-import math
 import os
 import select
 import shutil
@@ -153,7 +152,7 @@ def _drop_privileges(slot: int) -> dict:
 
 
 def check_timeout(timeout_s) -> float:
-    """The time limit per snippet (see `limits`), or a ValueError that names the valid range (NaN, inf, <= 0 included)."""
+    """The time limit per snippet (see `limits`), or a ValueError naming the valid range (NaN, inf, <= 0 included)."""
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
     return float(timeout_s)
@@ -295,9 +294,9 @@ def _attach(proc: subprocess.Popen, info_r: int, block_w: int | None, cgroup, de
     return init_fd
 
 
-def limits(timeout_s: float) -> tuple[int, float, float]:
+def limits(timeout_s: float) -> tuple[float, float, float]:
     """(CPU seconds, blocked seconds, host wall-clock backstop) for one snippet: see the module docstring."""
-    return max(1, math.ceil(timeout_s)), BLOCKED_FACTOR * timeout_s, BACKSTOP_FACTOR * timeout_s + BACKSTOP_S
+    return timeout_s, BLOCKED_FACTOR * timeout_s, BACKSTOP_FACTOR * timeout_s + BACKSTOP_S
 
 
 def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:

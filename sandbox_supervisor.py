@@ -11,8 +11,8 @@ EXIT_CODES = {"ok": 100, "syntax_error": 101, "name_error": 102, "runtime_error"
 # Timeouts are decided here, from the snippet's own accounting, not by the host's wall clock: under load a host
 # clock timed out snippets that an idle machine ran to the end, which changed exec signals, labels and rewards
 # between two runs of the same seed. A snippet times out when
-#   * its CPU time (user + system, its reaped children included: the kernel's rusage) reaches the CPU limit, which
-#     RLIMIT_CPU enforces (SIGXCPU, then SIGKILL a second later); or
+#   * its CPU time (user + system, its reaped children included: /proc/<pid>/stat while it runs, the kernel's
+#     rusage at its end) reaches the CPU limit; RLIMIT_CPU, a second or two above it, is the backstop; or
 #   * it stays blocked (sleeping, waiting on a pipe or a socket) past the blocked limit in *idle-equivalent* time:
 #     the wall clock since its fork less the time its threads waited runnable for a CPU, which the kernel counts
 #     per task (run_delay, /proc/<pid>/task/<tid>/schedstat). The supervisor's own wake-up, late by its own wait
@@ -75,6 +75,17 @@ def run_delay(path):
     except (OSError, IndexError, ValueError):
         return 0.0
 
+def cpu_time(pid):
+    """CPU seconds of pid, its threads and its reaped children (/proc/<pid>/stat utime+stime+cutime+cstime: the
+    kernel scales them to the precise runtime; RLIMIT_CPU's own check samples by ticks and ran ~15% ahead of it
+    on a loaded machine, so the limit is judged here and RLIMIT_CPU is only the backstop)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
 def load_wait(pid):
     """(the most any thread of pid has waited for a CPU, whether one is runnable now). A thread's current wait on
     the run queue enters run_delay only when it gets the CPU, so the blocked limit is judged only when none is."""
@@ -93,9 +104,9 @@ def load_wait(pid):
             pass
     return waited, runnable
 
-def wait_child(pid, start, blocked):
-    """Reap until the snippet's process ends (orphans too: we are pid 1), killing it once it has been blocked for
-    more than `blocked` idle-equivalent seconds -> (status, rusage, its idle-equivalent seconds)."""
+def wait_child(pid, start, cpu, blocked):
+    """Reap until the snippet's process ends (orphans too: we are pid 1), killing it once it has used `cpu` CPU
+    seconds or been blocked for `blocked` idle-equivalent seconds -> (status, rusage, idle-equivalent seconds)."""
     waited = elapsed = late = 0.0
     while True:
         now = time.monotonic() - late  # when the wake-up came: our own wait for a CPU is load, not the snippet
@@ -108,25 +119,28 @@ def wait_child(pid, start, blocked):
             _, status, usage = os.wait4(pid, 0)
             return status, usage, max(elapsed, now - start - waited)
         w, runnable = load_wait(pid)
-        waited = max(waited, w)
+        waited, used = max(waited, w), cpu_time(pid)
         if not runnable:
             elapsed = max(elapsed, now - start - waited)
-            if elapsed > blocked:
-                os.kill(pid, signal.SIGKILL)
+        if used >= cpu or elapsed > blocked:
+            os.kill(pid, signal.SIGKILL)
+        # the earliest either limit can be reached (CPU time grows at most as fast as the wall clock per thread)
+        wait = min(cpu - used, 0.05 if runnable else blocked - elapsed)
         mine = run_delay("/proc/self")
-        signal.sigtimedwait([signal.SIGCHLD], 0.05 if runnable or elapsed > blocked else blocked - elapsed)
+        signal.sigtimedwait([signal.SIGCHLD], max(wait, 0.01))
         late = run_delay("/proc/self") - mine
 
 def main():
-    cpu, mem, nproc, fsize, nofile = map(int, sys.argv[1:6])
-    blocked = float(sys.argv[6])
+    mem, nproc, fsize, nofile = map(int, sys.argv[2:6])
+    cpu, blocked = float(sys.argv[1]), float(sys.argv[6])
+    hard_cpu = int(cpu) + 2  # RLIMIT_CPU: a backstop past the limit judged below (SIGXCPU, SIGKILL 1 s later)
     src = sys.stdin.read()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # sigtimedwait wakes when a child ends
     os.closerange(3, 1 << 16)  # nothing bwrap or the host left open reaches the child
     import ctypes
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    for res, lim in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
+    for res, lim in ((resource.RLIMIT_CPU, (hard_cpu - 1, hard_cpu)), (resource.RLIMIT_AS, (mem, mem)),
                      (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (fsize, fsize)),
                      (resource.RLIMIT_NOFILE, (nofile, nofile))):
         resource.setrlimit(res, lim)
@@ -137,7 +151,7 @@ def main():
         os.close(r)
         child(src, w)
     os.close(w)
-    status, usage, elapsed = wait_child(pid, start, blocked)
+    status, usage, elapsed = wait_child(pid, start, cpu, blocked)
     try:
         os.kill(-1, signal.SIGKILL)  # whatever the snippet left running (kill(-1) spares pid 1 itself)
     except ProcessLookupError:
@@ -149,8 +163,8 @@ def main():
         detail = ""
     used = usage.ru_utime + usage.ru_stime
     xcpu = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU
-    if used >= cpu or xcpu:  # the kernel checks RLIMIT_CPU on tick-sampled time, which may run ahead of rusage
-        kind, detail = "timeout", "cpu time %.2f s, limit %d s" % (used, cpu)
+    if used >= cpu or xcpu:
+        kind, detail = "timeout", "cpu time %.2f s, limit %g s" % (used, cpu)
     elif elapsed > blocked:
         kind, detail = "timeout", "blocked %.2f s > %g s (wall clock less waiting for a CPU)" % (elapsed, blocked)
     else:

@@ -36,9 +36,8 @@ def cpu_seconds(detail: str) -> float:
 
 
 def test_limits_are_cpu_seconds_a_blocked_budget_and_a_wide_backstop():
-    assert sandbox.limits(1.0) == (1, 4.0, 150.0)
-    assert sandbox.limits(2.0) == (2, 8.0, 180.0)
-    assert sandbox.limits(0.5)[0] == 1  # RLIMIT_CPU counts whole seconds
+    assert sandbox.limits(1.0) == (1.0, 4.0, 150.0)
+    assert sandbox.limits(2.0) == (2.0, 8.0, 180.0)
 
 
 @needs_sandbox
@@ -46,7 +45,7 @@ def test_a_busy_loop_times_out_by_its_cpu_time():
     # Bug caught: a timeout by the host's wall clock says "wall clock > ..." and has spent less CPU than the limit.
     res = sandbox.execute_snippet("while True: pass", timeout_s=1.0)
     assert res.outcome == "timeout" and res.detail.startswith("cpu time ") and res.detail.endswith("limit 1 s"), res
-    assert cpu_seconds(res.detail) >= 0.9, res  # rusage; the kernel's RLIMIT_CPU check samples by ticks
+    assert cpu_seconds(res.detail) >= 1.0, res  # judged on the kernel's precise account, not RLIMIT_CPU's ticks
 
 
 @needs_sandbox
