@@ -138,10 +138,9 @@ def test_root_parent_drops_to_its_slot_uid():
 
 @needs_sandbox
 def test_infinite_loop_times_out():
-    start = time.monotonic()
+    # by its CPU time, so no wall-clock bound here: on a loaded machine one CPU second takes many wall seconds
     res = sandbox.execute_snippet("while True: pass", timeout_s=1.0)
-    assert res.outcome == "timeout"
-    assert time.monotonic() - start < 3.0
+    assert res.outcome == "timeout" and res.detail.startswith("cpu time "), res
 
 
 @needs_sandbox
