@@ -82,7 +82,7 @@ def test_plots_are_drawn_and_redrawn_from_the_run(full_run):
     assert {(b["system"], b["metric"]): b["value"] for b in bars} == {
         (s, k): m[k] for s, m in rep["systems"].items() for k in ("gold", "proxy", "codebleu", "chrf",
                                                                    "syntax_valid_rate", "sampled_gold") if k in m}
-    assert all(b["low"] < b["value"] < b["high"] for b in bars if b["metric"] == "gold" and b["system"] != "base")
+    assert all(b["low"] is not None and b["low"] <= b["value"] <= b["high"] for b in bars if b["metric"] == "gold")
     res = subprocess.run([sys.executable, str(ROOT / "plots.py"), str(full_run)], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0 and res.stdout.split() == [str(full_run / "plots" / n) for n in names], res.stderr
