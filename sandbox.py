@@ -98,9 +98,9 @@ FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: largest file the child may write
 NOFILE = 64  # RLIMIT_NOFILE: each open pipe or socket can pin ~200 KB of kernel buffers outside RLIMIT_AS
 CGROUP_MEMORY_BYTES = 768 << 20  # memory.max of the optional per-run cgroup: every process and tmpfs page
 MAX_CODE_CHARS = 32_000  # the longest CoNaLa snippet is 232 chars; ast.parse of 32K chars takes <0.1 s
-MAX_TIMEOUT_S = 600.0  # a per-snippet wall clock beyond 10 minutes is a config mistake, not a budget
-BLOCKED_FACTOR = 4.0  # a snippet may sleep or block for this many timeout_s (idle-equivalent time): generous,
-# because a snippet waiting on its own subprocess also waits out that subprocess's wait for a CPU
+MAX_TIMEOUT_S = 600.0  # a per-snippet limit beyond 10 minutes is a config mistake, not a budget
+BLOCKED_FACTOR = 4.0  # a snippet may block for this many timeout_s (idle-equivalent): generous, since one waiting
+# on its own subprocess also waits out that subprocess's wait for a CPU
 BACKSTOP_FACTOR, BACKSTOP_S = 30.0, 120.0  # the host's wall clock, for a supervisor that cannot act (a starved
 # machine): 30 x timeout_s + 120 s, since a niced snippet on a loaded machine got ~1% of a CPU; `timeout` too
 SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile warnings ("invalid escape") are noise
@@ -347,6 +347,8 @@ def layers() -> dict[str, str]:
                        f"sockets, SO_SNDBUF/SO_RCVBUF, fadvise(DONTNEED); ENOSYS for clone3; only unix/inet/inet6 "
                        f"sockets; no preadv2(RWF_NOWAIT)",
             "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
+            "load-free time": (f"on: CPU time; {BLOCKED_FACTOR:g}x that blocked, less the wait for a CPU" if
+                               os.path.exists("/proc/self/schedstat") else "off: no schedstat, blocked is wall clock"),
             "init kill": (f"on: by pidfd, then up to {KILL_GRACE_S:g} s until every task is gone" if
                           hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)"),
             "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}",
