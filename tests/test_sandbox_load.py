@@ -42,10 +42,15 @@ def test_limits_are_cpu_seconds_a_blocked_budget_and_a_wide_backstop():
 
 @needs_sandbox
 def test_a_busy_loop_times_out_by_its_cpu_time():
-    # Bug caught: a timeout by the host's wall clock says "wall clock > ..." and has spent less CPU than the limit.
+    # Bug caught: a timeout by the host's wall clock at timeout_s ("wall clock > 1 s" after ~1 s), before the
+    # snippet had its CPU second. The only other `timeout` allowed is the host's backstop after all of its 150 s:
+    # this suite once ran niced beside a training job, where a busy loop got under 1% of a CPU.
     res = sandbox.execute_snippet("while True: pass", timeout_s=1.0)
-    assert res.outcome == "timeout" and res.detail.startswith("cpu time ") and res.detail.endswith("limit 1 s"), res
-    assert cpu_seconds(res.detail) >= 1.0, res  # judged on the kernel's precise account, not RLIMIT_CPU's ticks
+    assert res.outcome == "timeout", res
+    if res.detail.startswith("cpu time "):
+        assert res.detail.endswith("limit 1 s") and cpu_seconds(res.detail) >= 1.0, res  # the precise account
+    else:
+        assert res.detail.startswith("wall clock > 150 s") and res.seconds >= 150.0, res
 
 
 @needs_sandbox
