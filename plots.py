@@ -276,14 +276,16 @@ def plot_rlhf(steps: list[dict], cfg: dict, path: Path) -> None:
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
     panels = rl_panels(steps, cfg)
+    on_policy = all(s.get("ppo/epochs") == 1 for s in steps)  # one pass over each batch: old and new policy agree
     cols = 4
     rows = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels):
         pts = sorted({s["step"]: s[key] for s in steps if key in s}.items())  # a re-run step keeps its last value
-        ax.set_title(label, fontsize=9)
+        ax.set_title(label, fontsize=9, pad=10)  # room for a "1e-5" scale label
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if key in ON_POLICY_ZERO and max(abs(v) for _, v in pts) < 1e-6:
+        ax.ticklabel_format(axis="y", useOffset=False)  # entropy 129.392 stays 129.392, not +1.29e2 and 0.003
+        if key in ON_POLICY_ZERO and max(abs(v) for _, v in pts) < 1e-6 and on_policy:
             ax.text(0.5, 0.5, "0 at every step: one epoch per batch,\nso the policy that sampled is the one\n"
                     "updated (on-policy)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_xticks([])
