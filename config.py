@@ -195,7 +195,7 @@ class Config:
     reward_policy_samples: int = 4  # SFT-policy samples per intent (k >= 4 gives policy>policy pairs, the pairs PPO faces)
     reward_policy_intents: int = 0  # how many intents get policy samples (0 = all training intents)
     reward_backbone: str = "encoder"  # encoder (reward_encoder, mean-pooled) | policy (the SFT causal LM, last-token pooled; InstructGPT/LHP)
-    exec_timeout_s: float = 2.0  # wall-clock limit per sandboxed execution
+    exec_timeout_s: float = 2.0  # CPU-time limit per sandboxed execution (a blocked snippet gets 4x in wall clock)
     w_rm: float = 1.0  # weight of the normalised reward-model score in the PPO reward
     w_syntax: float = 0.0  # weight of the syntax rule signal in the PPO reward
     w_exec: float = 0.0  # weight of the execution rule signal (needs bubblewrap)

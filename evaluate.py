@@ -419,7 +419,6 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
                                                                if "prediction" in preds[n][i]})
                 for i, e in enumerate(env["test"][:5])]
     table = {n: {k: v for k, v in r.items() if k != "per_example"} for n, r in results.items()}
-    report.write_plots(run.out)
     seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
     written = report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
                                   str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"],
@@ -427,3 +426,4 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
                                   sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown,
                                   flips=flips)
     run.echo(report.console_summary(written))
+    report.write_plots(run.out)  # after report.json: the systems plot draws its numbers and CIs

@@ -1,5 +1,5 @@
-"""The run of rlhf.py: logs, state for --resume, the three plots, the bootstrap, and the report (the console
-and Ctrl-C: console.py).
+"""The run of rlhf.py: logs, state for --resume, the bootstrap, and the report (the console and Ctrl-C:
+console.py; the plots: plots.py).
 
 Why a separate module: rlhf.py stays the readable story of the pipeline (stages and loops); everything that
 turns logged numbers into files for humans lives here. No model code. The folder itself (its lock, --overwrite,
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from console import Interrupted, Tee, install_sigint, on_interrupt, progress, rank0_section  # noqa: F401 -- for rlhf.py
+from plots import curve_points, write_plots  # noqa: F401 -- report.write_plots for callers (plots.py draws them)
 from resume import load_state
 from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- report.read_jsonl/write_jsonl for callers
 
@@ -113,7 +114,6 @@ PUBLISHED = {"best-tranx-rerank": {"bleu": 0.330, "codebleu": 0.343}, "Codex": {
 GOLD_KEYS = ["gold", "proxy", "codebleu", "chrf", "syntax_valid_rate"]  # the headline table
 TABLE_KEYS = ["bleu", "conala_bleu", "codebleu", "ngram_match", "weighted_ngram_match", "syntax_match",
               "dataflow_match", "rouge_l", "ruby", "bertscore", "chrf", "exact_match"]
-SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-sharp": 1.2, "sft-bon": 2, "sft-rs": 2.5, "ppo": 4}  # ppo-step<N> (old runs) sort between at 3
 
 
 def paired_bootstrap_ci(a: list[float], b: list[float], n_resamples: int, seed: int) -> dict:
@@ -139,136 +139,6 @@ def ci_verdict(ci: dict, better: str = "b", base: str = "a") -> str:
     if ci["ci95_high"] < 0:
         return f"{better} worse"
     return "no significant difference"
-
-
-# ----------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _stage_lines(ax, starts: dict[str, float]):
-    for name, x in starts.items():
-        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
-        ax.text(x, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, va="top", color="grey")
-
-
-def plot_evaluation(evals: list[dict], path: Path) -> None:
-    """One point per evaluation in pipeline order (base, sft, ppo@step..., final), one line per metric."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    xs = list(range(len(evals)))
-    for key in ["gold", "proxy", "bleu", "conala_bleu", "codebleu", "chrf", "rouge_l", "ruby", "bertscore",
-                "syntax_valid_rate"]:
-        ys = [e.get(key, float("nan")) for e in evals]
-        if any(y == y for y in ys):
-            ax.plot(xs, ys, marker="o", label=key)
-    ax.set_xticks(xs, [e["system"] for e in evals], rotation=20, fontsize=8)
-    starts = {}
-    for i, e in enumerate(evals):
-        stage = e["system"].split("-")[0]
-        if stage in ("sft", "ppo") and stage not in starts:
-            starts[stage] = i - 0.5
-    _stage_lines(ax, starts)
-    ax.set_xlabel("evaluation point (system)")
-    ax.set_ylabel("score (0-1)")
-    ax.set_title("Evaluation metrics on CoNaLa test by training point")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_reward(epochs: list[dict], path: Path) -> None:
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
-    xs = [e["step"] for e in epochs]  # the reward stage logs its epoch as the step
-    for key, ax in (("loss", ax1), ("accuracy", ax2)):
-        ax.plot(xs, [e[f"train_{key}"] for e in epochs], marker="o", label=f"train {key}")
-        ax.plot(xs, [e[f"val_{key}"] for e in epochs], marker="s", label=f"held-out {key}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("Bradley-Terry loss" if key == "loss" else "pairwise accuracy")
-        ax.legend(fontsize=8)
-        _stage_lines(ax, {"reward": 0.5} if xs else {})
-    ax2.axhline(0.5, color="red", linewidth=0.6, linestyle=":")
-    fig.suptitle("Reward model training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_rlhf(steps: list[dict], path: Path) -> None:
-    plt = _plt()
-    keys = [("objective/score", "score"), ("objective/kl", "KL (nats/response)"), ("objective/kl_coef", "kl_coef"),
-            ("policy/clipfrac", "policy clipfrac"), ("loss/value", "value loss")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4))
-    for ax, (key, label) in zip(axes, keys):
-        pts = [(s["step"], s[key]) for s in steps if key in s]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
-        ax.set_xlabel("PPO step")
-        ax.set_ylabel(label)
-        _stage_lines(ax, {"ppo": 0.5})
-    fig.suptitle("PPO training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_overoptimization(points: list[dict], path: Path) -> None:
-    """Gold and proxy on the fixed validation slice against PPO step, with each point's standard error over
-    intents, and the rollout KL on a second axis (Gao et al. 2022 plot gold and proxy against KL; one step's
-    rollout KL is noisy, so the step is the x-axis and the KL is drawn beside it). A proxy that keeps rising
-    while gold flattens or falls is the reward model being over-optimised."""
-    plt = _plt()
-    points = curve_points(points)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    xs = [p["step"] for p in points]
-    for key, marker in (("gold", "o"), ("proxy", "s")):
-        se = [p.get(f"{key}_se", 0.0) for p in points]
-        ax.errorbar(xs, [p[key] for p in points], yerr=se, marker=marker, capsize=3,
-                    label=f"{key} ({'annotator' if key == 'gold' else 'RM'}) ± SE")
-    kl_ax = ax.twinx()
-    kl_ax.plot(xs, [p["objective/kl"] for p in points], color="grey", linestyle=":", marker=".", label="objective/kl")
-    kl_ax.set_ylabel("objective/kl (nats per response)", color="grey")
-    ax.set_xlabel("PPO step")
-    ax.set_ylabel("mean score (0-1)")
-    what = f"{points[0].get('samples')} samples each" if points[0].get("samples") else "greedy"
-    ax.set_title(f"Over-optimisation: {points[0]['n']} validation intents, {what}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
-    kl_ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def curve_points(stats: list[dict]) -> list[dict]:
-    """The ppo_eval points by step; a step logged twice (re-run after a resume) keeps its last value."""
-    return sorted({p["step"]: p for p in stats if p["stage"] == "ppo_eval"}.values(), key=lambda p: p["step"])
-
-
-def pipeline_order(e: dict) -> tuple:
-    """base, sft, sft-bon, ppo-step<N> by N (runs before the curve replaced them), then the final ppo."""
-    name = e["system"]
-    if name.startswith("ppo-step"):
-        return (3, int(name[len("ppo-step"):]))
-    return (SYSTEM_ORDER.get(name, 5), 0)
-
-
-def write_plots(run_dir: Path) -> None:
-    stats = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    (run_dir / "plots").mkdir(exist_ok=True)
-    evals = sorted((s for s in stats if s["stage"] == "eval"), key=pipeline_order)
-    plot_evaluation(evals, run_dir / "plots" / "evaluation_metrics_by_epoch.png")
-    plot_reward([s for s in stats if s["stage"] == "reward"], run_dir / "plots" / "reward_training_metrics.png")
-    plot_rlhf([s for s in stats if s["stage"] == "ppo"], run_dir / "plots" / "rlhf_training_metrics.png")
-    curve = curve_points(stats)
-    if curve:
-        plot_overoptimization(curve, run_dir / "plots" / "overoptimization.png")
 
 
 # ----------------------------------------------------------------------------- report

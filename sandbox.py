@@ -16,6 +16,11 @@ layer below names the attack it stops (the attacks are tests in tests/test_sandb
     and a few /etc files, not of `/`: the checkout, the dataset (the test references gold scores against), HOME
     and the run folder are absent. Every writable mount is a capped tmpfs: /tmp (64 MiB, holds the working dir)
     and /dev/shm (16 MiB); / and /dev are read-only (a write flood there took host RAM).
+  * time (decided by the supervisor, `sandbox_supervisor.py`): `timeout_s` is CPU time (the kernel's account
+    of the child; RLIMIT_CPU is only a backstop), and a sleeping or blocked snippet gets BLOCKED_FACTOR x
+    `timeout_s` of wall clock less its wait for a CPU. Neither depends on the machine's load, so the same seed
+    gives the same exec outcomes, labels and rewards on a busy machine (a plain wall clock timed out more
+    snippets under load). The host keeps a wall-clock backstop; all three end as `timeout`.
   * rlimits (set by the supervisor): CPU, AS (a 50 GB allocation is a MemoryError), NPROC (fork bomb), FSIZE,
     NOFILE (bounds the pipe and socket buffers a snippet can hold).
   * seccomp (`sandbox_limits.py`): EPERM for ptrace, process_vm_readv/writev and friends (no reaching into the
@@ -57,7 +62,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
-import math
 import os
 import select
 import shutil
@@ -94,10 +98,13 @@ FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: largest file the child may write
 NOFILE = 64  # RLIMIT_NOFILE: each open pipe or socket can pin ~200 KB of kernel buffers outside RLIMIT_AS
 CGROUP_MEMORY_BYTES = 768 << 20  # memory.max of the optional per-run cgroup: every process and tmpfs page
 MAX_CODE_CHARS = 32_000  # the longest CoNaLa snippet is 232 chars; ast.parse of 32K chars takes <0.1 s
-MAX_TIMEOUT_S = 600.0  # a per-snippet wall clock beyond 10 minutes is a config mistake, not a budget
+MAX_TIMEOUT_S = 600.0  # a per-snippet limit beyond 10 minutes is a config mistake, not a budget
+BLOCKED_FACTOR = 4.0  # a snippet may block for this many timeout_s (idle-equivalent): generous, since one waiting
+# on its own subprocess also waits out that subprocess's wait for a CPU
+BACKSTOP_FACTOR, BACKSTOP_S = 30.0, 120.0  # the host's wall clock, for a supervisor that cannot act (a starved
+# machine): 30 x timeout_s + 120 s, since a niced snippet on a loaded machine got ~1% of a CPU; `timeout` too
 SNIPPET_FILENAME = "<snippet>"  # filename for parsing model output; its compile warnings ("invalid escape") are noise
 warnings.filterwarnings("ignore", module=SNIPPET_FILENAME)  # only warnings attributed to that filename
-
 
 
 class SandboxUnavailable(RuntimeError):
@@ -145,7 +152,7 @@ def _drop_privileges(slot: int) -> dict:
 
 
 def check_timeout(timeout_s) -> float:
-    """The wall clock per snippet, or a ValueError that names the valid range (NaN, inf, <= 0 included)."""
+    """The time limit per snippet (see `limits`), or a ValueError naming the valid range (NaN, inf, <= 0 included)."""
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
     return float(timeout_s)
@@ -287,12 +294,17 @@ def _attach(proc: subprocess.Popen, info_r: int, block_w: int | None, cgroup, de
     return init_fd
 
 
+def limits(timeout_s: float) -> tuple[float, float, float]:
+    """(CPU seconds, blocked seconds, host wall-clock backstop) for one snippet: see the module docstring."""
+    return timeout_s, BLOCKED_FACTOR * timeout_s, BACKSTOP_FACTOR * timeout_s + BACKSTOP_S
+
+
 def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
     _await_lingering()
-    cpu = max(1, math.ceil(timeout_s))  # RLIMIT_CPU is whole seconds; the wall clock is the finer limit
-    argv = [str(n) for n in (cpu, MEMORY_BYTES, NPROC, FSIZE_BYTES, NOFILE)]
+    cpu, blocked, backstop = limits(timeout_s)
+    argv = [str(n) for n in (cpu, MEMORY_BYTES, NPROC, FSIZE_BYTES, NOFILE, blocked)]
     start = time.monotonic()
-    deadline = start + timeout_s
+    deadline = start + backstop
     proc = init_fd = result = None
     # Plain files (not pipes) for stdin and the report: nothing in the sandbox can block the parent on them.
     with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr, \
@@ -305,7 +317,7 @@ def _run_sandboxed(code: str, timeout_s: float, python: str) -> ExecResult:
             init_fd = _attach(proc, info_r, block_w, cgroup, deadline)
             rc = _wait(proc, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            result = ExecResult("timeout", f"wall clock > {timeout_s:g} s")
+            result = ExecResult("timeout", f"wall clock > {backstop:g} s (the host's backstop)")
         finally:
             gone = _end(proc, init_fd, cgroup, slot)
         if not gone:
@@ -335,6 +347,8 @@ def layers() -> dict[str, str]:
                        f"sockets, SO_SNDBUF/SO_RCVBUF, fadvise(DONTNEED); ENOSYS for clone3; only unix/inet/inet6 "
                        f"sockets; no preadv2(RWF_NOWAIT)",
             "supervisor": "on: pid 1, non-dumpable, reports its child's exit status",
+            "load-free time": (f"on: CPU time; {BLOCKED_FACTOR:g}x that blocked, less the wait for a CPU" if
+                               os.path.exists("/proc/self/schedstat") else "off: no schedstat, blocked is wall clock"),
             "init kill": (f"on: by pidfd, then up to {KILL_GRACE_S:g} s until every task is gone" if
                           hasattr(os, "pidfd_open") else "off: no os.pidfd_open (Linux >= 5.3)"),
             "cgroup": f"on: {parent}, memory.max={CGROUP_MEMORY_BYTES >> 20}MiB" if parent else f"off: {why}",

@@ -45,7 +45,7 @@ def full_run(tmp_path_factory):
 
 
 EXPECTED = ["config.json", "argv.txt", "pipeline.log", "training.log", "metrics.jsonl",
-            "plots/evaluation_metrics_by_epoch.png", "plots/reward_training_metrics.png",
+            "plots/systems.png", "plots/sft_loss.png", "plots/reward_training_metrics.png",
             "plots/rlhf_training_metrics.png", "checkpoint-sft", "checkpoint-reward", "checkpoint-ppo-2",
             "checkpoint-final", "predictions-base.jsonl", "predictions-sft.jsonl", "predictions-ppo.jsonl",
             "predictions-sft-bon.jsonl", "plots/overoptimization.png",
@@ -67,6 +67,25 @@ def test_every_output_exists_and_policy_checkpoints_reload(full_run):
     assert rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_low"] <= rep["bootstrap_codebleu_ppo_minus_sft"]["ci95_high"]
     stages = {json.loads(ln)["stage"] for ln in (full_run / "metrics.jsonl").read_text().splitlines()}
     assert stages == {"sft", "reward", "reward_eval", "ppo", "ppo_eval", "eval"}
+
+
+def test_plots_are_drawn_and_redrawn_from_the_run(full_run):
+    import plots
+
+    names = ["systems.png", "sft_loss.png", "reward_training_metrics.png", "rlhf_training_metrics.png",
+             "overoptimization.png"]
+    assert all((full_run / "plots" / n).stat().st_size > 10_000 for n in names)  # drawn by the eval stage
+    rep = json.loads((full_run / "report.json").read_text())
+    preds = {n: [json.loads(ln) for ln in (full_run / f"predictions-{n}.jsonl").read_text().splitlines()]
+             for n in rep["systems"]}
+    bars = plots.system_bars(rep["systems"], preds)  # the bars are the report's numbers, gold with a 95% CI
+    assert {(b["system"], b["metric"]): b["value"] for b in bars} == {
+        (s, k): m[k] for s, m in rep["systems"].items() for k in ("gold", "proxy", "codebleu", "chrf",
+                                                                   "syntax_valid_rate", "sampled_gold") if k in m}
+    assert all(b["low"] is not None and b["low"] <= b["value"] <= b["high"] for b in bars if b["metric"] == "gold")
+    res = subprocess.run([sys.executable, str(ROOT / "plots.py"), str(full_run)], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0 and res.stdout.split() == [str(full_run / "plots" / n) for n in names], res.stderr
 
 
 SEED_TARGETS = {"bertscore": 0.50, "codebleu": 0.35, "bleu": 0.25, "rouge_l": 0.35, "ruby": 0.20}  # by hand
