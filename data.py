@@ -145,6 +145,42 @@ def format_prompt(intent: str, tokenizer, fmt: str) -> str:
     return f"# Task: {intent}\n# Python code (one line):\n"
 
 
+# Marks a template already wrapped by pipeline_chat_template, so re-saving a checkpoint does not wrap it twice.
+TEMPLATE_MARK = "{#- rlhf.py: with no system message, the pipeline's own (data.SYSTEM_PROMPT) -#}"
+
+
+def pipeline_chat_template(template: str) -> str:
+    """`template` with SYSTEM_PROMPT inserted when a conversation has no system message, so plain
+    `apply_chat_template([{"role": "user", "content": intent}], add_generation_prompt=True)` gives the very prompt
+    format_prompt gives. A conversation that brings its own system message (the pipeline's does) renders as before."""
+    if template.startswith(TEMPLATE_MARK):
+        return template
+    return (TEMPLATE_MARK + "{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = "
+            f"[{{'role': 'system', 'content': {json.dumps(SYSTEM_PROMPT)}}}] + messages %}}{{%- endif %}}" + template)
+
+
+def save_tokenizer_and_generation(lm, tokenizer, folder: str | Path, cfg) -> None:
+    """The checkpoint answers like the pipeline under plain transformers: the tokenizer with pipeline_chat_template
+    (chat format only; a plain-format policy has no template to carry it) and a generation_config.json with the
+    evaluation's greedy decoding (do_sample False, max_new_tokens, EOS = the tokenizer's). Neither changes the
+    pipeline, which passes its system message and every generation setting explicitly; objects are left as found."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    template = tokenizer.chat_template
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat":
+        tokenizer.chat_template = pipeline_chat_template(template)
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.chat_template = template
+    gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None else GenerationConfig()
+    gen.update(do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=cfg.max_new_tokens,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    gen.save_pretrained(folder)
+
+
 def format_target(snippet: str, tokenizer) -> str:
     """The SFT target: the snippet then EOS, so the model learns to stop after the code.
     For SmolLM2's chat template EOS is <|im_end|>, the token that closes an assistant turn."""
