@@ -187,7 +187,7 @@ def save_tokenizer_and_generation(lm, tokenizer, folder: str | Path, cfg) -> Non
     from transformers import GenerationConfig
 
     template = tokenizer.chat_template
-    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat":
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat" and isinstance(template, str):  # not named sets
         tokenizer.chat_template = pipeline_chat_template(template)
     try:
         tokenizer.save_pretrained(folder)

@@ -322,7 +322,8 @@ def model_source(spec: str) -> str:
 
 def models_line(cfg: dict) -> str:
     """report.md's header names the models: which policy, which reward model, which BERTScore encoder."""
-    policy = model_source(cfg["policy_model"]) + (f", SFT replaced by `--policy={cfg['policy']}`" if cfg.get("policy") else "")
+    policy = model_source(cfg["policy_model"])
+    policy += f", SFT replaced by `--policy={cfg['policy']}`" if cfg.get("policy") else ""
     rm = "the SFT policy with a scalar head (`--reward_backbone=policy`)" if cfg.get("reward_backbone") == "policy" \
         else f"{model_source(cfg['reward_encoder'])}, mean-pooled, with a scalar head"
     bert = f"; BERTScore: {model_source(cfg['bertscore_model'])}" if cfg.get("eval_bertscore", True) else ""
