@@ -25,13 +25,20 @@ def test_cli_reproduces_every_reportable_column_of_report_json(tmp_path):
     """Every number report.json gives the ppo system, recomputed from predictions-ppo.jsonl with the CLI's defaults
     (conala tokens, the embedded MiniLM) plus --gold, equal at the printed precision (4 decimals). proxy is the only
     column left out: it needs the run's reward model. ppo has no blank prediction, so the blank-prediction fix
-    moves nothing here (base's blanks: the next test)."""
+    moves nothing here (base's blanks: the next test).
+    --exec_timeout_s=60, not the report's 2 s: no ppo snippet timed out in the report (gold_reasons), so a longer
+    limit changes no outcome, while 2 s of wall clock on a loaded machine turned dozens into timeouts (gold 0.43)."""
+    rows = [json.loads(line) for line in (RUN / "predictions-ppo.jsonl").read_text().splitlines() if line.strip()]
+    assert not any("exec_outcome=timeout" in r["gold_reasons"] for r in rows)
     out = tmp_path / "scores.json"
-    res = cli(RUN / "predictions-ppo.jsonl", "--gold", "--out", out)
+    res = cli(RUN / "predictions-ppo.jsonl", "--gold", "--exec_timeout_s=60", "--per_example", "--out", out)
     assert res.returncode == 0, res.stderr[-2000:]
     got, want = json.loads(out.read_text()), report_row("ppo")
     if got["gold_exec"] != "sandbox":
         pytest.skip(f"no sandbox here, so gold has no exec signal: {got['gold_exec']}")
+    assert got["per_example"]["gold"] == [r["gold"] for r in rows]  # item by item, as predictions-ppo.jsonl says
+    assert got["per_example"]["chrf"] == [r["sentence_chrf"] for r in rows]
+    assert got["per_example"]["codebleu"] == pytest.approx([r["sentence_codebleu"] for r in rows], abs=1e-12)
     assert set(want) - set(got) == {"proxy"}
     for key, value in want.items():
         if key == "proxy":
