@@ -120,9 +120,10 @@ def parse(code: str, cache: dict | None = None):
     return root
 
 
-def syntax_valid(code: str) -> bool:
-    """tree-sitter parses `code` without ERROR or MISSING nodes (the empty program is valid, as for ast.parse)."""
-    return not parse(code).has_error
+def syntax_valid(code: str, cache: dict | None = None) -> bool:
+    """tree-sitter parses `code` without ERROR or MISSING nodes. Blank code is not valid: ast.parse accepts the empty
+    program, but as an answer it is no code at all (the annotator's syntax signal, feedback.py, says 0 too)."""
+    return bool(code.strip()) and not parse(code, cache).has_error
 
 
 def strip_comments_and_docstrings(code: str) -> str:

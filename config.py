@@ -163,6 +163,8 @@ class Config:
     dist_timeout_s: float = 3600.0  # torchrun: a collective waiting longer raises (a dead or stuck rank); it must exceed the longest rank-0-only work (synthetic feedback, scoring the test set)
     # --- data ---
     conala_path: str = "./conala-corpus"  # folder with conala-train.json and conala-test.json (the seed's knob)
+    train_file: str = ""  # your own training data: a JSON list of {intent, snippet} records ("" = conala_path's)
+    test_file: str = ""  # your own test data, the same format ("" = conala-test.json in conala_path)
     val_fraction: float = 0.1  # share of train *questions* held out for validation (split by question_id)
     train_limit: int = 0  # use only the first N training records after the split (0 = all)
     test_limit: int = 0  # evaluate on the first N test records (0 = all 500)
@@ -264,6 +266,8 @@ DOMAINS: dict[str, object] = {
     "policy": Text(),
     "dist_timeout_s": POSITIVE,
     "conala_path": Text(empty_ok=False),
+    "train_file": Text(),  # "" or an existing file (validate)
+    "test_file": Text(),
     "val_fraction": Range(0, 1, lo_open=True, hi_open=True),
     "train_limit": LIMIT,  # 0 = all; a negative limit would slice from the end
     "test_limit": LIMIT,
@@ -526,6 +530,9 @@ def validate(cfg: Config) -> None:
         if getattr(cfg, key) > cap:
             raise ConfigError(f"--{key}={getattr(cfg, key)}: at most {cap} (config.MEMORY_CAPS: {key} sequences "
                               "are held in memory at once)")
+    for key in ("train_file", "test_file"):  # a typo fails here, not after the run folder exists
+        if getattr(cfg, key) and not Path(getattr(cfg, key)).is_file():
+            raise ConfigError(f"--{key}={getattr(cfg, key)}: no such file")
     order = [s for s in STAGES if s in stage_list(cfg)]
     if stage_list(cfg) != order:  # each stage reads the previous one's checkpoint
         raise ConfigError(f"--stages={cfg.stages}: stages run in pipeline order ({', '.join(STAGES)}); "

@@ -3,6 +3,8 @@
 CoNaLa (Yin et al. 2018, conala-corpus v1.1) pairs a StackOverflow intent with a short Python snippet:
   {"intent": str, "rewritten_intent": str | null, "snippet": str, "question_id": int}
 train has 2379 records and test 500. The prompt uses the curated `rewritten_intent` and falls back to `intent`.
+Your own data: a JSON list of {"intent", "snippet"} records (rewritten_intent and question_id optional), given as
+--train_file / --test_file or as conala-{train,test}.json under --conala_path.
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ class Example:
 def validate_record(rec, where: str) -> Example:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    for key in ("intent", "rewritten_intent", "snippet"):
+    for key in ("intent", "snippet"):
         if key not in rec:
             raise DataError(f"{where}: has no {key!r}")
+    rec = {"rewritten_intent": None} | rec  # optional: only CoNaLa has curated rewrites
     if not isinstance(rec["intent"], str):
         raise DataError(f"{where}: 'intent' must be a string, got {type(rec['intent']).__name__}")
     if rec["rewritten_intent"] is not None and not isinstance(rec["rewritten_intent"], str):
@@ -58,19 +61,26 @@ def validate_record(rec, where: str) -> Example:
         if rec[key] is not None and len(rec[key]) > MAX_TEXT_CHARS:
             raise DataError(f"{where}: {key!r} has {len(rec[key])} characters, over the limit of {MAX_TEXT_CHARS} "
                             "(data.MAX_TEXT_CHARS)")
-    qid = rec.get("question_id", -1)
-    if not isinstance(qid, int) or isinstance(qid, bool):
-        raise DataError(f"{where}: 'question_id' must be an integer, got {type(qid).__name__}")
     intent = rec["rewritten_intent"] if rec["rewritten_intent"] is not None else rec["intent"]
     if not intent.strip():
         raise DataError(f"{where}: both 'rewritten_intent' and 'intent' are empty")
+    qid = rec.get("question_id", intent_id(rec["intent"]))
+    if not isinstance(qid, int) or isinstance(qid, bool):
+        raise DataError(f"{where}: 'question_id' must be an integer, got {type(qid).__name__}")
     return Example(question_id=qid, intent=intent.strip(), snippet=rec["snippet"])
+
+
+def intent_id(intent: str) -> int:
+    """A record without question_id is grouped by its intent text: the train/validation split keeps every record of
+    one intent on one side (as question_id does for CoNaLa), and the id is the same on every machine."""
+    return int.from_bytes(hashlib.sha256(intent.strip().encode()).digest()[:6], "big")
 
 
 def load_conala_file(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (copy CoNaLa v1.1 there, or set --conala_path)")
+        raise DataError(f"{path}: file not found (copy CoNaLa v1.1 there, or set --conala_path or "
+                        "--train_file/--test_file)")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise DataError(f"{path}: {path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES} "
                         "(data.MAX_FILE_BYTES)")
@@ -95,6 +105,13 @@ def load_conala_file(path: str | Path) -> list[Example]:
     return [validate_record(rec, f"{path}: record {i}") for i, rec in enumerate(records)]
 
 
+def data_files(cfg) -> tuple[Path, Path]:
+    """(train, test) paths: --train_file / --test_file where given, else conala-{train,test}.json in conala_path."""
+    root = Path(cfg.conala_path)
+    return (Path(cfg.train_file) if cfg.train_file else root / "conala-train.json",
+            Path(cfg.test_file) if cfg.test_file else root / "conala-test.json")
+
+
 def load_conala(conala_path: str | Path) -> tuple[list[Example], list[Example]]:
     root = Path(conala_path)
     return load_conala_file(root / "conala-train.json"), load_conala_file(root / "conala-test.json")
@@ -115,10 +132,11 @@ def split_train_val(examples: list[Example], val_fraction: float) -> tuple[list[
 
 def load_splits(cfg) -> tuple[list[Example], list[Example], list[Example]]:
     """(train, val, test) with the config's limits applied (limits cut after the split, so val is stable)."""
-    train_all, test = load_conala(cfg.conala_path)
+    train_file, test_file = data_files(cfg)
+    train_all, test = load_conala_file(train_file), load_conala_file(test_file)
     train, val = split_train_val(train_all, cfg.val_fraction)
     if not train:
-        raise DataError(f"{cfg.conala_path}: --val_fraction={cfg.val_fraction} holds out all {len(train_all)} train "
+        raise DataError(f"{train_file}: --val_fraction={cfg.val_fraction} holds out all {len(train_all)} train "
                         "records, none is left to train on; lower it")
     if cfg.train_limit:
         train = train[: cfg.train_limit]
@@ -143,6 +161,42 @@ def format_prompt(intent: str, tokenizer, fmt: str) -> str:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": intent}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"# Task: {intent}\n# Python code (one line):\n"
+
+
+# Marks a template already wrapped by pipeline_chat_template, so re-saving a checkpoint does not wrap it twice.
+TEMPLATE_MARK = "{#- rlhf.py: with no system message, the pipeline's own (data.SYSTEM_PROMPT) -#}"
+
+
+def pipeline_chat_template(template: str) -> str:
+    """`template` with SYSTEM_PROMPT inserted when a conversation has no system message, so plain
+    `apply_chat_template([{"role": "user", "content": intent}], add_generation_prompt=True)` gives the very prompt
+    format_prompt gives. A conversation that brings its own system message (the pipeline's does) renders as before."""
+    if template.startswith(TEMPLATE_MARK):
+        return template
+    return (TEMPLATE_MARK + "{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = "
+            f"[{{'role': 'system', 'content': {json.dumps(SYSTEM_PROMPT)}}}] + messages %}}{{%- endif %}}" + template)
+
+
+def save_tokenizer_and_generation(lm, tokenizer, folder: str | Path, cfg) -> None:
+    """The checkpoint answers like the pipeline under plain transformers: the tokenizer with pipeline_chat_template
+    (chat format only; a plain-format policy has no template to carry it) and a generation_config.json with the
+    evaluation's greedy decoding (do_sample False, max_new_tokens, EOS = the tokenizer's). Neither changes the
+    pipeline, which passes its system message and every generation setting explicitly; objects are left as found."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    template = tokenizer.chat_template
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat" and isinstance(template, str):  # not named sets
+        tokenizer.chat_template = pipeline_chat_template(template)
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.chat_template = template
+    gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None else GenerationConfig()
+    gen.update(do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=cfg.max_new_tokens,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    gen.save_pretrained(folder)
 
 
 def format_target(snippet: str, tokenizer) -> str:

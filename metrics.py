@@ -11,6 +11,7 @@
   bertscore / bertscore_details mean F1 through the `bert-score` package, offline, with the model named
   syntax_valid                  tree-sitter parses the code without error
   evaluate                      all of the above on 0-1 scales; `python metrics.py PRED.jsonl` is its CLI
+                                (metrics_cli.py: these, chrF and --gold, the columns of report.md)
 
 Every name above is importable from here. Two helpers hold the long parts: codebleu_ts.py counts CodeBLEU's four
 matches per pair (n-grams, AST subtrees, the dataflow graph), which this file sums and weighs; ruby_ted.py has
@@ -19,11 +20,11 @@ Import is instant: tree-sitter, sacrebleu, bert_score and torch are imported ins
 Every result is deterministic: no timeouts, no anytime approximations, no dependence on PYTHONHASHSEED.
 Parity: with the same grammar (tree-sitter-python 0.21) our CodeBLEU equals codebleu 0.7.0 on 6,718 CoNaLa pairs,
 every component (on hash-seed-dependent pairs, one of its outcomes); with 0.25 a few pairs move for grammar reasons
-(tests/test_metrics.py lists them).
+(tests/test_metrics.py lists them). One deliberate difference: a blank candidate scores 0 on every metric and is not
+syntax-valid (codebleu 0.7.0 gives it 0.25 and tree-sitter parses the empty program, RUBY gave it ~0.15).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -109,6 +110,8 @@ def _codebleu_counts(reference: str, candidate: str, tokenize, cache: dict) -> C
 
 
 def _codebleu_score(c: CodeBLEUCounts, weights, tokenizer: str) -> dict:
+    if c.hyp_len == 0:  # blank candidate(s): 0, where codebleu 0.7.0 gives 0.25 through the dataflow quirk below
+        return {key: 0.0 for key in CODEBLEU_KEYS} | {"tokenizer": tokenizer}
     scores = {
         "ngram_match": _nltk_bleu(c.ngram_match, c.ngram_total, c.hyp_len, c.ref_len),
         # weighted_ngram_match.py quirk: its brevity penalty takes len() of each [tokens, weights] reference entry,
@@ -176,12 +179,15 @@ def sentence_codebleu(reference: str, candidate: str, weights=(0.25, 0.25, 0.25,
 #   "string"                   a side does not parse (Tran et al. 2019's fallback)
 #   "string (tree too large)"  both parse but the tree pair is over the cap: the string level instead
 #   "string (truncated)"       at the string level, a side has > RUBY_MAX_TOKENS tokens: both are cut to that many
+#   "empty"                    a blank candidate for a non-blank reference: 0, no code is no similarity
 # CoNaLa's largest snippet tree has 148 nodes, so no CoNaLa-sized pair reaches either cap.
 RUBY_MAX_TREE_PAIRS = 200 * 200  # ~0.5 s of pure-Python Zhang-Shasha on a 2-core laptop
 RUBY_MAX_TOKENS = 1000  # per side, ~0.5 s of Levenshtein
 
 
 def _ruby(reference: str, candidate: str, cache: dict | None = None) -> tuple[float, str]:
+    if not candidate.strip() and reference.strip():  # the empty module's one node would still "match" ~1/|T_ref|
+        return 0.0, "empty"
     ref_root, hyp_root = parse(reference, cache), parse(candidate, cache)
     level = _ruby_level(ref_root, hyp_root)
     if level == "tree":
@@ -206,7 +212,7 @@ def ruby(reference: str, candidate: str) -> float:
 
 
 def ruby_level(reference: str, candidate: str) -> str:
-    """Which RUBY level `ruby` used: "tree", "string", "string (tree too large)" or "string (truncated)"."""
+    """Which RUBY level `ruby` used: "tree", "string", "string (tree too large)", "string (truncated)" or "empty"."""
     return _ruby(reference, candidate)[1]
 
 
@@ -324,7 +330,7 @@ def evaluate(references: list[str], candidates: list[str], *, codebleu_tokenizer
     cache = {}
     rubies = [_ruby(r, c, cache) for r, c in zip(references, candidates)]
     rouges = [rouge_l(r, c) for r, c in zip(references, candidates)]
-    valid = [not parse(c, cache).has_error for c in candidates]
+    valid = [syntax_valid(c, cache) for c in candidates]
     n = len(references)
     out = {"n": n} | {k: corpus_cb[k] for k in CODEBLEU_KEYS} | {"codebleu_tokenizer": codebleu_tokenizer}
     out |= {"bleu": bleu(references, candidates), "conala_bleu": conala_bleu(references, candidates),
@@ -376,37 +382,12 @@ def load_predictions(path: str) -> tuple[list[str], list[str]]:
     return references, predictions
 
 
-def format_table(result: dict) -> str:
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in result.items() if k != "per_example"]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Score PRED.jsonl (lines of {reference, prediction}) with every metric.")
-    p.add_argument("predictions", help="JSONL file with 'reference' and 'prediction' on each line")
-    p.add_argument("--out", help="also write the results as JSON here")
-    p.add_argument("--codebleu-tokenizer", choices=TOKENIZERS, default="whitespace")
-    p.add_argument("--no-bertscore", action="store_true", help="skip BERTScore (it loads an encoder)")
-    p.add_argument("--bertscore-model", default=EMBEDDED_ENCODER)
-    p.add_argument("--bertscore-layers", type=int, default=None)
-    p.add_argument("--per-example", action="store_true", help="include per-example lists in --out")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = p.parse_args(argv)
-    try:
-        references, predictions = load_predictions(args.predictions)
-        result = evaluate(references, predictions, codebleu_tokenizer=args.codebleu_tokenizer,
-                          with_bertscore=not args.no_bertscore, bertscore_model=args.bertscore_model,
-                          bertscore_layers=args.bertscore_layers, per_example=args.per_example)
-        print(format_table(result))
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    return 0
+    """`python metrics.py PRED.jsonl`: the CLI lives in metrics_cli.py (it also needs the annotator and the sandbox,
+    which this module never imports)."""
+    import metrics_cli
+
+    return metrics_cli.main(argv)
 
 
 if __name__ == "__main__":

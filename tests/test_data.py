@@ -27,7 +27,7 @@ GOOD = {"intent": "sort a list", "rewritten_intent": "sort list `l`", "snippet":
     ([dict(GOOD, snippet="  ")], False, "record 0: 'snippet' must be a non-empty string"),
     ([dict(GOOD, intent=3)], False, "record 0: 'intent' must be a string, got int"),
     ([dict(GOOD, rewritten_intent=["x"])], False, "record 0: 'rewritten_intent' must be a string or null, got list"),
-    ([GOOD, GOOD, {k: v for k, v in GOOD.items() if k != "rewritten_intent"}], False, "record 2: has no 'rewritten_intent'"),
+    ([GOOD, GOOD, {k: v for k, v in GOOD.items() if k != "intent"}], False, "record 2: has no 'intent'"),
 ])
 def test_broken_files_name_file_record_and_problem(tmp_path, payload, raw, message):
     path = write(tmp_path, payload, raw)
