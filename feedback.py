@@ -87,7 +87,10 @@ def quality_signal(code: str, reference: str) -> float:
 
 def rule_signals(code: str, reference: str, exec_outcome: str | None = None) -> dict[str, float]:
     """{syntax, similarity, quality} and, when `exec_outcome` is given, exec. Without an outcome (no sandbox)
-    there is no 'exec' key at all rather than a made-up 0: reward.combined_reward then refuses w_exec > 0."""
+    there is no 'exec' key at all rather than a made-up 0: reward.combined_reward then refuses w_exec > 0.
+    Blank code answers nothing: 0 on every signal (it would parse, and run "ok", so score ~0.1 as gold)."""
+    if not code.strip():
+        return dict(syntax=0.0, similarity=0.0, quality=0.0, **({} if exec_outcome is None else {"exec": 0.0}))
     out = {"syntax": syntax_signal(code), "similarity": similarity_signal(code, reference),
            "quality": quality_signal(code, reference)}
     if exec_outcome is not None:

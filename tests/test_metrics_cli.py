@@ -85,6 +85,10 @@ def test_a_blank_prediction_scores_zero_on_every_metric_and_is_not_valid(blank):
     assert metrics.ruby(ref, blank) == 0.0 and metrics.ruby_level(ref, blank) == "empty"
     assert not metrics.syntax_valid(blank)
     assert feedback.syntax_signal(blank) == 0.0  # the annotator agrees: the gold components and the metrics match
+    signals = feedback.rule_signals(blank, ref, "ok")  # gold too: blank code parses and runs "ok" (was 0.075)
+    assert signals == {"syntax": 0.0, "similarity": 0.0, "quality": 0.0, "exec": 0.0}
+    assert feedback.annotator_score(signals, "ok", 1.0)[0] == 0.0
+    assert feedback.rule_signals(blank, ref) == {"syntax": 0.0, "similarity": 0.0, "quality": 0.0}  # no sandbox
     out = metrics.evaluate([ref, "x = 1"], [blank, "x = 1"], with_bertscore=False, per_example=True)
     assert out["per_example"]["codebleu"][0] == 0.0 and out["per_example"]["ruby"][0] == 0.0
     assert out["per_example"]["syntax_valid"] == [False, True] and out["syntax_valid_rate"] == 0.5
