@@ -25,3 +25,17 @@ def one_thread():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it (the GPU lane: pytest -m gpu)")
+
+
+def default_signals(then=None):
+    """preexec_fn for a child that tests signals: SIGINT, SIGTERM and SIGHUP at their defaults, then `then()`. Under
+    nohup, or started with `&` by a non-interactive shell (as CI may be), pytest inherits SIGHUP or SIGINT ignored,
+    the child would too, and the run rightly keeps an ignored signal ignored."""
+    import signal
+
+    def pre():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        if then is not None:
+            then()
+    return pre

@@ -24,7 +24,7 @@ import feedback
 import rejection
 import report
 import reward
-from conftest import ROOT
+from conftest import ROOT, default_signals
 from console import Interrupted
 
 
@@ -71,7 +71,7 @@ sys.exit(128 + run.stop_signal)
 
 def worker(*args, preexec_fn=None):
     proc = subprocess.Popen([sys.executable, "-c", WORKER.format(root=str(ROOT)), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_signals(preexec_fn))
     assert proc.stdout.readline() == "ready\n"
     return proc
 
@@ -284,7 +284,8 @@ def test_ctrl_c_in_the_reward_stage_stops_there_and_resume_completes_the_run(tmp
     out = tmp_path / "run"
     small = ["--ppo_steps", "1", "--eval_every", "0", "--bon_n", "0", "--eval_batch_size", "1"]  # 10 sampling batches
     proc = subprocess.Popen([sys.executable, str(ROOT / "rlhf.py"), "--config", "test", "--output_dir", str(out),
-                             *small], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             *small], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_signals())
     log = out / "pipeline.log"
     while not (log.exists() and "=== stage reward ===" in log.read_text()):
         assert proc.poll() is None, proc.stdout.read()[-3000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, default_signals
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
 
@@ -25,7 +25,7 @@ def rlhf(*args, **kw):
 
 def start(*args):
     return subprocess.Popen([sys.executable, str(ROOT / "rlhf.py"), "--config", "test", *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals())
 
 
 def wait_for(path, proc, timeout=240):
