@@ -470,7 +470,7 @@ PRESETS: dict[str, dict] = {
 
 # What each preset is for and roughly how long it takes (the --help page and a bare `python rlhf.py` show these).
 PRESET_NOTES: dict[str, tuple[str, str]] = {
-    "research": ("one GPU with AMP, the full data, 400 PPO steps x 16", "hours on one GPU; not yet timed"),
+    "research": ("one GPU with AMP, the full data, the cpu recipe at 100 PPO steps x 256 episodes", "hours on one GPU; not yet timed"),
     "quick": ("a laptop CPU, embedded models, a train subset: the first run to try", "~14 min on 2 idle cores"),
     "cpu": ("2 CPU cores, the full train split, RLOO: the run whose PPO beats SFT", "~2.5 h on 2 idle cores"),
     "test": ("tiny random models: the real code path, for tests and CI", "about a minute on 2 idle cores"),
