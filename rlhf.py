@@ -277,7 +277,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
         raise ConfigError(f"--w_exec={cfg.w_exec} needs the sandbox: {sandbox.sandbox_status()[1]}")
     need(run.out / "checkpoint-reward", "the reward stage")
     start, resume_dir = latest_ppo_checkpoint(run)
-    done_by_budget = bool(cfg.kl_budget) and start > 0 and logged_kl(run, start) > cfg.kl_budget  # stopped there
+    kl_at_start = logged_step(run, start)[0] if cfg.kl_budget and start else None
+    done_by_budget = kl_at_start is not None and kl_at_start > cfg.kl_budget  # a resumed run that stopped there
     base_lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
     policy = ppo.PolicyWithValueHead.load(resume_dir) if resume_dir else ppo.PolicyWithValueHead(base_lm)
     ref = ppo.make_reference(base_lm)  # a frozen copy of the SFT weights, taken before any update
@@ -380,29 +381,26 @@ def save_ppo(run, policy, tok, opt, kl_ctl, step: int, name: str) -> None:
     dist.save_on_main(run.out / name, write)
 
 
-def logged_kl(run: Run, step: int) -> float:
-    """PPO step `step`'s rollout KL as metrics.jsonl logged it (-inf when absent), on every rank: a resumed run
-    whose last step passed --kl_budget has ended there."""
-    kl = float("-inf")
+def logged_step(run: Run, step: int) -> tuple[float | None, bool]:
+    """PPO step `step` as metrics.jsonl logged it, on every rank: (its rollout KL, None when absent; whether its
+    curve point is there). A resume reads it to tell whether that step passed --kl_budget or a stop skipped its
+    curve point. Rank 0 reads the file."""
+    logged = (None, False)
     if dist.is_main() and (run.out / "metrics.jsonl").exists():
-        kls = [r["objective/kl"] for r in report.read_jsonl(run.out / "metrics.jsonl")
-               if r.get("stage") == "ppo" and r.get("step") == step]
-        kl = kls[-1] if kls else kl
-    return dist.broadcast_object(kl)
+        rows = report.read_jsonl(run.out / "metrics.jsonl")
+        kls = [r["objective/kl"] for r in rows if r.get("stage") == "ppo" and r.get("step") == step]
+        logged = (kls[-1] if kls else None, any(r.get("stage") == "ppo_eval" and r.get("step") == step for r in rows))
+    return dist.broadcast_object(logged)
 
 
 def missing_curve_kl(run: Run, start: int, final: bool = False) -> float | None:
     """Resuming PPO at step `start`: that step's objective/kl when its curve point is due but not in metrics.jsonl
-    (a stop came before or during it), else None. final: `start` ended PPO (its KL budget), so its point is due.
-    Rank 0 reads the file; every rank gets its answer."""
-    cfg, kl = run.cfg, None
-    due = cfg.eval_every and start and (start % cfg.eval_every == 0 or start == cfg.ppo_steps or final)
-    if due and dist.is_main() and (run.out / "metrics.jsonl").exists():
-        rows = report.read_jsonl(run.out / "metrics.jsonl")
-        kls = [r["objective/kl"] for r in rows if r["stage"] == "ppo" and r["step"] == start]
-        if kls and not any(r["stage"] == "ppo_eval" and r["step"] == start for r in rows):
-            kl = kls[-1]
-    return dist.broadcast_object(kl) if due else None
+    (a stop came before or during it), else None. final: `start` ended PPO (its KL budget), so its point is due."""
+    cfg = run.cfg
+    if not (cfg.eval_every and start and (start % cfg.eval_every == 0 or start == cfg.ppo_steps or final)):
+        return None
+    kl, drawn = logged_step(run, start)
+    return None if drawn else kl
 
 
 def latest_ppo_checkpoint(run: Run) -> tuple[int, Path | None]:
