@@ -7,7 +7,7 @@ How a stop travels: the first signal only sets run.stop_requested. Long loops po
 SFT and the reward stage start over (nothing partial of theirs is ever read), PPO continues from its last
 checkpoint (drawing a curve point the stop skipped), evaluation keeps every system it had fully scored. rlhf.py
 prints it and exits 128 + the signal's number. A second signal exits at once (abort_now).
-Why a separate module: report.py keeps the run folder and the report; re-exported there (report.Interrupted).
+Why a separate module: report.py keeps the run folder and the report; callers import these names from here.
 """
 from __future__ import annotations
 

@@ -16,10 +16,13 @@ Why a separate module: rlhf.py stays the story of the four stages; stage_eval th
 """
 from __future__ import annotations
 
+import console
 import data
 import dist
 import models
+import plots
 import report
+import runfolder
 
 # Paired bootstrap comparisons (better, baseline) and the per-example metrics they resample.
 COMPARISONS = [("sft", "base"), ("ppo", "sft"), ("sft-rs", "sft"), ("ppo", "sft-rs"), ("ppo", "sft-sharp"),
@@ -48,7 +51,7 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
     answers: list[list[str]] = [[] for _ in intents]
     lm.eval()
     starts = dist.shard(list(range(0, len(order), cfg.eval_batch_size)), strided=True)  # prompts sorted by length
-    done, bar = 0, report.progress(starts, desc=desc, unit="batch")
+    done, bar = 0, console.progress(starts, desc=desc, unit="batch")
     for start in bar:
         if stop is not None and stop():
             break
@@ -70,7 +73,7 @@ def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: b
     bar.close()  # also after a break: a bar left open is redrawn under the "interrupted:" line
     # Every rank reaches this line (a rank without the signal decodes its whole share), so they stop together.
     if stop is not None and dist.any_flag(done < len(starts)):
-        raise report.Interrupted(f"{desc}: stopped after {done}/{len(starts)} batches")
+        raise console.Interrupted(f"{desc}: stopped after {done}/{len(starts)} batches")
     if dist.world_size() > 1:
         mine = {i: a for i, a in enumerate(answers) if a}  # this rank's intents, by index
         for part in dist.gather_objects(mine):
@@ -194,7 +197,7 @@ def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: l
     if sampled:  # anyone can re-score the samples
         for row, ss, sg in zip(rows, sampled["samples"], sampled["sample_gold"]):
             row.update(samples=ss, sample_gold=sg)
-    report.write_jsonl(rows, run.out / f"predictions-{name}.jsonl")
+    runfolder.write_jsonl(rows, run.out / f"predictions-{name}.jsonl")
     run.stat("eval", step, system=name, **{k: v for k, v in result.items() if k != "n"})
     run.state["evaluated"][name] = dict(result, per_example=per)
     run.save_state()
@@ -331,7 +334,7 @@ def sharpened_sft(run, env, lm, tok, step: int) -> dict:
         got = sample_and_judge(run, env, lm, tok, val, m, t, f"sharpening T={t} (validation)")
         grid[t] = mean(got["per"]["sampled_gold"]) if got else 0.0
     best = dist.broadcast_object(max(grid, key=lambda t: (grid[t], -t)) if dist.is_main() else None)
-    rows = report.read_jsonl(run.out / "predictions-sft.jsonl") if dist.is_main() else []
+    rows = runfolder.read_jsonl(run.out / "predictions-sft.jsonl") if dist.is_main() else []
     reuse = dist.broadcast_object(best == cfg.temperature and bool(rows) and "samples" in rows[0])
     if reuse and not dist.is_main():
         return {}
@@ -349,7 +352,7 @@ def sharpened_sft(run, env, lm, tok, step: int) -> dict:
     rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "samples": ss,
              "sample_gold": sg, "temperature": best} for e, ss, sg in zip(env["test"], got["samples"],
                                                                          got["sample_gold"])]
-    report.write_jsonl(rows, run.out / "predictions-sft-sharp.jsonl")
+    runfolder.write_jsonl(rows, run.out / "predictions-sft-sharp.jsonl")
     run.stat("eval", step, system="sft-sharp", sampled_gold=result["sampled_gold"], temperature=best)
     run.log(f"eval sft-sharp: validation sampled gold by temperature {grid}; on test at T={best}: "
             f"{result['sampled_gold']:.4f}")
@@ -397,7 +400,7 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
     results = {}
     for name, spec in systems.items():
         # A system is cached in state.json only once it is fully scored, so resume redoes the one interrupted.
-        with report.on_interrupt("on --resume eval keeps the systems it has scored and redoes this one"):
+        with console.on_interrupt("on --resume eval keeps the systems it has scored and redoes this one"):
             lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
             results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
             if name == "sft" and cfg.sharpen_temperatures:
@@ -412,7 +415,7 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
         return
     boot = bootstrap_rows(results, cfg.bootstrap_samples, cfg.seed)
     breakdown = breakdown_rows(results, cfg.bootstrap_samples, cfg.seed)
-    preds = {n: report.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
+    preds = {n: runfolder.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
     flips = {f"{b} − {a}": greedy_flips(preds[a], preds[b]) for b, a in COMPARISONS
              if a in preds and b in preds and "prediction" in preds[a][0] and "prediction" in preds[b][0]}
     examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results
@@ -426,4 +429,4 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
                                   sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown,
                                   flips=flips)
     run.echo(report.console_summary(written))
-    report.write_plots(run.out)  # after report.json: the systems plot draws its numbers and CIs
+    plots.write_plots(run.out)  # after report.json: the systems plot draws its numbers and CIs

@@ -10,8 +10,9 @@ prompt from the current policy, keep the best one by the reward, and fine-tune o
 """
 from __future__ import annotations
 
+import console
 import data
-import report
+import runfolder
 
 SAMPLES_FILE = "policy_samples.jsonl"  # the reward stage's k SFT samples per intent, one row per intent
 REWARDS_FILE = "policy_sample_rewards.jsonl"  # the same samples (blanks dropped) with their PPO rewards
@@ -19,12 +20,12 @@ REWARDS_FILE = "policy_sample_rewards.jsonl"  # the same samples (blanks dropped
 
 def write_policy_samples(chosen: list, samples: dict[int, list[str]], path) -> None:
     """One row per intent: question_id, intent, reference and its k samples (the reward stage writes it)."""
-    report.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet,
+    runfolder.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet,
                          "samples": samples[e.question_id]} for e in chosen if e.question_id in samples], path)
 
 
 def read_policy_samples(path) -> list[dict]:
-    rows = report.read_jsonl(path)
+    rows = runfolder.read_jsonl(path)
     for i, r in enumerate(rows):
         if not (isinstance(r.get("samples"), list) and all(isinstance(s, str) for s in r["samples"])
                 and isinstance(r.get("intent"), str) and isinstance(r.get("reference"), str)):
@@ -33,13 +34,13 @@ def read_policy_samples(path) -> list[dict]:
 
 
 def write_scored(rows: list[dict], groups: list[list[float]], path) -> None:
-    report.write_jsonl([dict(r, rewards=g) for r, g in zip(rows, groups)], path)
+    runfolder.write_jsonl([dict(r, rewards=g) for r, g in zip(rows, groups)], path)
 
 
 def read_scored(path, rows: list[dict]) -> list[list[float]] | None:
     """The cached rewards of score_groups(rows, ...), or None when the cache does not match rows (other
     intents or samples: a cache from another policy_samples.jsonl is never trusted)."""
-    cached = report.read_jsonl(path)
+    cached = runfolder.read_jsonl(path)
     if [(c.get("question_id"), c.get("samples")) for c in cached] != [(r["question_id"], r["samples"]) for r in rows]:
         return None
     groups = [c.get("rewards") for c in cached]
@@ -84,7 +85,7 @@ def score_groups(rows: list[dict], score_fn, stop=None) -> tuple[list[dict], lis
     for start in bar:
         if stop is not None and stop():
             bar.close()
-            raise report.Interrupted(f"policy-sample scoring: stopped after {start}/{len(flat)} samples")
+            raise console.Interrupted(f"policy-sample scoring: stopped after {start}/{len(flat)} samples")
         part = flat[start:start + SCORE_BATCH]
         rewards += [float(x) for x in score_fn([r["intent"] for r, _ in part], [r["reference"] for r, _ in part],
                                                [s for _, s in part])]

@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from console import Interrupted, Tee, install_sigint, on_interrupt, progress, rank0_section  # noqa: F401 -- for rlhf.py
-from plots import curve_points, write_plots  # noqa: F401 -- report.write_plots for callers (plots.py draws them)
+from plots import curve_points
 from resume import load_state
-from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- report.read_jsonl/write_jsonl for callers
+from runfolder import read_jsonl
 
 
 # ----------------------------------------------------------------------------- run folder, logs, state

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import config
+import console
 import data
 import dist
 import models
@@ -29,7 +30,8 @@ import resume
 import runfolder
 from config import ConfigError, die
 from evaluate import decode_batches  # stage_reward samples SFT candidates with it
-from report import Interrupted, Run
+from console import Interrupted
+from report import Run
 
 EXTRA_FLAGS = ("resume=", "overwrite", "diagnose", "debug")
 RANK_SEED_STRIDE = 1000  # rank r seeds with seed + 1000 r: independent samples per rank, rank 0 as one process
@@ -143,7 +145,7 @@ def scored_policy_samples(run: Run, reward_fn) -> tuple[list[dict], list[list[fl
             rejection.write_scored(rows, groups, cache)
         return rows, groups
 
-    return report.rank0_section(score)
+    return console.rank0_section(score)
 
 
 def stage_rejection_sampling(run: Run, env: dict, reward_fn) -> None:
@@ -151,7 +153,7 @@ def stage_rejection_sampling(run: Run, env: dict, reward_fn) -> None:
     one SFT pass on them from the SFT policy -> checkpoint-sft-rs/."""
     kept, rewards = rejection.pick_best(*scored_policy_samples(run, reward_fn))
     if dist.is_main():
-        report.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "snippet": e.snippet, "reward": r}
+        runfolder.write_jsonl([{"question_id": e.question_id, "intent": e.intent, "snippet": e.snippet, "reward": r}
                             for e, r in zip(kept, rewards)], run.out / "sft_rs_examples.jsonl")
     run.log(f"sft-rs: best of k by the PPO reward for {len(kept)} intents, mean kept reward "
             f"{sum(rewards) / max(len(rewards), 1):.4f}")
@@ -185,7 +187,7 @@ def save_policy(lm, tok, folder: Path, cfg) -> None:
 
 
 # ----------------------------------------------------------------------------- stage 2: reward model
-@report.on_interrupt("the reward stage starts over on --resume")
+@console.on_interrupt("the reward stage starts over on --resume")
 def stage_reward(run: Run, env: dict, train, val) -> None:
     """Synthetic feedback (reference, corruptions, other intents' snippets, k SFT samples per intent) ->
     Bradley-Terry RM on the encoder or on the SFT policy itself; held-out accuracy per pairing, policy>policy first.
@@ -216,7 +218,7 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
                 f"{reward.pair_counts_by_kind(pairs[0], by='pairing')}")
         return pairs
 
-    train_pairs, val_pairs, val_cands = report.rank0_section(label)
+    train_pairs, val_pairs, val_cands = console.rank0_section(label)
     train_pairs = reward.subsample_pairs(train_pairs, cfg.reward_max_train_pairs, cfg.seed, cfg.reward_subsample,
                                          log=run.log)
     if cfg.reward_backbone == "policy":  # InstructGPT/LHP: the RM starts from the SFT policy it will judge
@@ -288,7 +290,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     rm_tok = models.load_tokenizer(str(run.out / "checkpoint-reward"))
     reward_fn = reward.make_score_fn(rm, rm_tok, cfg, device, log=run.log)
     if cfg.sft_rs and not (run.out / "checkpoint-sft-rs").exists():  # the cheap baseline, on the same reward
-        with report.on_interrupt("on --resume sft-rs starts over, then PPO"):
+        with console.on_interrupt("on --resume sft-rs starts over, then PPO"):
             stage_rejection_sampling(run, env, reward_fn)
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
     opt = ppo.make_optimizer(policy, cfg)
@@ -310,12 +312,12 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     n_local, first = n_prompts // dist.world_size(), n_prompts // dist.world_size() * dist.rank()  # this rank's prompts
     resume_note = "PPO continues from its last checkpoint on --resume"
     if cfg.eval_every and start == 0:  # the curve starts at the SFT policy, KL 0
-        with report.on_interrupt(resume_note):
+        with console.on_interrupt(resume_note):
             evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
     elif (kl := missing_curve_kl(run, start, final=done_by_budget)) is not None:  # a stop came before this point
-        with report.on_interrupt(resume_note):
+        with console.on_interrupt(resume_note):
             evaluate.curve_point(run, env, policy.lm, tok, start, kl)
-    bar = report.progress(range(start, start if done_by_budget else cfg.ppo_steps), initial=start, total=cfg.ppo_steps, desc="ppo", unit="step")
+    bar = console.progress(range(start, start if done_by_budget else cfg.ppo_steps), initial=start, total=cfg.ppo_steps, desc="ppo", unit="step")
     for step in bar:
         t0 = time.perf_counter()
         prompts = [train[order[(step * n_prompts + first + i) % len(order)]] for i in range(n_local)]
@@ -387,7 +389,7 @@ def logged_step(run: Run, step: int) -> tuple[float | None, bool]:
     curve point. Rank 0 reads the file."""
     logged = (None, False)
     if dist.is_main() and (run.out / "metrics.jsonl").exists():
-        rows = report.read_jsonl(run.out / "metrics.jsonl")
+        rows = runfolder.read_jsonl(run.out / "metrics.jsonl")
         kls = [r["objective/kl"] for r in rows if r.get("stage") == "ppo" and r.get("step") == step]
         logged = (kls[-1] if kls else None, any(r.get("stage") == "ppo_eval" and r.get("step") == step for r in rows))
     return dist.broadcast_object(logged)
@@ -526,13 +528,13 @@ def main(argv: list[str]) -> int:
         raise (dist.EveryRankError if dist.world_size() > 1 else ConfigError)(problem)
     if dist.is_main():
         log = out / "training.log"
-        sys.stdout, sys.stderr = report.Tee(sys.stdout, log), report.Tee(sys.stderr, log)
+        sys.stdout, sys.stderr = console.Tee(sys.stdout, log), console.Tee(sys.stderr, log)
         config.save_config(cfg, out / "config.json")
         with open(out / "argv.txt", "a", encoding="utf-8") as f:
             f.write(" ".join(["rlhf.py", *argv]) + "\n")
     dist.barrier()  # the other ranks read state.json once rank 0 has the folder ready
     run = Run(out, cfg, writer=dist.is_main())
-    report.install_sigint(run)
+    console.install_sigint(run)
     try:
         run_pipeline(run, device)
     except Interrupted as e:

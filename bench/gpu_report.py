@@ -11,6 +11,7 @@ predictions (a lower bound: the decoder also generated the text around the code 
 from __future__ import annotations
 
 import json
+import runfolder
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def main(run_dir: str) -> None:
     cfg = config.load_config(out / "config.json")
     state = json.loads((out / "state.json").read_text())
     seconds, peak = state.get("stage_seconds", {}), state.get("peak_gpu_gib", {})
-    rows = report.read_jsonl(out / "metrics.jsonl")
+    rows = runfolder.read_jsonl(out / "metrics.jsonl")
     tok = models.load_tokenizer(str(out / "checkpoint-sft")) if (out / "checkpoint-sft").exists() else \
         models.load_tokenizer(cfg.policy_model)
     tokens = {}
@@ -39,13 +40,13 @@ def main(run_dir: str) -> None:
     pairs_file = out / "preference_pairs_train.jsonl"
     if pairs_file.exists():
         rtok = models.load_tokenizer(str(out / "checkpoint-reward"))
-        pairs = report.read_jsonl(pairs_file)[:cfg.reward_max_train_pairs or None]
+        pairs = runfolder.read_jsonl(pairs_file)[:cfg.reward_max_train_pairs or None]
         lengths = [min(len(rtok(p["intent"], c)["input_ids"]), cfg.reward_max_len)
                    for p in pairs for c in (p["chosen"], p["rejected"])]
         tokens["reward"] = cfg.reward_epochs * sum(lengths)
     tokens["ppo"] = sum(r["response/length_mean"] * cfg.batch_size for r in rows if r["stage"] == "ppo")
     tokens["eval"] = sum(len(tok(r["prediction"])["input_ids"]) for f in out.glob("predictions-*.jsonl")
-                         for r in report.read_jsonl(f))
+                         for r in runfolder.read_jsonl(f))
     print(f"{'stage':8} {'seconds':>9} {'tokens':>10} {'tokens/s':>10} {'peak GPU GiB':>13}")
     for stage in ("sft", "reward", "ppo", "eval"):
         s = seconds.get(stage)

@@ -15,6 +15,7 @@ import evaluate
 import ppo
 import rejection
 import report
+import runfolder
 from test_ppo import cfg_for, tiny  # noqa: F401 -- the module fixture
 from test_ppo_fixes import hand_rollout
 
@@ -242,22 +243,22 @@ def test_test_config_with_sampled_eval_and_sft_rs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     print(f"--config test with sampled eval and sft-rs: {time.perf_counter() - t0:.0f} s")
     for name in ("sft", "sft-rs", "ppo"):
-        rows = report.read_jsonl(out / f"predictions-{name}.jsonl")
+        rows = runfolder.read_jsonl(out / f"predictions-{name}.jsonl")
         assert rows and all(len(r["samples"]) == 2 and len(r["sample_gold"]) == 2 for r in rows), name
         assert all(0 <= g <= 1 for r in rows for g in r["sample_gold"])
-    assert "samples" not in report.read_jsonl(out / "predictions-base.jsonl")[0]  # only the RL systems sample
-    kept = report.read_jsonl(out / "sft_rs_examples.jsonl")
+    assert "samples" not in runfolder.read_jsonl(out / "predictions-base.jsonl")[0]  # only the RL systems sample
+    kept = runfolder.read_jsonl(out / "sft_rs_examples.jsonl")
     assert kept and (out / "checkpoint-sft-rs").is_dir()
     rep = json.loads((out / "report.json").read_text())
     assert {"sampled_gold", "sampled_gold_se"} <= set(rep["systems"]["ppo"])
     assert any(b["metric"] == "sampled_gold" and b["comparison"] == "ppo − sft" for b in rep["bootstrap"])
     assert "## The RL objective: sampled gold" in (out / "report.md").read_text()
     # sft-rs and the prompt selection share one scoring of the reward stage's samples
-    scored = report.read_jsonl(out / rejection.REWARDS_FILE)
+    scored = runfolder.read_jsonl(out / rejection.REWARDS_FILE)
     assert {r["question_id"] for r in kept} <= {r["question_id"] for r in scored}
     assert proc.stdout.count("ppo prompts:") == 1 and "disagree" in proc.stdout
     # the KL budget: PPO stops after the first step whose rollout KL exceeds it, and keeps that policy
-    kls = [r["objective/kl"] for r in report.read_jsonl(out / "metrics.jsonl") if r.get("stage") == "ppo"]
+    kls = [r["objective/kl"] for r in runfolder.read_jsonl(out / "metrics.jsonl") if r.get("stage") == "ppo"]
     over = [i for i, kl in enumerate(kls) if kl > KL_BUDGET]
     assert len(kls) == (over[0] + 1 if over else 3), kls
     assert over, f"no step exceeded the budget {KL_BUDGET}: the test no longer exercises it ({kls})"
