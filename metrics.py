@@ -34,11 +34,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# re-exported names (noqa) keep the whole API importable from metrics
-from codebleu_ts import (PYTHON_KEYWORDS, ngram_counts, ngrams, parse, strip_comments_and_docstrings,  # noqa: F401
-                         syntax_valid, tree_match_counts)
+from codebleu_ts import ngram_counts, ngrams, parse, syntax_valid, tree_match_counts
 from config import EMBEDDED_ENCODER, ConfigError
-from ruby_ted import token_similarity, tree_edit_distance, tree_similarity, tree_size  # noqa: F401
+from ruby_ted import token_similarity, tree_similarity, tree_size
 
 CODEBLEU_KEYS = ("codebleu", "ngram_match", "weighted_ngram_match", "syntax_match", "dataflow_match")
 TOKENIZERS = ("whitespace", "conala")

@@ -1,9 +1,8 @@
 """The policy side of PPO for a causal LM: the policy with its value head, the frozen reference, the one forward
 pass that gives response log-probs and values, and rollouts (sampling, then scoring the finished sequences).
 
-Split from ppo.py (which keeps the maths and the update) so each file stays readable; ppo.py re-exports every
-name here, so `ppo.PolicyWithValueHead`, `ppo.rollout` etc. keep working. Implementation details 1-4 of ppo.py's
-docstring live here.
+Split from ppo.py, which keeps the maths and the update; import these names from here. Implementation details
+1-4 of ppo.py's docstring live here.
 """
 from __future__ import annotations
 

@@ -39,8 +39,7 @@ import torch
 from torch import nn
 
 import dist
-from policy import (VALUE_HEAD_FILE, PolicyWithValueHead, Rollout, decode_responses,  # noqa: F401 -- re-exported
-                    make_reference, mask_after_eos, position_ids, response_forward, rollout, token_logprobs)
+from policy import PolicyWithValueHead, Rollout, decode_responses, response_forward, rollout, token_logprobs
 
 ADVANTAGES = ("gae", "rloo", "grpo")  # advantage estimators (Config.advantage)
 

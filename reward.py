@@ -23,9 +23,8 @@ from torch import nn
 
 import dist
 from config import ConfigError, die
-from feedback import (annotate, build_candidates, build_preference_pairs, pair_counts_by_kind,  # noqa: F401
-                      pairing, rule_signals)
-from runfolder import read_jsonl, write_jsonl  # noqa: F401 -- re-exported: reward.write_jsonl(pairs, path)
+from feedback import build_preference_pairs, pair_counts_by_kind, pairing, rule_signals
+from runfolder import write_jsonl
 
 HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
 RULE_WEIGHTS = {"syntax": "w_syntax", "exec": "w_exec", "similarity": "w_similarity", "quality": "w_quality"}  # rule signal -> Config field

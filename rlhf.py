@@ -32,6 +32,7 @@ from config import ConfigError, die
 from evaluate import decode_batches  # stage_reward samples SFT candidates with it
 from console import Interrupted
 from report import Run
+from policy import make_reference, PolicyWithValueHead
 
 EXTRA_FLAGS = ("resume=", "overwrite", "diagnose", "debug")
 RANK_SEED_STRIDE = 1000  # rank r seeds with seed + 1000 r: independent samples per rank, rank 0 as one process
@@ -193,6 +194,7 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
     Bradley-Terry RM on the encoder or on the SFT policy itself; held-out accuracy per pairing, policy>policy first.
     A stop signal ends sampling, labelling or RM training within a batch; the stage then starts over on --resume
     (it writes checkpoint-reward/ only at its end, so nothing partial is ever trusted)."""
+    import feedback
     import reward
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
@@ -210,12 +212,12 @@ def stage_reward(run: Run, env: dict, train, val) -> None:
             rejection.write_policy_samples(chosen[:k], policy_samples, run.out / rejection.SAMPLES_FILE)
 
     def label():  # the annotator runs sandboxed code whose timeouts may differ: one rank labels, all train
-        pairs = reward.build_preference_pairs(train, val, policy_samples, cfg, log=run.log, with_candidates=True,
+        pairs = feedback.build_preference_pairs(train, val, policy_samples, cfg, log=run.log, with_candidates=True,
                                               stop=run.stopping)
         for rows, name in zip(pairs, ("preference_pairs_train", "preference_pairs_val", "feedback_candidates_val")):
-            reward.write_jsonl(rows, run.out / f"{name}.jsonl")
+            runfolder.write_jsonl(rows, run.out / f"{name}.jsonl")
         run.log(f"reward: {len(pairs[0])} train / {len(pairs[1])} held-out pairs; by pairing "
-                f"{reward.pair_counts_by_kind(pairs[0], by='pairing')}")
+                f"{feedback.pair_counts_by_kind(pairs[0], by='pairing')}")
         return pairs
 
     train_pairs, val_pairs, val_cands = console.rank0_section(label)
@@ -282,8 +284,8 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     kl_at_start = logged_step(run, start)[0] if cfg.kl_budget and start else None
     done_by_budget = kl_at_start is not None and kl_at_start > cfg.kl_budget  # a resumed run that stopped there
     base_lm, tok = models.load_causal_lm(sft_path(run, env), seed=cfg.seed)
-    policy = ppo.PolicyWithValueHead.load(resume_dir) if resume_dir else ppo.PolicyWithValueHead(base_lm)
-    ref = ppo.make_reference(base_lm)  # a frozen copy of the SFT weights, taken before any update
+    policy = PolicyWithValueHead.load(resume_dir) if resume_dir else PolicyWithValueHead(base_lm)
+    ref = make_reference(base_lm)  # a frozen copy of the SFT weights, taken before any update
     policy.to(device), ref.to(device)
     model = dist.wrap_ddp(policy, device, find_unused_parameters=cfg.advantage != "gae")  # no critic: no head grads
     rm = reward.RewardModel.load(run.out / "checkpoint-reward").to(device)

@@ -58,8 +58,9 @@ def load_policy(workdir: Path):
     from transformers import AutoModelForCausalLM
 
     import ppo
+    from policy import make_reference, PolicyWithValueHead, rollout
 
-    return ppo.PolicyWithValueHead(AutoModelForCausalLM.from_pretrained(workdir / "policy", dtype=torch.float32))
+    return PolicyWithValueHead(AutoModelForCausalLM.from_pretrained(workdir / "policy", dtype=torch.float32))
 
 
 def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -> None:
@@ -72,6 +73,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
 
     import dist
     import ppo
+    from policy import make_reference, PolicyWithValueHead, rollout
 
     workdir, cfg = Path(workdir), bench_cfg(args)
     b = args.batch // world
@@ -90,7 +92,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
     tok = AutoTokenizer.from_pretrained(workdir / "policy")
     no_eos = SimpleNamespace(eos_token_id=len(tok), pad_token_id=tok.pad_token_id)  # an id no token has: R tokens
     policy = load_policy(workdir)
-    ref = ppo.make_reference(policy.lm)
+    ref = make_reference(policy.lm)
     model = dist.wrap_ddp(policy, torch.device("cpu"))
     opt = ppo.make_optimizer(policy, cfg)
     ids, mask = fixed["ro"].query_ids[rows], fixed["ro"].query_mask[rows]
@@ -99,7 +101,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
     for _ in range(args.warmup + args.steps):
         dist.barrier()
         t0 = time.perf_counter()
-        ro = ppo.rollout(policy, ref, ids, mask, no_eos, cfg)
+        ro = rollout(policy, ref, ids, mask, no_eos, cfg)
         scores = torch.linspace(0, 1, args.batch)[rows]  # free, fixed scores: the bench times PPO, not a reward model
         ro = ppo.compute_rewards(ro, scores, 0.05, cfg, reduce=reduce)
         t1 = time.perf_counter()
@@ -117,6 +119,7 @@ def prepare(args, workdir: Path) -> None:
     import torch
 
     import ppo
+    from policy import make_reference, PolicyWithValueHead, rollout
     from config import make_config
     from data import generation_batch, load_splits
     from models import load_causal_lm
@@ -128,7 +131,7 @@ def prepare(args, workdir: Path) -> None:
     batch = generation_batch([e.intent for e in train[:args.batch]], tok, "chat", 96)
     policy = load_policy(workdir)
     torch.manual_seed(0)
-    ro = ppo.rollout(policy, ppo.make_reference(policy.lm), batch["input_ids"], batch["attention_mask"], tok,
+    ro = rollout(policy, make_reference(policy.lm), batch["input_ids"], batch["attention_mask"], tok,
                      bench_cfg(args))
     ro = ppo.init_value_bias(policy, ro, torch.zeros(args.batch))  # fresh head: V = 0, the stored values match
     torch.save({"ro": ro, "scores": torch.linspace(0, 1, args.batch)}, workdir / "rollout.pt")

@@ -11,7 +11,6 @@ predictions (a lower bound: the decoder also generated the text around the code 
 from __future__ import annotations
 
 import json
-import runfolder
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ def main(run_dir: str) -> None:
     import data
     import models
     import report
+    import runfolder
 
     out = Path(run_dir)
     cfg = config.load_config(out / "config.json")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import codebleu_ts  # noqa: E402
 import metrics  # noqa: E402
 
 REF_PYTHON = ROOT / "bench" / ".venv-metrics" / "bin" / "python"
@@ -140,11 +141,11 @@ def tree_sitter_floor(refs: list[str], cands: list[str], repeats: int) -> tuple[
     """Best-of CPU seconds that any CodeBLEU on py-tree-sitter spends before its own logic, over the distinct
     stripped snippets: parse each once; also create every node's Python object once (a walk: the dataflow needs the
     tokens); also print str(root) once (the syntax match compares tree-sitter's S-expressions)."""
-    codes = list(dict.fromkeys(metrics.strip_comments_and_docstrings(c.strip()) for c in refs + cands))
+    codes = list(dict.fromkeys(codebleu_ts.strip_comments_and_docstrings(c.strip()) for c in refs + cands))
 
     def run(walk: bool, print_: bool):
         for code in codes:
-            root = metrics.parse(code)
+            root = codebleu_ts.parse(code)
             if print_:
                 str(root)
             stack = [root] if walk else []

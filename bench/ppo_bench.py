@@ -113,13 +113,14 @@ def run_ours(args, workdir: Path, prompt_ids) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     import ppo
+    from policy import make_reference, PolicyWithValueHead, rollout
     from config import make_config
     from data import collate_left
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(workdir / "policy")
-    policy = ppo.PolicyWithValueHead(AutoModelForCausalLM.from_pretrained(workdir / "policy", dtype=torch.float32))
-    ref = ppo.make_reference(policy.lm)
+    policy = PolicyWithValueHead(AutoModelForCausalLM.from_pretrained(workdir / "policy", dtype=torch.float32))
+    ref = make_reference(policy.lm)
     rm = AutoModelForSequenceClassification.from_pretrained(workdir / "reward").eval()
     cfg = make_config("quick", dict(batch_size=args.batch, mini_batch_size=args.batch, micro_batch_size=args.micro,
                                     ppo_epochs=args.epochs, max_new_tokens=args.response, temperature=0.7, top_p=1.0,
@@ -131,7 +132,7 @@ def run_ours(args, workdir: Path, prompt_ids) -> dict:
     times = []
     for _ in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        ro = ppo.rollout(policy, ref, batch["input_ids"], batch["attention_mask"], no_eos, cfg)
+        ro = rollout(policy, ref, batch["input_ids"], batch["attention_mask"], no_eos, cfg)
         with torch.no_grad():
             seq = torch.cat([ro.query_ids, ro.response_ids], 1)
             scores = rm(input_ids=seq, attention_mask=torch.cat([ro.query_mask, ro.response_mask], 1)).logits[:, 0]

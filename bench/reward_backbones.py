@@ -23,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config  # noqa: E402
 import data  # noqa: E402
+import feedback  # noqa: E402
 import models  # noqa: E402
 import reward  # noqa: E402
+import runfolder  # noqa: E402
 
 
 def train_one(backbone: str, cfg, run: Path, train_pairs, val_pairs, val_cands, device) -> dict:
@@ -51,12 +53,12 @@ def main(argv: list[str]) -> None:
                                                                                   "debug"))
     headline, backbones = bool(extras.get("headline")), extras.get("backbones", "encoder,policy")
     device = models.resolve_device(cfg.device)
-    train_pairs = reward.subsample_pairs(reward.read_jsonl(run / "preference_pairs_train.jsonl"),
+    train_pairs = reward.subsample_pairs(runfolder.read_jsonl(run / "preference_pairs_train.jsonl"),
                                          cfg.reward_max_train_pairs, cfg.seed, cfg.reward_subsample)
-    val_pairs = reward.read_jsonl(run / "preference_pairs_val.jsonl")
+    val_pairs = runfolder.read_jsonl(run / "preference_pairs_val.jsonl")
     if headline:
-        val_pairs = [p for p in val_pairs if reward.pairing(p) == "policy>policy"]
-    val_cands = reward.read_jsonl(run / "feedback_candidates_val.jsonl")
+        val_pairs = [p for p in val_pairs if feedback.pairing(p) == "policy>policy"]
+    val_cands = runfolder.read_jsonl(run / "feedback_candidates_val.jsonl")
     results = {b: train_one(b, cfg, run, train_pairs, val_pairs, val_cands, device) for b in backbones.split(",")}
     out = run.parent / f"{run.name}-reward-backbones.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

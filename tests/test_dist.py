@@ -19,6 +19,7 @@ import torch
 
 import dist
 import ppo
+from policy import make_reference, PolicyWithValueHead, rollout
 from config import make_config
 from test_ppo import small_vocab_lm
 
@@ -44,11 +45,11 @@ def make_rollout(tok):
     """A 4-row rollout of a small-vocab Llama with a fresh value head (fixed seeds), and its scores."""
     from data import generation_batch
 
-    policy = ppo.PolicyWithValueHead(small_vocab_lm(seed=0))
+    policy = PolicyWithValueHead(small_vocab_lm(seed=0))
     batch = generation_batch(INTENTS[:4], tok, "chat", max_prompt_len=96)
     ids = batch["input_ids"].clamp(max=511)  # the small vocabulary; the prompts only need to be fixed token rows
     torch.manual_seed(11)
-    ro = ppo.rollout(policy, ppo.make_reference(policy), ids, batch["attention_mask"], tok, make_config("test", PPO_KW))
+    ro = rollout(policy, make_reference(policy), ids, batch["attention_mask"], tok, make_config("test", PPO_KW))
     return ro, torch.tensor([0.9, 0.1, 0.6, 0.3])
 
 
@@ -56,7 +57,7 @@ def ppo_update(ro, scores, reduce=None):
     """init_value_bias -> compute_rewards -> one ppo_step with SGD (the update is the clipped gradient itself)
     from the same starting weights; -> (flat parameters after, stats)."""
     cfg = make_config("test", PPO_KW)
-    policy = ppo.PolicyWithValueHead(small_vocab_lm(seed=0))
+    policy = PolicyWithValueHead(small_vocab_lm(seed=0))
     ro = ppo.init_value_bias(policy, ro, scores - cfg.missing_eos_penalty * (~ro.eos).float(), reduce=reduce)
     ro = ppo.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg, reduce=reduce)
     model = dist.wrap_ddp(policy, torch.device("cpu"))
@@ -115,7 +116,7 @@ def test_two_ranks_take_the_single_process_update(two_ranks):
         for key in ("loss/policy", "loss/value", "policy/grad_norm", "objective/kl", "objective/score",
                     "value/explained_variance", "response/length_mean", "policy/clipfrac"):
             assert two_ranks[r]["stats"][key] == pytest.approx(stats[key], rel=1e-5, abs=1e-6), key
-    assert (params - torch.cat([p.detach().flatten() for p in ppo.PolicyWithValueHead(small_vocab_lm()).parameters()])
+    assert (params - torch.cat([p.detach().flatten() for p in PolicyWithValueHead(small_vocab_lm()).parameters()])
             ).abs().max() > 1e-3  # the step did move the weights
 
 

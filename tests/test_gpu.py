@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ppo
+from policy import make_reference, PolicyWithValueHead, rollout
 from conftest import ROOT
 from test_pipeline import ENV, torchrun
 
@@ -32,7 +33,7 @@ def cuda_rollout():
     batch = generation_batch(intents, tok, "chat", max_prompt_len=96)
     cfg = cfg_for(ppo_epochs=1)
     torch.manual_seed(4)
-    ro = ppo.rollout(ppo.PolicyWithValueHead(copy.deepcopy(lm)), ppo.make_reference(lm), batch["input_ids"].to(cuda),
+    ro = rollout(PolicyWithValueHead(copy.deepcopy(lm)), make_reference(lm), batch["input_ids"].to(cuda),
                      batch["attention_mask"].to(cuda), tok, cfg)
     return lm, ppo.compute_rewards(ro, torch.randn(len(intents)), 0.1, cfg), cfg
 
@@ -41,7 +42,7 @@ def amp_step(lm, ro, cfg, dtype):
     from models import autocast_ctx, make_grad_scaler
 
     cuda = torch.device("cuda")
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm)).to(cuda)
+    policy = PolicyWithValueHead(copy.deepcopy(lm)).to(cuda)
     torch.manual_seed(5)
     return ppo.ppo_step(policy, torch.optim.AdamW(policy.parameters(), lr=1e-4), ro, cfg,
                         ctx=autocast_ctx(cuda, dtype), scaler=make_grad_scaler(cuda, dtype))

@@ -14,6 +14,7 @@ import pytest
 
 import codebleu_ts
 import metrics
+import ruby_ted
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "data/metric_pairs.jsonl"  # ships with the tests; provenance: tests/data/README.md
@@ -178,10 +179,10 @@ def test_candidate_dataflow_is_built_when_a_later_reference_needs_it():
 
 
 def test_strip_comments_and_docstrings_keeps_reference_quirks():
-    assert metrics.strip_comments_and_docstrings("x = 1  # set x\n\ny = 2") == "x = 1  \ny = 2"
-    assert metrics.strip_comments_and_docstrings("'-'.join(x)") == ".join(x)"  # a leading string is a "docstring"
-    assert metrics.strip_comments_and_docstrings("f('a')") == "f('a')"
-    assert metrics.strip_comments_and_docstrings("f('a',") == "f('a',"  # untokenizable: returned unchanged
+    assert codebleu_ts.strip_comments_and_docstrings("x = 1  # set x\n\ny = 2") == "x = 1  \ny = 2"
+    assert codebleu_ts.strip_comments_and_docstrings("'-'.join(x)") == ".join(x)"  # a leading string is a "docstring"
+    assert codebleu_ts.strip_comments_and_docstrings("f('a')") == "f('a')"
+    assert codebleu_ts.strip_comments_and_docstrings("f('a',") == "f('a',"  # untokenizable: returned unchanged
 
 
 def test_strip_fast_path_returns_what_the_tokenizer_path_would():
@@ -265,11 +266,11 @@ def test_zhang_shasha_matches_brute_force():
     # Zhang & Shasha 1989 Fig. 1 style example: f(d(a c(b)) e) vs f(c(d(a b)) e) -> 2
     t1 = ("f", (("d", (("a", ()), ("c", (("b", ()),)))), ("e", ())))
     t2 = ("f", (("c", (("d", (("a", ()), ("b", ()))),)), ("e", ())))
-    assert metrics.tree_edit_distance(t1, t2) == brute_force_ted(t1, t2) == 2
+    assert ruby_ted.tree_edit_distance(t1, t2) == brute_force_ted(t1, t2) == 2
     rng = random.Random(0)
     for _ in range(300):
         a, b = random_tree(rng, rng.randint(1, 7)), random_tree(rng, rng.randint(1, 7))
-        assert metrics.tree_edit_distance(a, b) == brute_force_ted(a, b), (a, b)
+        assert ruby_ted.tree_edit_distance(a, b) == brute_force_ted(a, b), (a, b)
 
 
 def test_ruby_properties():
@@ -297,9 +298,9 @@ def test_ruby_levels_by_hand():
 
 
 def test_syntax_valid():
-    assert metrics.syntax_valid("x = [i for i in range(3)]")
-    assert not metrics.syntax_valid("x = [i for i in range(3)")
-    assert not metrics.syntax_valid("print ( type variable_name ) )")
+    assert codebleu_ts.syntax_valid("x = [i for i in range(3)]")
+    assert not codebleu_ts.syntax_valid("x = [i for i in range(3)")
+    assert not codebleu_ts.syntax_valid("print ( type variable_name ) )")
 
 
 # ----------------------------------------------------------------------------- BERTScore and evaluate()
@@ -411,9 +412,9 @@ def _lines(n, k):
 
 def test_ruby_below_the_bound_is_the_exact_tree_level():
     a, b = _lines(8, 1), _lines(8, 2)  # ~150 nodes a side: under RUBY_MAX_TREE_PAIRS like every CoNaLa pair
-    ra, rb = metrics.parse(a), metrics.parse(b)
-    assert metrics.tree_size(ra) * metrics.tree_size(rb) <= metrics.RUBY_MAX_TREE_PAIRS
-    assert metrics.ruby_level(a, b) == "tree" and metrics.ruby(a, b) == metrics.tree_similarity(ra, rb)
+    ra, rb = codebleu_ts.parse(a), codebleu_ts.parse(b)
+    assert ruby_ted.tree_size(ra) * ruby_ted.tree_size(rb) <= metrics.RUBY_MAX_TREE_PAIRS
+    assert metrics.ruby_level(a, b) == "tree" and metrics.ruby(a, b) == ruby_ted.tree_similarity(ra, rb)
 
 
 def test_ruby_over_the_bound_falls_back_to_the_string_level_and_says_so(monkeypatch):
@@ -421,12 +422,12 @@ def test_ruby_over_the_bound_falls_back_to_the_string_level_and_says_so(monkeypa
 
     a, b = _lines(20, 1), _lines(20, 2)
     assert metrics.ruby_level(a, b) == "string (tree too large)"
-    assert metrics.ruby(a, b) == metrics.token_similarity(metrics.conala_tokens(a), metrics.conala_tokens(b))
+    assert metrics.ruby(a, b) == ruby_ted.token_similarity(metrics.conala_tokens(a), metrics.conala_tokens(b))
     big_a, big_b = _lines(300, 1), _lines(300, 2)  # took 64 s before the bound
     t0 = time.perf_counter()
     assert metrics.ruby_level(big_a, big_b) == "string (truncated)"
     cut = metrics.RUBY_MAX_TOKENS
-    assert metrics.ruby(big_a, big_b) == metrics.token_similarity(metrics.conala_tokens(big_a)[:cut],
+    assert metrics.ruby(big_a, big_b) == ruby_ted.token_similarity(metrics.conala_tokens(big_a)[:cut],
                                                                   metrics.conala_tokens(big_b)[:cut])
     assert time.perf_counter() - t0 < 10
     monkeypatch.setattr(metrics, "RUBY_MAX_TREE_PAIRS", 10**9)  # the cap is the only thing that changed the level

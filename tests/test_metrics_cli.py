@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
+import codebleu_ts
 import feedback
 import metrics
+import ruby_ted
 from conftest import ROOT
 
 RUN = ROOT / "docs" / "quick-2026-12-03"  # a quick run whose predictions-*.jsonl are committed beside report.json
@@ -62,7 +64,7 @@ def test_blank_predictions_are_the_only_difference_from_the_report_on_base():
     assert len(blank) == 5
     got, want = metrics.evaluate(refs, preds, codebleu_tokenizer="conala", with_bertscore=False), report_row("base")
     n = len(rows)
-    old_ruby = sum(metrics.tree_similarity(metrics.parse(r), metrics.parse("")) for r in blank)
+    old_ruby = sum(ruby_ted.tree_similarity(codebleu_ts.parse(r), codebleu_ts.parse("")) for r in blank)
     assert old_ruby > 0  # the bug: ~0.15 each for no code at all
     assert got["ruby"] == pytest.approx(want["ruby"] - old_ruby / n, abs=1e-12)
     assert got["syntax_valid_rate"] == pytest.approx(want["syntax_valid_rate"] - len(blank) / n)
@@ -83,7 +85,7 @@ def test_a_blank_prediction_scores_zero_on_every_metric_and_is_not_valid(blank):
         assert {cb[k] for k in metrics.CODEBLEU_KEYS} == {0.0}, tok  # codebleu 0.7.0: 0.25 (dataflow "or 1")
         assert metrics.codebleu([ref, ref], [blank, blank], tokenizer=tok)["codebleu"] == 0.0
     assert metrics.ruby(ref, blank) == 0.0 and metrics.ruby_level(ref, blank) == "empty"
-    assert not metrics.syntax_valid(blank)
+    assert not codebleu_ts.syntax_valid(blank)
     assert feedback.syntax_signal(blank) == 0.0  # the annotator agrees: the gold components and the metrics match
     signals = feedback.rule_signals(blank, ref, "ok")  # gold too: blank code parses and runs "ok" (was 0.075)
     assert signals == {"syntax": 0.0, "similarity": 0.0, "quality": 0.0, "exec": 0.0}

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import ppo
+from policy import (make_reference, mask_after_eos, PolicyWithValueHead, position_ids, response_forward,
+                    Rollout, rollout, token_logprobs, VALUE_HEAD_FILE)
 from config import make_config
 
 
@@ -171,11 +173,11 @@ def test_clipped_value_loss_hand_numbers():
 def test_mask_after_eos_and_rewards_on_last_real_token():
     eos = 2
     response_ids = torch.tensor([[5, 6, eos, 2, 2], [5, 6, 7, 8, 9], [eos, 2, 2, 2, 2]])
-    mask = ppo.mask_after_eos(response_ids, eos)
+    mask = mask_after_eos(response_ids, eos)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     B, R = response_ids.shape
     lp = torch.full((B, R), -1.0)
-    ro = ppo.Rollout(query_ids=torch.ones(B, 2, dtype=torch.long), query_mask=torch.ones(B, 2, dtype=torch.long),
+    ro = Rollout(query_ids=torch.ones(B, 2, dtype=torch.long), query_mask=torch.ones(B, 2, dtype=torch.long),
                      response_ids=response_ids, response_mask=mask, eos=torch.tensor([True, False, True]),
                      logprobs=lp * mask, ref_logprobs=(lp - 0.5) * mask, values=torch.zeros(B, R),
                      entropy=torch.zeros(B, R), scores=torch.zeros(B), rewards=torch.zeros(B, R),
@@ -195,18 +197,18 @@ def test_value_head_save_load_roundtrip(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
     lm, _, ids, am = tiny
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
+    policy = PolicyWithValueHead(copy.deepcopy(lm))
     torch.nn.init.normal_(policy.value_head.weight)
     policy.save(tmp_path)
-    assert (tmp_path / ppo.VALUE_HEAD_FILE).is_file()
+    assert (tmp_path / VALUE_HEAD_FILE).is_file()
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)  # the HF folder stays an ordinary checkpoint
     assert not any("value_head" in k for k in plain.state_dict())
-    loaded = ppo.PolicyWithValueHead.load(tmp_path)
+    loaded = PolicyWithValueHead.load(tmp_path)
     with torch.no_grad():
         (l1, v1), (l2, v2) = policy(ids, am), loaded(ids, am)
     torch.testing.assert_close(l1, l2)
     torch.testing.assert_close(v1, v2)
-    ref = ppo.make_reference(policy)
+    ref = make_reference(policy)
     assert not ref.training and not any(p.requires_grad for p in ref.parameters())
 
 
@@ -217,19 +219,19 @@ def test_rollout_kl_between_two_models_matches_a_manual_forward():
     from types import SimpleNamespace
 
     tok = SimpleNamespace(eos_token_id=2, pad_token_id=2)
-    policy, ref = ppo.PolicyWithValueHead(small_vocab_lm(seed=0)), ppo.make_reference(small_vocab_lm(seed=1))
+    policy, ref = PolicyWithValueHead(small_vocab_lm(seed=0)), make_reference(small_vocab_lm(seed=1))
     cfg = cfg_for(temperature=0.7, max_new_tokens=6)
     torch.manual_seed(0)
     ids = torch.randint(3, 512, (3, 5))
     am = torch.ones_like(ids)
     ids[2, :2], am[2, :2] = 2, 0  # one left-padded prompt
-    ro = ppo.rollout(policy, ref, ids, am, tok, cfg)
+    ro = rollout(policy, ref, ids, am, tok, cfg)
     seq, P = torch.cat([ids, ro.response_ids], 1), ids.shape[1]
     full_mask = torch.cat([am, torch.ones_like(ro.response_ids)], 1)
     with torch.no_grad():
         by_hand = {}
         for name, lm in (("policy", policy.lm), ("ref", ref)):
-            logits = lm(input_ids=seq, attention_mask=full_mask, position_ids=ppo.position_ids(full_mask)).logits
+            logits = lm(input_ids=seq, attention_mask=full_mask, position_ids=position_ids(full_mask)).logits
             logp = torch.log_softmax(logits[:, P - 1:-1].double() / 0.7, -1)  # position P-1+t predicts token t
             by_hand[name] = logp.gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)
     m = ro.response_mask.bool()
@@ -240,7 +242,7 @@ def test_rollout_kl_between_two_models_matches_a_manual_forward():
         got = ppo.kl_penalty(ro.logprobs, ro.ref_logprobs, kind=kind)
         torch.testing.assert_close(got[m].double(), want[m], atol=1e-5, rtol=0)
     assert logr[m].abs().max() > 0.05  # two different models: a real, non-zero KL
-    same = ppo.rollout(policy, ppo.make_reference(policy.lm), ids, am, tok, cfg)
+    same = rollout(policy, make_reference(policy.lm), ids, am, tok, cfg)
     assert torch.equal(same.logprobs, same.ref_logprobs)
     assert (ro.values == 0).all()  # LHP zero-initialised value head
 
@@ -251,17 +253,17 @@ def test_first_minibatch_ratio_is_one(tiny):
     is 1e-5 because GEMM/attention blocking may change with the batch shape elsewhere, which moves fp32 results by
     ~1e-7. A real mismatch is far larger: a wrong temperature gives ~1e-1 (checked below)."""
     lm, tok, ids, am = tiny
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
+    policy = PolicyWithValueHead(copy.deepcopy(lm))
     policy.lm.config.attention_dropout = 0.3  # dropout would break ratio=1 if ppo_step did not switch it off
-    ref = ppo.make_reference(lm)
+    ref = make_reference(lm)
     cfg = cfg_for(temperature=0.7)
     torch.manual_seed(1)
-    ro = ppo.compute_rewards(ppo.rollout(policy, ref, ids, am, tok, cfg), torch.randn(len(ids)), 0.1, cfg)
+    ro = ppo.compute_rewards(rollout(policy, ref, ids, am, tok, cfg), torch.randn(len(ids)), 0.1, cfg)
     policy.train()  # ppo_step must put it back into eval mode
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     stats = ppo.ppo_step(policy, opt, ro, cfg)
     assert stats["policy/first_ratio_dev"] < 1e-5
-    wrong = ppo.ppo_step(ppo.PolicyWithValueHead(copy.deepcopy(lm)), opt, ro, cfg_for(temperature=1.0))
+    wrong = ppo.ppo_step(PolicyWithValueHead(copy.deepcopy(lm)), opt, ro, cfg_for(temperature=1.0))
     assert wrong["policy/first_ratio_dev"] > 1e-2
     for key in ("objective/kl", "objective/kl_coef", "objective/score", "objective/entropy", "policy/approx_kl",
                 "policy/clipfrac", "loss/policy", "value/clipfrac", "value/explained_variance", "loss/value",
@@ -273,13 +275,13 @@ def test_gradient_accumulation_equals_whole_minibatch(tiny):
     """Token-weighted micro-batch losses: accumulating 2+2 rows gives the gradient of one 4-row pass."""
     lm, tok, ids, am = tiny
     cfg = cfg_for(ppo_epochs=1, batch_size=4, mini_batch_size=4, micro_batch_size=4)
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
+    policy = PolicyWithValueHead(copy.deepcopy(lm))
     torch.manual_seed(2)
-    ro = ppo.compute_rewards(ppo.rollout(policy, ppo.make_reference(lm), ids[:4], am[:4], tok, cfg),
+    ro = ppo.compute_rewards(rollout(policy, make_reference(lm), ids[:4], am[:4], tok, cfg),
                              torch.randn(4), 0.1, cfg)
     results = []
     for micro in (4, 2):
-        p = ppo.PolicyWithValueHead(copy.deepcopy(lm))
+        p = PolicyWithValueHead(copy.deepcopy(lm))
         opt = torch.optim.SGD(p.parameters(), lr=1.0)  # the update is the gradient itself
         torch.manual_seed(3)
         ppo.ppo_step(p, opt, ro, cfg_for(ppo_epochs=1, batch_size=4, mini_batch_size=4, micro_batch_size=micro))
@@ -290,8 +292,8 @@ def test_gradient_accumulation_equals_whole_minibatch(tiny):
 def test_nonfinite_loss_raises_before_the_optimizer_step(tiny):
     lm, tok, ids, am = tiny
     cfg = cfg_for()
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
-    ro = ppo.compute_rewards(ppo.rollout(policy, ppo.make_reference(lm), ids, am, tok, cfg),
+    policy = PolicyWithValueHead(copy.deepcopy(lm))
+    ro = ppo.compute_rewards(rollout(policy, make_reference(lm), ids, am, tok, cfg),
                              torch.randn(len(ids)), 0.1, cfg)
     with torch.no_grad():
         policy.value_head.weight.fill_(float("nan"))
@@ -309,16 +311,16 @@ def test_bf16_autocast_step_matches_fp32(tiny):
     lm, tok, ids, am = tiny
     cfg = cfg_for(ppo_epochs=1)
     torch.manual_seed(4)
-    ro = ppo.compute_rewards(ppo.rollout(ppo.PolicyWithValueHead(copy.deepcopy(lm)), ppo.make_reference(lm), ids, am,
+    ro = ppo.compute_rewards(rollout(PolicyWithValueHead(copy.deepcopy(lm)), make_reference(lm), ids, am,
                                          tok, cfg), torch.randn(len(ids)), 0.1, cfg)
     cpu = torch.device("cpu")
     stats = {}
     for dtype in (torch.float32, torch.bfloat16):
-        policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
+        policy = PolicyWithValueHead(copy.deepcopy(lm))
         ctx = autocast_ctx(cpu, dtype)
         with torch.no_grad(), ctx:
-            logits, _ = ppo.response_forward(policy, ro.query_ids, ro.query_mask, ro.response_ids)
-        logprobs, _ = ppo.token_logprobs(logits, ro.response_ids, cfg.temperature)
+            logits, _ = response_forward(policy, ro.query_ids, ro.query_mask, ro.response_ids)
+        logprobs, _ = token_logprobs(logits, ro.response_ids, cfg.temperature)
         assert logprobs.dtype == torch.float32  # log_softmax always in fp32
         torch.testing.assert_close(logprobs * ro.response_mask, ro.logprobs, atol=0.01, rtol=0)
         torch.manual_seed(5)
@@ -338,14 +340,14 @@ def test_ppo_raises_a_toy_score(tiny):
     lm = small_vocab_lm()
     cfg = cfg_for(batch_size=16, mini_batch_size=8, micro_batch_size=8, max_new_tokens=8, temperature=1.0,
                   adaptive_kl=True, init_kl_coef=0.01, learning_rate=3e-3)
-    policy, ref = ppo.PolicyWithValueHead(lm), ppo.make_reference(lm)
+    policy, ref = PolicyWithValueHead(lm), make_reference(lm)
     opt = ppo.make_optimizer(policy, cfg)
     kl_ctl = ppo.make_kl_controller(cfg)
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (16, 6))
     history = []
     for _ in range(25):
-        ro = ppo.rollout(policy, ref, queries, torch.ones_like(queries), tok, cfg)
+        ro = rollout(policy, ref, queries, torch.ones_like(queries), tok, cfg)
         hits = ((ro.response_ids % 8 == 0) & ro.response_mask.bool()).sum(1)
         ro = ppo.compute_rewards(ro, hits / ro.response_mask.sum(1), kl_ctl.value, cfg)
         stats = ppo.ppo_step(policy, opt, ro, cfg)
@@ -361,7 +363,7 @@ def test_ppo_raises_a_toy_score(tiny):
 def test_train_ppo_iteration_scores_text_and_adapts_kl(tiny):
     lm, tok, ids, am = tiny
     cfg = cfg_for(max_new_tokens=4)
-    policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
+    policy = PolicyWithValueHead(copy.deepcopy(lm))
     kl_ctl = ppo.make_kl_controller(cfg)
     seen = []
 
@@ -369,7 +371,7 @@ def test_train_ppo_iteration_scores_text_and_adapts_kl(tiny):
         seen.extend(texts)
         return torch.tensor([float(len(t) % 3) for t in texts])
 
-    stats, ro, responses = ppo.train_ppo_iteration(policy, ppo.make_reference(lm), torch.optim.AdamW(
+    stats, ro, responses = ppo.train_ppo_iteration(policy, make_reference(lm), torch.optim.AdamW(
         policy.parameters(), lr=1e-3), kl_ctl, ids, am, tok, score_fn, cfg)
     assert responses == seen and len(responses) == len(ids)
     assert stats["objective/score"] == pytest.approx(ro.scores.mean().item())

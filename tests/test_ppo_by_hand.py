@@ -15,6 +15,7 @@ import torch
 
 import config
 import ppo
+from policy import make_reference, PolicyWithValueHead, response_forward, Rollout, rollout, token_logprobs
 from test_ppo import small_vocab_lm
 
 # Four responses, two prompts x k = 2 (rows 0-1 and 2-3), of unequal length and unequal per-token KL.
@@ -49,7 +50,7 @@ def hand_rollout(lengths=LENGTHS, kl=KL, R=4):
     logprobs = torch.where(m, -1.0, GARBAGE)
     ref = torch.where(m, -1.0 - torch.tensor(kl)[:, None], -GARBAGE)
     junk = torch.where(m, 0.0, GARBAGE)
-    return ppo.Rollout(query_ids=torch.full((B, 2), 5), query_mask=torch.ones(B, 2, dtype=torch.long),
+    return Rollout(query_ids=torch.full((B, 2), 5), query_mask=torch.ones(B, 2, dtype=torch.long),
                        response_ids=torch.where(m, 7, 2), response_mask=mask, eos=torch.ones(B, dtype=torch.bool),
                        logprobs=logprobs, ref_logprobs=ref, values=junk.clone(), entropy=junk.clone(),
                        scores=torch.zeros(B), rewards=junk.clone(), advantages=junk.clone(), returns=junk.clone())
@@ -96,18 +97,18 @@ def test_grpo_reward_assembly_by_hand_on_unequal_rows():
 def test_grpo_step_with_zero_advantages_lowers_the_kl_to_the_reference():
     """With equal scores every GRPO advantage is 0, so the only gradient is beta * k3 KL (DeepSeekMath eq. 3):
     one step must bring the policy closer to the reference on the sampled tokens, never push it away."""
-    policy, ref = ppo.PolicyWithValueHead(small_vocab_lm(seed=0)), ppo.make_reference(small_vocab_lm(seed=1))
+    policy, ref = PolicyWithValueHead(small_vocab_lm(seed=0)), make_reference(small_vocab_lm(seed=1))
     cfg = step_cfg(advantage="grpo", samples_per_prompt=2)
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (2, 5)).repeat_interleave(2, 0)
-    ro = ppo.rollout(policy, ref, queries, torch.ones_like(queries), TOKENIZER, cfg)
+    ro = rollout(policy, ref, queries, torch.ones_like(queries), TOKENIZER, cfg)
     ro = ppo.compute_rewards(ro, torch.full((4,), 0.5), kl_coef=1.0, cfg=reward_cfg("grpo"))
     assert ro.advantages.abs().max() == 0
 
     def k3_to_ref():
         with torch.no_grad():
-            logits, _ = ppo.response_forward(policy, ro.query_ids, ro.query_mask, ro.response_ids)
-        logprobs, _ = ppo.token_logprobs(logits, ro.response_ids, cfg.temperature)
+            logits, _ = response_forward(policy, ro.query_ids, ro.query_mask, ro.response_ids)
+        logprobs, _ = token_logprobs(logits, ro.response_ids, cfg.temperature)
         return ppo.masked_mean(ppo.kl_penalty(logprobs, ro.ref_logprobs, kind="k3"), ro.response_mask).item()
 
     before = k3_to_ref()
@@ -121,13 +122,13 @@ def test_grpo_step_with_zero_advantages_lowers_the_kl_to_the_reference():
 def test_value_at_t_comes_from_the_state_before_token_t():
     """Manual forward: the value (and the logits) for response token t are the policy's outputs on the prefix that
     ends just before token t, here with a non-zero value head and a left-padded prompt."""
-    policy = ppo.PolicyWithValueHead(small_vocab_lm(seed=0))
+    policy = PolicyWithValueHead(small_vocab_lm(seed=0))
     torch.nn.init.normal_(policy.value_head.weight, std=1.0)
     query = torch.tensor([[5, 6, 7], [2, 8, 9]])  # row 1 left-padded
     qmask = torch.tensor([[1, 1, 1], [0, 1, 1]])
     response = torch.tensor([[10, 11, 12, 13], [14, 15, 16, 17]])
     with torch.no_grad():
-        logits, values = ppo.response_forward(policy, query, qmask, response)
+        logits, values = response_forward(policy, query, qmask, response)
         for t in range(response.shape[1]):
             prefix = torch.cat([query, response[:, :t]], 1)
             pmask = torch.cat([qmask, torch.ones_like(response[:, :t])], 1)
@@ -152,7 +153,7 @@ def test_logged_kl_entropy_and_explained_variance_by_hand():
                              values=torch.where(m, padded(values), GARBAGE),
                              entropy=padded(entropy), advantages=torch.where(m, 0.0, GARBAGE),
                              scores=torch.tensor(SCORES), eos=torch.tensor([True, True, False, True]), kl_coef=BETA)
-    stats = ppo.ppo_step(ppo.PolicyWithValueHead(small_vocab_lm()), torch.optim.SGD([torch.zeros(1)], lr=0.0), ro,
+    stats = ppo.ppo_step(PolicyWithValueHead(small_vocab_lm()), torch.optim.SGD([torch.zeros(1)], lr=0.0), ro,
                          step_cfg())
     assert stats["objective/kl"] == pytest.approx((1.5 + 0.2 + 0.4 + 0.6) / 4)  # not the token mean 2.7 / 10
     assert stats["objective/entropy"] == pytest.approx((3.0 + 2.0 + 2.0 + 6.0) / 4)
@@ -167,11 +168,11 @@ def test_logged_kl_entropy_and_explained_variance_by_hand():
 def test_target_kl_stops_the_epochs_once_approx_kl_passes_it(target_kl, epochs):
     """CleanRL: after each epoch, stop if the last minibatch's approx_kl exceeds target_kl (0 = off). A large
     step makes the second minibatch's approx_kl far above 1e-6 and far below 1e3."""
-    policy, ref = ppo.PolicyWithValueHead(small_vocab_lm(seed=0)), ppo.make_reference(small_vocab_lm(seed=0))
+    policy, ref = PolicyWithValueHead(small_vocab_lm(seed=0)), make_reference(small_vocab_lm(seed=0))
     cfg = step_cfg(ppo_epochs=4, mini_batch_size=2, micro_batch_size=2, target_kl=target_kl)
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (4, 5))
-    ro = ppo.rollout(policy, ref, queries, torch.ones_like(queries), TOKENIZER, cfg)
+    ro = rollout(policy, ref, queries, torch.ones_like(queries), TOKENIZER, cfg)
     ro = ppo.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("gae"))
     stats = ppo.ppo_step(policy, torch.optim.Adam(policy.parameters(), lr=1e-2), ro, cfg)
     assert stats["ppo/epochs"] == epochs

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import ppo
+from policy import make_reference, PolicyWithValueHead, rollout, Rollout
 from config import PRESETS, make_config
 from test_ppo import cfg_for, small_vocab_lm, tiny  # noqa: F401 -- the module fixture
 
@@ -15,7 +16,7 @@ def hand_rollout(scores_len=17, n=4):
     """n responses of scores_len real tokens each, EOS at the end, policy == reference (KL 0), V = 0."""
     B, R = n, scores_len
     z = torch.zeros(B, R)
-    return ppo.Rollout(query_ids=torch.ones(B, 2, dtype=torch.long), query_mask=torch.ones(B, 2, dtype=torch.long),
+    return Rollout(query_ids=torch.ones(B, 2, dtype=torch.long), query_mask=torch.ones(B, 2, dtype=torch.long),
                        response_ids=torch.full((B, R), 5), response_mask=torch.ones(B, R, dtype=torch.long),
                        eos=torch.ones(B, dtype=torch.bool), logprobs=z - 1, ref_logprobs=z - 1, values=z.clone(),
                        entropy=z, scores=z[:, 0], rewards=z, advantages=z, returns=z)
@@ -53,7 +54,7 @@ def test_stored_logprobs_are_those_of_the_distribution_generate_sampled_from(tin
     """With top_p = 0.5 in the config, the rollout's stored log-prob of every sampled token equals the log-softmax
     of the scores generate actually sampled from (its processed logits, after every warper)."""
     lm, tok, ids, am = tiny
-    policy = ppo.PolicyWithValueHead(lm)
+    policy = PolicyWithValueHead(lm)
     captured = {}
     original = policy.lm.generate
 
@@ -65,7 +66,7 @@ def test_stored_logprobs_are_those_of_the_distribution_generate_sampled_from(tin
     policy.lm.generate = spy
     try:
         torch.manual_seed(0)
-        ro = ppo.rollout(policy, ppo.make_reference(lm), ids, am, tok, cfg_for(top_p=0.5, temperature=0.8,
+        ro = rollout(policy, make_reference(lm), ids, am, tok, cfg_for(top_p=0.5, temperature=0.8,
                                                                                 max_new_tokens=6))
     finally:
         del policy.lm.generate
@@ -79,7 +80,7 @@ def test_stored_logprobs_are_those_of_the_distribution_generate_sampled_from(tin
 def test_value_head_has_its_own_learning_rate_and_both_decay_linearly(tiny):
     lm, *_ = tiny
     cfg = cfg_for(learning_rate=2e-6, vf_learning_rate=1e-3, ppo_steps=4, lr_decay=True)
-    policy = ppo.PolicyWithValueHead(lm)
+    policy = PolicyWithValueHead(lm)
     opt = ppo.make_optimizer(policy, cfg)
     body, head = opt.param_groups
     assert (body["lr"], head["lr"]) == (2e-6, 1e-3)
@@ -151,7 +152,7 @@ def test_group_of_size_one_is_an_error():
 def test_group_advantage_is_one_value_per_response_and_grpo_keeps_kl_out_of_the_reward():
     cfg = cfg_for(batch_size=4, mini_batch_size=4, micro_batch_size=4, samples_per_prompt=2, advantage="grpo")
     ro = hand_rollout(scores_len=3, n=4)
-    ro = ppo.Rollout(**{**ro.__dict__, "ref_logprobs": ro.logprobs - 0.5})  # KL 0.5 per token
+    ro = Rollout(**{**ro.__dict__, "ref_logprobs": ro.logprobs - 0.5})  # KL 0.5 per token
     out = ppo.compute_rewards(ro, torch.tensor([0.2, 0.8, 0.5, 0.5]), kl_coef=0.1, cfg=cfg)
     a = -0.3 / (math.sqrt(0.18) + 1e-4)  # group [0.2, 0.8]: deviation 0.3, unbiased std sqrt(0.18)
     torch.testing.assert_close(out.advantages, torch.tensor([[a] * 3, [-a] * 3, [0.0] * 3, [0.0] * 3]))
@@ -173,14 +174,14 @@ def test_every_estimator_raises_a_toy_score(tiny, advantage):
     cfg = cfg_for(batch_size=16, mini_batch_size=8, micro_batch_size=8, max_new_tokens=8, temperature=1.0,
                   adaptive_kl=False, init_kl_coef=0.01, learning_rate=3e-3, advantage=advantage,
                   samples_per_prompt=k, lr_decay=False, missing_eos_penalty=0.0)
-    policy, ref = ppo.PolicyWithValueHead(lm), ppo.make_reference(lm)
+    policy, ref = PolicyWithValueHead(lm), make_reference(lm)
     opt = ppo.make_optimizer(policy, cfg)
     kl_ctl = ppo.make_kl_controller(cfg)
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (16 // k, 6)).repeat_interleave(k, 0)
     history = []
     for step in range(25):
-        ro = ppo.rollout(policy, ref, queries, torch.ones_like(queries), tok, cfg)
+        ro = rollout(policy, ref, queries, torch.ones_like(queries), tok, cfg)
         hits = ((ro.response_ids % 8 == 0) & ro.response_mask.bool()).sum(1)
         if step == 0 and advantage == "gae":
             ro = ppo.init_value_bias(policy, ro, hits / ro.response_mask.sum(1))

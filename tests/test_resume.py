@@ -19,6 +19,7 @@ import models
 import resume
 import runfolder
 from conftest import ROOT
+from policy import VALUE_HEAD_FILE
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
@@ -201,10 +202,9 @@ def test_save_atomic_writes_checksums_that_a_resume_check_verifies(tmp_path):
 
 
 def test_checkpoint_file_names_agree_with_the_code_that_writes_them():
-    import ppo
     import reward
 
-    assert ppo.VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-ppo-"]
-    assert ppo.VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-final"]
+    assert VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-ppo-"]
+    assert VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-final"]
     assert reward.HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-reward"]
     assert '"trainer_state.pt"' in (ROOT / "rlhf.py").read_text()

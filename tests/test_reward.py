@@ -18,6 +18,7 @@ import config
 import data
 import feedback
 import reward
+import runfolder
 import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_quality_signal():
 def test_rule_signals_keys_and_range():
     sig = feedback.rule_signals("x.sort()", "x.sort()", "name_error")
     assert sig == {"syntax": 1.0, "similarity": pytest.approx(1.0), "quality": 1.0, "exec": 0.5}
-    no_exec = reward.rule_signals("x.sort(", "x.sort()")
+    no_exec = feedback.rule_signals("x.sort(", "x.sort()")
     assert set(no_exec) == {"syntax", "similarity", "quality"} and no_exec["syntax"] == 0.0
     assert all(0.0 <= v <= 1.0 for v in no_exec.values())
 
@@ -129,7 +130,7 @@ TOY = [data.Example(1, "sort list `a` in reverse order", "a.sort(reverse=True)")
 
 
 def test_candidates_and_pairs(tmp_path):
-    cands = reward.build_candidates(TOY, {1: ["a.sort(reverse=True)", "sorted(a)[::-1]"]}, seed=0)
+    cands = feedback.build_candidates(TOY, {1: ["a.sort(reverse=True)", "sorted(a)[::-1]"]}, seed=0)
     kinds = [c["kind"] for c in cands if c["question_id"] == 1]
     assert kinds[0] == "reference" and "syntax_break" in kinds and "other_intent" in kinds
     assert kinds.count("policy") == 1  # the sample equal to the reference is kept once, as "reference"
@@ -140,10 +141,10 @@ def test_candidates_and_pairs(tmp_path):
     pairs = feedback.preference_pairs(annotated)
     assert pairs and all(p["margin"] >= feedback.MIN_MARGIN and p["chosen_score"] > p["rejected_score"] for p in pairs)
     assert all(p["chosen"] != p["rejected"] and "similarity=" in p["reasons"]["rejected"] for p in pairs)
-    counts = reward.pair_counts_by_kind(pairs)
+    counts = feedback.pair_counts_by_kind(pairs)
     assert sum(counts.values()) == len(pairs) and "reference" not in counts  # the reference always wins
-    path = reward.write_jsonl(pairs, tmp_path / "pairs.jsonl")
-    assert reward.read_jsonl(path) == pairs
+    path = runfolder.write_jsonl(pairs, tmp_path / "pairs.jsonl")
+    assert runfolder.read_jsonl(path) == pairs
 
 
 def test_annotator_weights_and_exec_cap():
@@ -162,7 +163,7 @@ def test_annotator_weights_and_exec_cap():
 def test_annotator_without_sandbox_drops_exec(monkeypatch):
     monkeypatch.setattr(feedback.sandbox, "sandbox_status", lambda: (False, "execution disabled: test"))
     logged = []
-    annotated = feedback.annotate(reward.build_candidates(TOY[:2], None, seed=0), log=logged.append)
+    annotated = feedback.annotate(feedback.build_candidates(TOY[:2], None, seed=0), log=logged.append)
     assert logged and "warning" in logged[0] and "execution disabled" in logged[0]
     assert all("exec" not in c["signals"] and "disabled" in c["reasons"] for c in annotated)
     assert all(0.0 <= c["score"] <= 1.0 for c in annotated)
@@ -170,7 +171,7 @@ def test_annotator_without_sandbox_drops_exec(monkeypatch):
 
 def test_validation_pairs_are_held_out(monkeypatch):
     cfg = config.make_config("test")
-    train_pairs, val_pairs = reward.build_preference_pairs(TOY[:3], TOY[3:], None, cfg, log=lambda m: None)
+    train_pairs, val_pairs = feedback.build_preference_pairs(TOY[:3], TOY[3:], None, cfg, log=lambda m: None)
     assert {p["question_id"] for p in train_pairs} == {1, 2, 3}
     assert {p["question_id"] for p in val_pairs} == {4}
 
@@ -344,5 +345,5 @@ def test_cli_reward_stage_on_test_preset(tmp_path):
     for name in ("preference_pairs_train.jsonl", "preference_pairs_val.jsonl", "reward_history.json",
                  "checkpoint-reward/reward_head.pt", "checkpoint-reward/tokenizer.json"):
         assert (tmp_path / name).exists(), name
-    pair = reward.read_jsonl(tmp_path / "preference_pairs_train.jsonl")[0]
+    pair = runfolder.read_jsonl(tmp_path / "preference_pairs_train.jsonl")[0]
     assert {"intent", "chosen", "rejected", "margin", "chosen_kind", "rejected_kind", "reasons"} <= set(pair)

@@ -13,6 +13,7 @@ import torch
 
 import evaluate
 import ppo
+from policy import make_reference, PolicyWithValueHead, Rollout
 import rejection
 import report
 import runfolder
@@ -29,7 +30,7 @@ def rollout_with(lengths, eos, kl_per_token=0.0):
     ro = hand_rollout(scores_len=R, n=B)
     kl = torch.as_tensor(kl_per_token, dtype=torch.float32).reshape(-1, 1).expand(B, R) if \
         not isinstance(kl_per_token, float) else torch.full((B, R), kl_per_token)
-    return ppo.Rollout(**{**ro.__dict__, "response_mask": mask, "eos": torch.tensor(eos),
+    return Rollout(**{**ro.__dict__, "response_mask": mask, "eos": torch.tensor(eos),
                           "ref_logprobs": ro.logprobs - kl})
 
 
@@ -125,8 +126,8 @@ def test_update_logs_how_often_the_grad_clip_binds(tiny):
     for max_norm, want in ((1e6, 0.0), (1e-9, 1.0)):
         torch.manual_seed(0)
         cfg = cfg_for(max_new_tokens=4, max_grad_norm=max_norm, ppo_epochs=2)
-        policy = ppo.PolicyWithValueHead(copy.deepcopy(lm))
-        stats, _, _ = ppo.train_ppo_iteration(policy, ppo.make_reference(lm), torch.optim.AdamW(
+        policy = PolicyWithValueHead(copy.deepcopy(lm))
+        stats, _, _ = ppo.train_ppo_iteration(policy, make_reference(lm), torch.optim.AdamW(
             policy.parameters(), lr=1e-3), ppo.make_kl_controller(cfg), ids, am, tok,
             lambda texts: torch.tensor([float(len(t) % 3) for t in texts]), cfg)
         assert stats["policy/grad_clipped"] == want
