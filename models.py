@@ -268,6 +268,12 @@ def load_causal_lm(spec: str, seed: int = 0):
     return model, tok
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions of a left-padded causal LM, policy and causal RM alike: real tokens count from 0,
+    as in HF generate (LHP model.py positions_for)."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
 def _plain_copy(model):
     """The GGUF loader marks the model quantized (weights are dequantised to fp32, but save_pretrained refuses).
     Copy the weights into a plain model built from the same config minus quantization_config, so checkpoints

@@ -15,15 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models import position_ids  # left padding: shared with the causal-LM reward model
+
 VALUE_HEAD_FILE = "value_head.pt"  # next to the HF weights, so AutoModelForCausalLM.from_pretrained(folder) still works
 
 
 # ----------------------------------------------------------------------------- policy + value head
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding: real tokens count from 0, as in HF generate (LHP model.py positions_for)."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-
-
 class PolicyWithValueHead(nn.Module):
     def __init__(self, lm):
         super().__init__()

@@ -23,6 +23,7 @@ from torch import nn
 
 import dist
 from config import ConfigError, die
+from models import position_ids  # a causal-LM backbone is left-padded like the policy
 from feedback import build_preference_pairs, pair_counts_by_kind, pairing, rule_signals
 from runfolder import write_jsonl
 
@@ -95,8 +96,6 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "causal":
-            from policy import position_ids
-
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
                                position_ids=position_ids(attention_mask), output_hidden_states=True, use_cache=False)
             pooled = last_token(out.hidden_states[-1], attention_mask)  # [B, H] after the final norm

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import ppo
-from policy import (make_reference, mask_after_eos, PolicyWithValueHead, position_ids, response_forward,
+from models import position_ids
+from policy import (make_reference, mask_after_eos, PolicyWithValueHead, response_forward,
                     Rollout, rollout, token_logprobs, VALUE_HEAD_FILE)
 from config import make_config
 
