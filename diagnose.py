@@ -214,18 +214,18 @@ FLAGS = ("deep", "diagnose", "debug", "overwrite", "resume=")  # rlhf.py --diagn
 def run(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # diagnose never reaches for the hub
     sys.path.insert(0, str(ROOT))
-    import config
+    import config_cli
 
-    config.console_fallback()  # ✅ under a Latin-1 locale
+    config_cli.console_fallback()  # ✅ under a Latin-1 locale
     if "-h" in argv or "--help" in argv:  # prints the help page and exits 0, before any check runs
-        config.parse_cli(argv, extra_flags=("deep",), prog="diagnose.py", about=__doc__.strip().split("\n\n")[1])
+        config_cli.parse_cli(argv, extra_flags=("deep",), prog="diagnose.py", about=__doc__.strip().split("\n\n")[1])
     print(f"diagnose: {ROOT}")
     results = [check_python()]
     cfg = None
     try:
         import config
 
-        cfg, extras = config.parse_cli(argv, extra_flags=FLAGS)
+        cfg, extras = config_cli.parse_cli(argv, extra_flags=FLAGS)
         results.append(line(OK, "config", f"{cfg.config_name} resolves ({len(config.to_dict(cfg))} keys, device "
                             f"{cfg.device}, policy {cfg.policy_model})"))
     except Exception as e:

@@ -426,12 +426,13 @@ def make_score_fn(rm: RewardModel, tokenizer, cfg, device: torch.device, log=pri
 # ----------------------------------------------------------------------------- CLI: the reward stage alone
 def main(argv: list[str]) -> None:
     import config
+    import config_cli
     import data
     import models
     import runfolder
 
-    config.console_fallback()
-    cfg, extras = config.parse_cli(argv, extra_flags=("debug", "overwrite"))
+    config_cli.console_fallback()
+    cfg, extras = config_cli.parse_cli(argv, extra_flags=("debug", "overwrite"))
     train, val, _ = data.load_splits(cfg)  # bad data fails here, before --overwrite moves an old folder aside
     out = runfolder.prepare_output_dir(cfg, None, bool(extras.get("overwrite")), script="reward.py")  # locked
     config.save_config(cfg, out / "rlhf_config.json")

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import config
+import config_checks
+import config_cli
 import console
 import data
 import dist
@@ -424,7 +426,7 @@ def stage_eval(run: Run, env: dict) -> None:
         systems["sft-rs"] = str(run.out / "checkpoint-sft-rs")
     if (run.out / "checkpoint-final").exists():
         systems["ppo"] = str(run.out / "checkpoint-final")
-    wanted = config.split_names(run.cfg.eval_systems)
+    wanted = config_checks.split_names(run.cfg.eval_systems)
     if wanted:  # e.g. only a new PPO, while another process evaluates base and SFT (bench/ppo_variant.py)
         missing = [s for s in wanted if s not in systems]
         if missing:
@@ -496,9 +498,9 @@ def run_pipeline(run: Run, device) -> None:
 
 
 def main(argv: list[str]) -> int:
-    config.console_fallback()
-    cfg, extras = config.parse_cli(argv, extra_flags=EXTRA_FLAGS)  # with --resume: the saved config + overrides
-    if not extras.get("resume") and not config.preset_in(argv) and dist.env_rank() == 0:
+    config_cli.console_fallback()
+    cfg, extras = config_cli.parse_cli(argv, extra_flags=EXTRA_FLAGS)  # with --resume: the saved config + overrides
+    if not extras.get("resume") and not config_cli.preset_in(argv) and dist.env_rank() == 0:
         what, took = config.PRESET_NOTES[cfg.config_name]  # a bare run must not start a long job unannounced
         print(f"no --config given: running the {cfg.config_name} preset ({what}; {took}); --config test runs in "
               "about a minute, --help lists the presets and options", flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import config  # noqa: E402
+import config_cli  # noqa: E402
 import data  # noqa: E402
 import feedback  # noqa: E402
 import models  # noqa: E402
@@ -49,7 +49,7 @@ def train_one(backbone: str, cfg, run: Path, train_pairs, val_pairs, val_cands, 
 def main(argv: list[str]) -> None:
     run = Path(argv[0])
     # The run's saved config with the overrides on top, checked as `rlhf.py --resume` checks them (a typo is an error)
-    cfg, extras = config.parse_cli(["--resume", str(run), *argv[1:]], extra_flags=("resume=", "headline", "backbones=",
+    cfg, extras = config_cli.parse_cli(["--resume", str(run), *argv[1:]], extra_flags=("resume=", "headline", "backbones=",
                                                                                   "debug"))
     headline, backbones = bool(extras.get("headline")), extras.get("backbones", "encoder,policy")
     device = models.resolve_device(cfg.device)

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+import config_checks  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import models  # noqa: E402
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> int:
     temps = [0.4, 0.6, 0.8]
     for a in argv[1:]:
         if a.startswith("--temperatures="):
-            temps = [float(t) for t in config.split_names(a.split("=", 1)[1])]
+            temps = [float(t) for t in config_checks.split_names(a.split("=", 1)[1])]
     cfg = config.load_config(run_dir / "config.json")
     _, val, _ = data.load_splits(cfg)
     lm, tok = models.load_causal_lm(str(run_dir / "checkpoint-sft"), seed=cfg.seed)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import config
+import config_cli
 import models
 import report
 import resume
@@ -109,7 +110,7 @@ def test_a_bare_run_says_which_preset_it_runs_and_how_long():
 
 # ----------------------------------------------------------------------------- 3: --resume keeps its promises
 def parse(*argv):
-    return config.parse_cli(list(argv), extra_flags=("resume=",))
+    return config_cli.parse_cli(list(argv), extra_flags=("resume=",))
 
 
 def test_config_name_is_not_an_override_and_config_is_not_a_resume_option(tmp_path):

@@ -5,6 +5,10 @@ import json
 import pytest
 
 import config
+import config_checks
+import config_cli
+
+DOMAINS = config_checks.domains(config.Config)  # field -> its domain, from its knob() in config.py
 
 
 def test_presets_resolve_and_keep_seed_defaults():
@@ -20,8 +24,8 @@ def test_presets_resolve_and_keep_seed_defaults():
 
 def test_good_overrides_are_typed(tmp_path):
     config.save_config(config.make_config("test"), tmp_path / "config.json")
-    cfg, extras = config.parse_cli(["--seed=7", "--temperature", "0.5", "--do_sample=yes",  # --config: the saved one
-                                    "--resume", str(tmp_path), "--overwrite"], extra_flags=("resume=", "overwrite"))
+    cfg, extras = config_cli.parse_cli(["--seed=7", "--temperature", "0.5", "--do_sample=yes",  # --config: the saved one
+                                        "--resume", str(tmp_path), "--overwrite"], extra_flags=("resume=", "overwrite"))
     assert (cfg.seed, cfg.temperature, cfg.do_sample) == (7, 0.5, True)
     assert extras == {"resume": str(tmp_path), "overwrite": True}
 
@@ -38,7 +42,7 @@ def test_good_overrides_are_typed(tmp_path):
 ])
 def test_bad_arguments_are_one_line_errors(argv, message):
     with pytest.raises(config.ConfigError) as err:
-        config.parse_cli(argv)
+        config_cli.parse_cli(argv)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -65,14 +69,14 @@ def test_every_field_has_a_comment():
 
 # ----------------------------------------------------------------------------- every field's domain
 def test_every_field_has_a_domain_and_presets_are_inside_them():
-    assert [f.name for f in dataclasses.fields(config.Config)] == list(config.DOMAINS)
-    assert config.DOMAINS["config_name"].options == tuple(config.PRESETS)
+    assert [f.name for f in dataclasses.fields(config.Config)] == list(DOMAINS)
+    assert DOMAINS["config_name"].options == tuple(config.PRESETS)
     for name in config.PRESETS:
         config.make_config(name)  # every preset value lies in its domain
 
 
 BAD_VALUES = [(f.name, bad) for f in dataclasses.fields(config.Config)
-              for bad in config.DOMAINS[f.name].bad_values(config.field_types()[f.name])]
+              for bad in DOMAINS[f.name].bad_values(config.field_types()[f.name])]
 
 
 @pytest.mark.parametrize("key,bad", BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
@@ -80,13 +84,13 @@ def test_out_of_domain_values_are_one_line_errors_naming_the_range(key, bad):
     with pytest.raises(config.ConfigError) as err:
         config.make_config("test", {key: bad})
     msg = str(err.value)
-    assert msg.startswith(f"--{key}=") and config.DOMAINS[key].describe() in msg and "\n" not in msg
+    assert msg.startswith(f"--{key}=") and DOMAINS[key].describe() in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("key,bad", [(k, v) for k, v in BAD_VALUES if not isinstance(v, str) or "\0" not in v])
 def test_out_of_domain_values_fail_from_the_command_line_too(key, bad):
     with pytest.raises(config.ConfigError, match="must be|valid"):
-        config.parse_cli(["--config", "test", f"--{key}={bad}"])
+        config_cli.parse_cli(["--config", "test", f"--{key}={bad}"])
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -127,15 +131,15 @@ def test_a_broken_saved_config_names_its_file(tmp_path, text, message):
 def test_resume_overrides_apply_to_the_saved_config_not_to_the_default_preset(tmp_path):
     # `--resume DIR --advantage=grpo` once failed: the override was first checked against `quick` (k = 1).
     config.save_config(config.make_config("cpu", {"seed": 3}), tmp_path / "config.json")
-    cfg, extras = config.parse_cli(["--resume", str(tmp_path), "--advantage=grpo"], extra_flags=("resume=",))
+    cfg, extras = config_cli.parse_cli(["--resume", str(tmp_path), "--advantage=grpo"], extra_flags=("resume=",))
     assert (cfg.config_name, cfg.advantage, cfg.samples_per_prompt, cfg.seed) == ("cpu", "grpo", 4, 3)
     assert extras == {"resume": str(tmp_path)}
     with pytest.raises(config.ConfigError, match="no config.json there"):
-        config.parse_cli(["--resume", str(tmp_path / "nope")], extra_flags=("resume=",))
+        config_cli.parse_cli(["--resume", str(tmp_path / "nope")], extra_flags=("resume=",))
 
 
 # ----------------------------------------------------------------------------- the domains that matter, by hand
-# Written out here, not read from config.DOMAINS: a wrong domain in config.py must fail these. Each entry: the
+# Written out here, not read from config_checks.domains: a wrong domain in config.py must fail these. Each entry: the
 # range in words (as the error prints it), values that must be accepted, and values that must be refused.
 LR = ("in (0, 1]", [1e-9, 1e-5, 1.0], [0.0, -1e-5, 1.5])  # Adam steps: > 0; above 1 is a typo, never a choice
 BATCH = ("in [1, 1000000]", [1, 64], [0, -4, 2_000_000])  # every open domain has an upper bound of 10^6
@@ -170,9 +174,9 @@ HAND_BAD = [(k, bad) for k, (_, _, bads) in HAND_DOMAINS.items() for bad in bads
 
 def test_hand_domains_are_the_configs():
     for key, (words, good, _) in HAND_DOMAINS.items():
-        assert config.DOMAINS[key].describe() == words, key
+        assert DOMAINS[key].describe() == words, key
         for value in good:
-            assert config.DOMAINS[key].problem(value) is None, (key, value)
+            assert DOMAINS[key].problem(value) is None, (key, value)
     for key in ("learning_rate", "temperature", "top_p", "cliprange", "init_kl_coef"):
         for value in (float("nan"), float("inf")):
             with pytest.raises(config.ConfigError, match=f"--{key}={value}: must be a finite number"):

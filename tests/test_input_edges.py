@@ -1,6 +1,6 @@
 """Issue #26, inputs at the edges: boolean and empty script flags, stage order, Unicode the pipeline writes and must
 read back, paths the filesystem cannot hold, a Latin-1/ASCII locale, absurd values inside the domains (bounds
-written here by hand, not read from config.DOMAINS), and deeply nested code. Each case is bounded in time."""
+written here by hand, not read from config_checks.domains), and deeply nested code. Each case is bounded in time."""
 import ast
 import json
 import os
@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import config
+import config_cli
 import data
 import runfolder
 from conftest import ROOT
@@ -28,12 +29,12 @@ def one_line_error(res, code=2):
 
 # ----------------------------------------------------------------------------- 10, 11: script flags
 def test_boolean_script_flags_are_parsed():
-    extras = config.parse_cli(["--config", "test", "--overwrite=false", "--diagnose=0"],
-                              extra_flags=("resume=", "overwrite", "diagnose"))[1]
+    extras = config_cli.parse_cli(["--config", "test", "--overwrite=false", "--diagnose=0"],
+                                  extra_flags=("resume=", "overwrite", "diagnose"))[1]
     assert extras == {"overwrite": False, "diagnose": False}
-    assert config.parse_cli(["--overwrite"], extra_flags=("overwrite",))[1] == {"overwrite": True}
+    assert config_cli.parse_cli(["--overwrite"], extra_flags=("overwrite",))[1] == {"overwrite": True}
     with pytest.raises(config.ConfigError, match="expected a boolean"):
-        config.parse_cli(["--overwrite=maybe"], extra_flags=("overwrite",))
+        config_cli.parse_cli(["--overwrite=maybe"], extra_flags=("overwrite",))
 
 
 def test_overwrite_false_does_not_move_the_run(tmp_path):
@@ -86,7 +87,7 @@ def test_a_name_over_255_bytes_is_a_config_error(key):
 
 def test_resume_paths_are_checked_like_config_paths():
     with pytest.raises(config.ConfigError, match="--resume=.*over the filesystem's limit"):
-        config.parse_cli(["--resume", "x" * 256], extra_flags=("resume=",))
+        config_cli.parse_cli(["--resume", "x" * 256], extra_flags=("resume=",))
 
 
 def test_a_non_utf8_output_dir_is_refused_before_anything_is_made(tmp_path):
@@ -116,8 +117,8 @@ def test_diagnose_does_not_hang_on_a_fifo_checksum_file(tmp_path):
 
 # ----------------------------------------------------------------------------- 15: locale
 def test_files_are_utf8_and_printing_falls_back_under_an_ascii_locale(tmp_path):
-    code = ("import config, runfolder, report, pathlib\n"
-            "config.console_fallback()\n"
+    code = ("import config, config_cli, runfolder, report, pathlib\n"
+            "config_cli.console_fallback()\n"
             f"out = pathlib.Path({str(tmp_path)!r})\n"
             "cfg = config.make_config('test', {'output_dir': str(out / '\\u00e9')})\n"
             "config.save_config(cfg, out / 'config.json')\n"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import config
+import config_cli
 import models
 import resume
 import runfolder
@@ -200,7 +201,7 @@ def test_moving_a_damaged_checkpoint_out_redoes_its_stage(tmp_path):
 
 # ----------------------------------------------------------------------------- 8: overrides of a run under way
 def resumed(run, *overrides):
-    return config.parse_cli(["--resume", str(run), *overrides], extra_flags=("resume=",))[0]
+    return config_cli.parse_cli(["--resume", str(run), *overrides], extra_flags=("resume=",))[0]
 
 
 @pytest.mark.parametrize("overrides,message", [
