@@ -1,18 +1,20 @@
-"""Stage 4 of rlhf.py: decoding, every metric, the annotator's gold score beside the reward model's proxy score,
-the best-of-n baseline, the over-optimisation curve and paired bootstrap CIs.
+"""Stage 4 of rlhf.py: every metric, the annotator's gold score beside the reward model's proxy
+score, the best-of-n baseline, sampled gold, the sharpening control and paired bootstrap CIs.
 
-  gold    the synthetic annotator (feedback.judge: chrF, syntax, sandboxed execution capped at the reference's,
-          quality) on the test intents, with the reference. It is the "human" of this RLHF setup, so gold is the
-          number RLHF is meant to raise.
+  gold    the synthetic annotator (feedback.judge: chrF, syntax, sandboxed execution capped at the
+          reference's, quality) on the test intents, with the reference. It is the "human" of this
+          RLHF setup, so gold is the number RLHF is meant to raise.
   proxy   the reward model's calibrated score, the one PPO optimises; it never sees the reference.
-Gao et al. 2022 ("Scaling laws for reward model overoptimization"): optimising a proxy raises it while gold
-rises, then falls, as KL from the start policy grows. `curve_point` measures both during PPO, on a fixed slice of
-the validation intents (never the test set), and plots/overoptimization.png draws them against objective/kl.
-Best-of-n (`sft-bon`) is the baseline Gao et al. set beside PPO: n SFT samples, the RM keeps its favourite.
+Gao et al. 2022 ("Scaling laws for reward model overoptimization"): optimising a proxy raises it
+while gold rises, then falls, as KL from the start policy grows; overoptimization.py measures both
+during PPO. Best-of-n (`sft-bon`) is the baseline Gao et al. set beside PPO: n SFT samples, the RM
+keeps its favourite.
 
-Several ranks (torchrun): the decoding batches are dealt out over the ranks and gathered (decode_batches), and
-rank 0 alone scores, writes and reports, so greedy results are those of one process.
-Why a separate module: rlhf.py stays the story of the four stages; stage_eval there is a thin call into this file.
+Several ranks (torchrun): the decoding batches are dealt out over the ranks and gathered
+(decoding.py), and rank 0 alone scores, writes and reports, so greedy results are those of one
+process.
+Why a separate module: rlhf.py stays the story of the four stages; stage_eval there is a thin call
+into this file.
 """
 from __future__ import annotations
 
@@ -23,94 +25,44 @@ import models
 import plots
 import report
 import runfolder
+from decoding import decode_batches, greedy
 
 # Paired bootstrap comparisons (better, baseline) and the per-example metrics they resample.
-COMPARISONS = [("sft", "base"), ("ppo", "sft"), ("sft-rs", "sft"), ("ppo", "sft-rs"), ("ppo", "sft-sharp"),
-               ("sft-bon", "sft"), ("ppo", "sft-bon")]
+COMPARISONS = [("sft", "base"), ("ppo", "sft"), ("sft-rs", "sft"), ("ppo", "sft-rs"),
+               ("ppo", "sft-sharp"), ("sft-bon", "sft"), ("ppo", "sft-bon")]
 BOOTSTRAP_METRICS = ("sampled_gold", "gold", "codebleu", "chrf")
-COMPONENTS = ("similarity", "syntax", "exec", "quality")  # the annotator's signals (feedback.ANNOTATOR_WEIGHTS)
-SAMPLED_SYSTEMS = ("sft", "sft-rs", "ppo")  # sampled gold costs m decodes + m sandboxed runs per item: RL systems
+# the annotator's signals (feedback.ANNOTATOR_WEIGHTS)
+COMPONENTS = ("similarity", "syntax", "exec", "quality")
+# sampled gold costs m decodes + m sandboxed runs per item: RL systems
+SAMPLED_SYSTEMS = ("sft", "sft-rs", "ppo")
 
 
-# ----------------------------------------------------------------------------- decoding
-def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: bool, n: int = 1,
-                   desc: str = "decode", temperature: float | None = None, top_p: float | None = None,
-                   seed: int | None = None, stop=None) -> list[list[str]]:
-    """Generate n answers per intent, batched by prompt length (less left padding), returned in input order.
-    Greedy for evaluation; sampling with the config's temperature/top_p for synthetic-feedback candidates and
-    best-of-n. Several ranks: the batches (the very batches one process would form) are dealt out over the ranks
-    and the answers gathered on every rank, so greedy answers are those of a single process; samples are not
-    (each rank has its own random stream), unless `seed` is given: then every batch draws from its own stream,
-    seeded by seed + the batch's first position, so two models decoding the same intents share their random
-    numbers batch by batch (common random numbers: paired differences carry less noise) and the samples do not
-    depend on the number of ranks. temperature/top_p override the config's. stop() -> True (a stop signal) ends
-    this rank's loop before its next batch; the ranks then agree and all raise Interrupted."""
-    import torch
-
-    order = sorted(range(len(intents)), key=lambda i: len(intents[i]))
-    answers: list[list[str]] = [[] for _ in intents]
-    lm.eval()
-    starts = dist.shard(list(range(0, len(order), cfg.eval_batch_size)), strided=True)  # prompts sorted by length
-    done, bar = 0, console.progress(starts, desc=desc, unit="batch")
-    for start in bar:
-        if stop is not None and stop():
-            break
-        idx = order[start:start + cfg.eval_batch_size]
-        batch = data.generation_batch([intents[i] for i in idx], tok, fmt, cfg.max_prompt_len)
-        batch = {k: v.to(lm.device) for k, v in batch.items()}
-        kwargs = dict(do_sample=True, temperature=temperature or cfg.temperature,
-                      top_p=cfg.top_p if top_p is None else top_p, top_k=0) if sample else \
-            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if seed is not None:
-            torch.manual_seed(seed + start)
-        with torch.no_grad(), ctx:
-            out = lm.generate(**batch, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
-        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for j, text in enumerate(texts):
-            answers[idx[j // n]].append(data.extract_code(text))
-        done += 1
-    bar.close()  # also after a break: a bar left open is redrawn under the "interrupted:" line
-    # Every rank reaches this line (a rank without the signal decodes its whole share), so they stop together.
-    if stop is not None and dist.any_flag(done < len(starts)):
-        raise console.Interrupted(f"{desc}: stopped after {done}/{len(starts)} batches")
-    if dist.world_size() > 1:
-        mine = {i: a for i, a in enumerate(answers) if a}  # this rank's intents, by index
-        for part in dist.gather_objects(mine):
-            for i, a in part.items():
-                answers[i] = a
-    return answers
-
-
-def greedy(lm, tok, intents: list[str], run, env, desc: str) -> list[str]:
-    lm.to(env["device"])
-    fmt = data.resolve_prompt_format(tok, run.cfg.prompt_format)
-    return [a[0] for a in decode_batches(lm, tok, fmt, intents, run.cfg, env["ctx"], sample=False, desc=desc,
-                                         stop=run.stopping)]
-
-
-# ----------------------------------------------------------------------------- gold, proxy, best-of-n
-def proxy_scores(run, env, intents: list[str], codes: list[str], desc: str = "proxy") -> list[float] | None:
-    """The RM's proxy score of each (intent, code): raw -> LHP calibration -> sigmoid -> clip, the same map as
-    PPO's reward. The one place evaluation asks the reward model; None when there is no checkpoint-reward/."""
+# --------------------------------------------------------------------------- gold, proxy, best-of-n
+def proxy_scores(run, env, intents: list[str], codes: list[str],
+                 desc: str = "proxy") -> list[float] | None:
+    """The RM's proxy score of each (intent, code): raw -> LHP calibration -> sigmoid -> clip, the
+    same map as PPO's reward. The one place evaluation asks the reward model; None when there is no
+    checkpoint-reward/."""
     import reward
 
     folder = run.out / "checkpoint-reward"
     if "proxy_rm" not in env:  # loaded once per process; stage_ppo holds its own copy
-        env["proxy_rm"] = (reward.RewardModel.load(folder).to(env["device"]), models.load_tokenizer(str(folder))) \
-            if folder.exists() else None
+        env["proxy_rm"] = (reward.RewardModel.load(folder).to(env["device"]),
+                           models.load_tokenizer(str(folder))) if folder.exists() else None
     if env["proxy_rm"] is None:
         return None
     rm, rm_tok = env["proxy_rm"]
     cfg = run.cfg
-    raw = reward.score_texts(rm, rm_tok, intents, codes, env["device"], stop=run.rank0_stop(), desc=desc)
+    raw = reward.score_texts(rm, rm_tok, intents, codes, env["device"], stop=run.rank0_stop(),
+                             desc=desc)
     return reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
                                    rm.gain, rm.bias).tolist()
 
 
 def best_of_n(scores):
-    """scores [I, n] (the RM's score of n samples per intent) -> [I] index of each row's best sample; ties keep
-    the first. Best-of-n (Nakano et al. 2021, WebGPT; Gao et al. 2022): rejection sampling against the RM."""
+    """scores [I, n] (the RM's score of n samples per intent) -> [I] index of each row's best
+    sample; ties keep the first. Best-of-n (Nakano et al. 2021, WebGPT; Gao et al. 2022): rejection
+    sampling against the RM."""
     import torch
 
     return torch.as_tensor(scores, dtype=torch.float32).argmax(dim=1)  # [I]
@@ -127,28 +79,32 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def sample_and_judge(run, env, lm, tok, exs: list, m: int, temperature: float, desc: str) -> dict | None:
-    """Sampled gold, the RL objective measured (Codex's pass@1 from n samples; DAPO's avg@k): m samples per
-    intent from the rollout sampler (temperature, top_p 1, top_k 0, as PPO samples), each scored by the
-    annotator with sandboxed exec. Same seeds for every system (common random numbers). -> {samples [I][m],
-    sample_gold [I][m], per: {sampled_gold: [I], sampled_<component>: [I]}} on rank 0, None elsewhere."""
+def sample_and_judge(run, env, lm, tok, exs: list, m: int, temperature: float,
+                     desc: str) -> dict | None:
+    """Sampled gold, the RL objective measured (Codex's pass@1 from n samples; DAPO's avg@k): m
+    samples per intent from the rollout sampler (temperature, top_p 1, top_k 0, as PPO samples),
+    each scored by the annotator with sandboxed exec. Same seeds for every system (common random
+    numbers). -> {samples [I][m], sample_gold [I][m], per: {sampled_gold: [I], sampled_<component>:
+    [I]}} on rank 0, None elsewhere."""
     import feedback
 
     lm.to(env["device"])
     fmt = data.resolve_prompt_format(tok, run.cfg.prompt_format)
-    samples = decode_batches(lm, tok, fmt, [e.intent for e in exs], run.cfg, env["ctx"], sample=True, n=m,
-                             desc=desc, temperature=temperature, top_p=1.0, seed=run.cfg.seed + 7919,
-                             stop=run.stopping)
+    samples = decode_batches(lm, tok, fmt, [e.intent for e in exs], run.cfg, env["ctx"],
+                             sample=True, n=m, desc=desc, temperature=temperature, top_p=1.0,
+                             seed=run.cfg.seed + 7919, stop=run.stopping)
     if not dist.is_main():
         return None
-    judged = feedback.judge([s for ss in samples for s in ss], [e.snippet for e in exs for _ in range(m)],
-                            run.cfg.exec_timeout_s, log=run.log, stop=run.rank0_stop(), desc=f"{desc}: gold")
+    judged = feedback.judge([s for ss in samples for s in ss],
+                            [e.snippet for e in exs for _ in range(m)], run.cfg.exec_timeout_s,
+                            log=run.log, stop=run.rank0_stop(), desc=f"{desc}: gold")
     groups = [judged[i * m:(i + 1) * m] for i in range(len(exs))]  # [I][m]
     per = {"sampled_gold": [mean([j["score"] for j in g]) for g in groups]}
     for c in COMPONENTS:
         if all(c in j["capped"] for j in judged):
             per[f"sampled_{c}"] = [mean([j["capped"][c] for j in g]) for g in groups]
-    return {"samples": samples, "sample_gold": [[j["score"] for j in g] for g in groups], "per": per}
+    return {"samples": samples, "sample_gold": [[j["score"] for j in g] for g in groups],
+            "per": per}
 
 
 def standard_error(xs: list[float]) -> float:
@@ -161,20 +117,24 @@ def standard_error(xs: list[float]) -> float:
 
 
 # ----------------------------------------------------------------------------- one system
-def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: list[dict] | None = None,
-                 extra: dict | None = None, sampled: dict | None = None) -> dict:
-    """Every metric, gold and proxy of `preds` (one per test item); writes predictions-<name>.jsonl, logs the
-    stats, and caches the result (with per-example lists for the bootstrap) in state.json for --resume."""
+def score_system(run, env, name: str, preds: list[str], step: int,
+                 extra_rows: list[dict] | None = None, extra: dict | None = None,
+                 sampled: dict | None = None) -> dict:
+    """Every metric, gold and proxy of `preds` (one per test item); writes
+    predictions-<name>.jsonl, logs the stats, and caches the result (with per-example lists for the
+    bootstrap) in state.json for --resume."""
     import feedback
     import metrics
 
     cfg, test = run.cfg, env["test"]
     refs = [e.snippet for e in test]
-    scores = metrics.evaluate(refs, preds, bertscore_model=cfg.bertscore_model, bertscore_layers=cfg.bertscore_layers,
-                              with_bertscore=cfg.eval_bertscore, codebleu_tokenizer=cfg.codebleu_tokenizer,
-                              per_example=True)
+    scores = metrics.evaluate(refs, preds, bertscore_model=cfg.bertscore_model,
+                              bertscore_layers=cfg.bertscore_layers,
+                              with_bertscore=cfg.eval_bertscore,
+                              codebleu_tokenizer=cfg.codebleu_tokenizer, per_example=True)
     per = {"codebleu": scores.pop("per_example")["codebleu"], "chrf": sentence_chrf(refs, preds)}
-    judged = feedback.judge(preds, refs, cfg.exec_timeout_s, log=run.log, stop=run.rank0_stop(), desc=f"gold {name}")
+    judged = feedback.judge(preds, refs, cfg.exec_timeout_s, log=run.log, stop=run.rank0_stop(),
+                            desc=f"gold {name}")
     per["gold"] = [j["score"] for j in judged]
     for c in COMPONENTS:  # the greedy answer's gold, signal by signal (report.md's breakdown)
         if all(c in j["capped"] for j in judged):
@@ -183,15 +143,18 @@ def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: l
         per |= sampled["per"]
     proxy = proxy_scores(run, env, [e.intent for e in test], preds, desc=f"proxy {name}")
     result = {"gold": mean(per["gold"])} | ({"proxy": mean(proxy)} if proxy else {})
-    result |= {k: v for k, v in scores.items() if isinstance(v, (int, float, str))} | {"chrf": mean(per["chrf"])}
+    result |= {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
+    result |= {"chrf": mean(per["chrf"])}
     if sampled:
-        result |= {"sampled_gold": mean(per["sampled_gold"]), "sampled_gold_se": standard_error(per["sampled_gold"]),
+        result |= {"sampled_gold": mean(per["sampled_gold"]),
+                   "sampled_gold_se": standard_error(per["sampled_gold"]),
                    "eval_samples": len(sampled["samples"][0])}
     result |= extra or {}
-    rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "prediction": p,
-             "gold": g, "gold_reasons": j["reasons"], "proxy": proxy[i] if proxy else None,
-             "sentence_codebleu": c, "sentence_chrf": f}
-            for i, (e, p, g, j, c, f) in enumerate(zip(test, preds, per["gold"], judged, per["codebleu"], per["chrf"]))]
+    rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet,
+             "prediction": p, "gold": g, "gold_reasons": j["reasons"],
+             "proxy": proxy[i] if proxy else None, "sentence_codebleu": c, "sentence_chrf": f}
+            for i, (e, p, g, j, c, f) in enumerate(zip(test, preds, per["gold"], judged,
+                                                       per["codebleu"], per["chrf"]))]
     for row, more in zip(rows, extra_rows or []):
         row.update(more)
     if sampled:  # anyone can re-score the samples
@@ -201,7 +164,8 @@ def score_system(run, env, name: str, preds: list[str], step: int, extra_rows: l
     run.stat("eval", step, system=name, **{k: v for k, v in result.items() if k != "n"})
     run.state["evaluated"][name] = dict(result, per_example=per)
     run.save_state()
-    run.log(f"eval {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+    run.log(f"eval {name}: "
+            + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
     return run.state["evaluated"][name]
 
 
@@ -213,8 +177,8 @@ def evaluate_system(run, env, name: str, lm, tok, step: int) -> dict:
     preds = greedy(lm, tok, [e.intent for e in env["test"]], run, env, f"eval {name}")
     sampled = None
     if run.cfg.eval_samples and name in SAMPLED_SYSTEMS:
-        sampled = sample_and_judge(run, env, lm, tok, env["test"], run.cfg.eval_samples, run.cfg.temperature,
-                                   f"eval {name} (m={run.cfg.eval_samples})")
+        sampled = sample_and_judge(run, env, lm, tok, env["test"], run.cfg.eval_samples,
+                                   run.cfg.temperature, f"eval {name} (m={run.cfg.eval_samples})")
     return score_system(run, env, name, preds, step, sampled=sampled) if dist.is_main() else {}
 
 
@@ -226,65 +190,27 @@ def evaluate_best_of_n(run, env, name: str, lm, tok, n: int, step: int) -> dict:
     cfg, test = run.cfg, env["test"]
     lm.to(env["device"])
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
-    # The same samples whether or not the greedy systems came from a resume; each rank its own stream.
+    # The same samples whether or not the greedy systems came from a resume; each rank its own
+    # stream.
     models.seed_everything(cfg.seed + 1000 * dist.rank())
-    samples = decode_batches(lm, tok, fmt, [e.intent for e in test], cfg, env["ctx"], sample=True, n=n,
-                             desc=f"eval {name} (n={n})", stop=run.stopping)
+    samples = decode_batches(lm, tok, fmt, [e.intent for e in test], cfg, env["ctx"], sample=True,
+                             n=n, desc=f"eval {name} (n={n})", stop=run.stopping)
     if not dist.is_main():
         return {}
-    flat = proxy_scores(run, env, [e.intent for e in test for _ in range(n)], [s for ss in samples for s in ss],
-                        desc=f"proxy {name} candidates")
+    flat = proxy_scores(run, env, [e.intent for e in test for _ in range(n)],
+                        [s for ss in samples for s in ss], desc=f"proxy {name} candidates")
     scores = [flat[i * n:(i + 1) * n] for i in range(len(test))]  # [I, n]
     pick = best_of_n(scores).tolist()
     preds = [ss[j] for ss, j in zip(samples, pick)]
-    rows = [{"candidates": ss, "candidate_proxy": sc, "picked": j} for ss, sc, j in zip(samples, scores, pick)]
+    rows = [{"candidates": ss, "candidate_proxy": sc, "picked": j}
+            for ss, sc, j in zip(samples, scores, pick)]
     return score_system(run, env, name, preds, step, extra_rows=rows, extra={"bon_n": n})
-
-
-# ----------------------------------------------------------------------------- the over-optimisation curve
-def curve_point(run, env, policy_lm, tok, step: int, kl: float) -> dict:
-    """Gold and proxy of the current policy on the first eval_slice validation intents, logged as stage
-    "ppo_eval" with the PPO step and that step's objective/kl. Called by stage_ppo every eval_every steps.
-    With --eval_samples=m: the mean over m samples per intent (the RL objective), with the same seeds at every
-    step, and each mean's standard error over intents, so a rise can be told from noise; else greedy."""
-    from config import ConfigError
-
-    cfg, exs = run.cfg, env["val"][:run.cfg.eval_slice]
-    if not exs:
-        raise ConfigError(f"--eval_every={cfg.eval_every} needs validation intents: --eval_slice="
-                          f"{cfg.eval_slice} of {len(env['val'])}")
-    was_training = policy_lm.training
-    m = cfg.eval_samples
-    if m:
-        got = sample_and_judge(run, env, policy_lm, tok, exs, m, cfg.temperature, f"ppo_eval step {step} (m={m})")
-        codes = got["samples"] if got else []
-        gold = got["per"]["sampled_gold"] if got else []
-    else:
-        codes = [[p] for p in greedy(policy_lm, tok, [e.intent for e in exs], run, env, f"ppo_eval step {step}")]
-    policy_lm.train(was_training)
-    if not dist.is_main():
-        return {}
-    if not m:
-        import feedback
-
-        gold = [j["score"] for j in feedback.judge([c[0] for c in codes], [e.snippet for e in exs], cfg.exec_timeout_s,
-                                                   log=run.log, stop=run.rank0_stop(), desc=f"ppo_eval step {step}: gold")]
-    k = len(codes[0])
-    flat = proxy_scores(run, env, [e.intent for e in exs for _ in range(k)], [c for cs in codes for c in cs],
-                        desc=f"ppo_eval step {step}: proxy")
-    proxy = [mean(flat[i * k:(i + 1) * k]) for i in range(len(exs))] if flat else None
-    point = {"gold": mean(gold), "gold_se": standard_error(gold), "proxy": mean(proxy) if proxy else float("nan"),
-             "proxy_se": standard_error(proxy) if proxy else float("nan"), "objective/kl": kl, "n": len(exs),
-             "samples": m or 0}
-    run.stat("ppo_eval", step, **point)
-    run.log(f"ppo_eval step {step}: gold {point['gold']:.4f} ± {point['gold_se']:.4f}  proxy {point['proxy']:.4f}  "
-            f"kl {kl:.3f} on {len(exs)} validation intents" + (f" x {m} samples" if m else " (greedy)"))
-    return point
 
 
 # ----------------------------------------------------------------------------- the stage
 def bootstrap_rows(results: dict[str, dict], n_resamples: int, seed: int) -> list[dict]:
-    """Paired bootstrap 95% CIs of (better - baseline) for every comparison whose two systems were evaluated."""
+    """Paired bootstrap 95% CIs of (better - baseline) for every comparison whose two systems were
+    evaluated."""
     rows = []
     for better, base in COMPARISONS:
         if better in results and base in results:
@@ -297,7 +223,8 @@ def bootstrap_rows(results: dict[str, dict], n_resamples: int, seed: int) -> lis
 
 
 def breakdown_rows(results: dict[str, dict], n_resamples: int, seed: int) -> list[dict]:
-    """Which of the annotator's signals moved: paired CIs of every gold component, sampled and greedy."""
+    """Which of the annotator's signals moved: paired CIs of every gold component, sampled and
+    greedy."""
     rows = []
     for better, base in COMPARISONS:
         if better in results and base in results:
@@ -311,8 +238,9 @@ def breakdown_rows(results: dict[str, dict], n_resamples: int, seed: int) -> lis
 
 
 def greedy_flips(base_rows: list[dict], new_rows: list[dict], tol: float = 1e-9) -> dict:
-    """How the greedy answers changed: items whose answer differs, and of those how many gold scores rose or
-    fell. Many flips with as many worse as better is a policy that moved sideways (re-draws, not gains)."""
+    """How the greedy answers changed: items whose answer differs, and of those how many gold
+    scores rose or fell. Many flips with as many worse as better is a policy that moved sideways
+    (re-draws, not gains)."""
     changed = [(a, b) for a, b in zip(base_rows, new_rows) if a["prediction"] != b["prediction"]]
     return {"items": len(new_rows), "changed": len(changed),
             "better": sum(b["gold"] > a["gold"] + tol for a, b in changed),
@@ -320,9 +248,10 @@ def greedy_flips(base_rows: list[dict], new_rows: list[dict], tol: float = 1e-9)
 
 
 def sharpened_sft(run, env, lm, tok, step: int) -> dict:
-    """The sharpening control (Yue et al. 2025: RL at temperature T can gain by sharpening alone): SFT's sampled
-    gold on the first eval_slice validation intents at each --sharpen_temperatures value, then SFT sampled on
-    test at the best of them, as system sft-sharp. RL must beat this, not only SFT at the rollout temperature."""
+    """The sharpening control (Yue et al. 2025: RL at temperature T can gain by sharpening alone):
+    SFT's sampled gold on the first eval_slice validation intents at each --sharpen_temperatures
+    value, then SFT sampled on test at the best of them, as system sft-sharp. RL must beat this,
+    not only SFT at the rollout temperature."""
     import config
 
     cached = run.state["evaluated"].get("sft-sharp")
@@ -339,21 +268,25 @@ def sharpened_sft(run, env, lm, tok, step: int) -> dict:
     if reuse and not dist.is_main():
         return {}
     if reuse:  # the same seeds would draw SFT's own samples again
-        got = {"samples": [r["samples"] for r in rows], "sample_gold": [r["sample_gold"] for r in rows],
+        got = {"samples": [r["samples"] for r in rows],
+               "sample_gold": [r["sample_gold"] for r in rows],
                "per": {k: v for k, v in run.state["evaluated"]["sft"]["per_example"].items()
                        if k.startswith("sampled_")}}
     else:
-        got = sample_and_judge(run, env, lm, tok, env["test"], m, best, f"eval sft-sharp (T={best}, m={m})")
+        got = sample_and_judge(run, env, lm, tok, env["test"], m, best,
+                               f"eval sft-sharp (T={best}, m={m})")
     if not dist.is_main():
         return {}
-    result = {"sampled_gold": mean(got["per"]["sampled_gold"]), "eval_samples": m, "n": len(env["test"]),
+    result = {"sampled_gold": mean(got["per"]["sampled_gold"]), "eval_samples": m,
+              "n": len(env["test"]),
               "sampled_gold_se": standard_error(got["per"]["sampled_gold"]), "temperature": best,
               "validation_sampled_gold": {str(t): v for t, v in grid.items()}}
-    rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet, "samples": ss,
-             "sample_gold": sg, "temperature": best} for e, ss, sg in zip(env["test"], got["samples"],
-                                                                         got["sample_gold"])]
+    rows = [{"question_id": e.question_id, "intent": e.intent, "reference": e.snippet,
+             "samples": ss, "sample_gold": sg, "temperature": best}
+            for e, ss, sg in zip(env["test"], got["samples"], got["sample_gold"])]
     runfolder.write_jsonl(rows, run.out / "predictions-sft-sharp.jsonl")
-    run.stat("eval", step, system="sft-sharp", sampled_gold=result["sampled_gold"], temperature=best)
+    run.stat("eval", step, system="sft-sharp", sampled_gold=result["sampled_gold"],
+             temperature=best)
     run.log(f"eval sft-sharp: validation sampled gold by temperature {grid}; on test at T={best}: "
             f"{result['sampled_gold']:.4f}")
     run.state["evaluated"]["sft-sharp"] = dict(result, per_example=got["per"])
@@ -361,33 +294,41 @@ def sharpened_sft(run, env, lm, tok, step: int) -> dict:
     return run.state["evaluated"]["sft-sharp"]
 
 
-def objective_lines(results: dict, breakdown: list[dict], flips: dict[str, dict], cfg) -> list[str]:
-    """report.md: sampled gold with its SE per system, what each signal did, and the greedy flips."""
+def objective_lines(results: dict, breakdown: list[dict], flips: dict[str, dict],
+                    cfg) -> list[str]:
+    """report.md: sampled gold with its SE per system, what each signal did, and the greedy
+    flips."""
     sampled = {n: r for n, r in results.items() if "sampled_gold" in r}
     if not sampled and not flips:
         return []
     md = ["", "## The RL objective: sampled gold", "",
-          f"Mean gold of {cfg.eval_samples} samples per test intent from the rollout sampler (temperature "
-          f"{cfg.temperature}, top_p 1), the quantity RL maximises; every system draws with the same seeds "
-          "(common random numbers). sft-sharp: SFT sampled at the temperature that maximised its sampled gold on "
+          f"Mean gold of {cfg.eval_samples} samples per test intent from the rollout sampler "
+          f"(temperature {cfg.temperature}, top_p 1), the quantity RL maximises; every system "
+          "draws with the same seeds (common random numbers). sft-sharp: SFT sampled at the "
+          "temperature that maximised its sampled gold on "
           f"{cfg.eval_slice} validation intents (the sharpening control).", "",
           "| system | sampled gold | SE | temperature |", "|---|---|---|---|"]
-    md += [f"| {n} | {r['sampled_gold']:.4f} | {r['sampled_gold_se']:.4f} | {r.get('temperature', cfg.temperature)} |"
-           for n, r in sampled.items()]
+    md += [f"| {n} | {r['sampled_gold']:.4f} | {r['sampled_gold_se']:.4f} "
+           f"| {r.get('temperature', cfg.temperature)} |" for n, r in sampled.items()]
     if breakdown:
-        md += ["", "Per signal (paired bootstrap 95% CI; `sampled_x`: mean over the samples, `gold_x`: the greedy "
-               "answer):", "", "| comparison | signal | mean difference | 95% CI | verdict |", "|---|---|---|---|---|"]
-        md += [f"| {b['comparison']} | {b['metric']} | {b['mean_diff']:+.4f} | [{b['ci95_low']:+.4f}, "
-               f"{b['ci95_high']:+.4f}] | {b['verdict']} |" for b in breakdown]
+        md += ["", "Per signal (paired bootstrap 95% CI; `sampled_x`: mean over the samples, "
+               "`gold_x`: the greedy answer):", "",
+               "| comparison | signal | mean difference | 95% CI | verdict |",
+               "|---|---|---|---|---|"]
+        md += [f"| {b['comparison']} | {b['metric']} | {b['mean_diff']:+.4f} "
+               f"| [{b['ci95_low']:+.4f}, {b['ci95_high']:+.4f}] | {b['verdict']} |"
+               for b in breakdown]
     if flips:
         md += ["", "Greedy flips (answers that changed, and whether gold rose or fell):", "",
                "| comparison | items | changed | better | worse |", "|---|---|---|---|---|"]
-        md += [f"| {k} | {f['items']} | {f['changed']} | {f['better']} | {f['worse']} |" for k, f in flips.items()]
+        md += [f"| {k} | {f['items']} | {f['changed']} | {f['better']} | {f['worse']} |"
+               for k, f in flips.items()]
     return md
 
 
 def stage_eval(run, env, systems: dict[str, str]) -> None:
-    """Evaluate `systems` ({name: model spec}) in order, best-of-n right after "sft", then write the report."""
+    """Evaluate `systems` ({name: model spec}) in order, best-of-n right after "sft", then write the
+    report."""
     import time
 
     import config
@@ -395,19 +336,22 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
 
     cfg, t0 = run.cfg, time.perf_counter()
     if not sandbox.sandbox_status()[0]:
-        env["notes"].append(f"gold scores have no exec signal (its weight renormalised away, as the annotator does "
-                            f"in training): {sandbox.sandbox_status()[1]}")
+        env["notes"].append("gold scores have no exec signal (its weight renormalised away, as the "
+                            f"annotator does in training): {sandbox.sandbox_status()[1]}")
     results = {}
     for name, spec in systems.items():
-        # A system is cached in state.json only once it is fully scored, so resume redoes the one interrupted.
-        with console.on_interrupt("on --resume eval keeps the systems it has scored and redoes this one"):
+        # A system is cached in state.json only once it is fully scored, so resume redoes the one
+        # interrupted.
+        with console.on_interrupt("on --resume eval keeps the systems it has scored and redoes "
+                                  "this one"):
             lm, tok = models.load_causal_lm(spec, seed=cfg.seed)
             results[name] = evaluate_system(run, env, name, lm, tok, step=len(results))
             if name == "sft" and cfg.sharpen_temperatures:
                 results["sft-sharp"] = sharpened_sft(run, env, lm, tok, step=len(results))
             if name == "sft" and cfg.bon_n:
                 if (run.out / "checkpoint-reward").exists():
-                    results["sft-bon"] = evaluate_best_of_n(run, env, "sft-bon", lm, tok, cfg.bon_n, step=len(results))
+                    results["sft-bon"] = evaluate_best_of_n(run, env, "sft-bon", lm, tok,
+                                                            cfg.bon_n, step=len(results))
                 else:
                     env["notes"].append("sft-bon skipped: no checkpoint-reward/ to pick with")
             del lm
@@ -417,16 +361,18 @@ def stage_eval(run, env, systems: dict[str, str]) -> None:
     breakdown = breakdown_rows(results, cfg.bootstrap_samples, cfg.seed)
     preds = {n: runfolder.read_jsonl(run.out / f"predictions-{n}.jsonl") for n in results}
     flips = {f"{b} − {a}": greedy_flips(preds[a], preds[b]) for b, a in COMPARISONS
-             if a in preds and b in preds and "prediction" in preds[a][0] and "prediction" in preds[b][0]}
-    examples = [dict(intent=e.intent, reference=e.snippet, **{n: preds[n][i]["prediction"] for n in results
-                                                               if "prediction" in preds[n][i]})
+             if a in preds and b in preds
+             and "prediction" in preds[a][0] and "prediction" in preds[b][0]}
+    examples = [dict(intent=e.intent, reference=e.snippet,
+                     **{n: preds[n][i]["prediction"] for n in results
+                        if "prediction" in preds[n][i]})
                 for i, e in enumerate(env["test"][:5])]
     table = {n: {k: v for k, v in r.items() if k != "per_example"} for n, r in results.items()}
     seconds = {**run.state["stage_seconds"], "eval": time.perf_counter() - t0}
     written = report.write_report(run.out, table, boot, examples, seconds, str(env["device"]),
-                                  str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg), env["notes"],
-                                  reward_eval=run.state.get("reward_eval"),
-                                  sections=objective_lines(table, breakdown, flips, cfg), breakdown=breakdown,
-                                  flips=flips)
+                                  str(env["dtype"]).replace("torch.", ""), config.to_dict(cfg),
+                                  env["notes"], reward_eval=run.state.get("reward_eval"),
+                                  sections=objective_lines(table, breakdown, flips, cfg),
+                                  breakdown=breakdown, flips=flips)
     run.echo(report.console_summary(written))
     plots.write_plots(run.out)  # after report.json: the systems plot draws its numbers and CIs

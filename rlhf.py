@@ -31,7 +31,7 @@ import report
 import resume
 import runfolder
 from config import ConfigError, die
-from evaluate import decode_batches  # stage_reward samples SFT candidates with it
+from decoding import decode_batches  # stage_reward samples SFT candidates with it
 from console import Interrupted
 from report import Run
 from policy import make_reference, PolicyWithValueHead
@@ -273,10 +273,10 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     reference and the reward model, and only the policy with its value head is DDP-wrapped (ppo.py detail 13)."""
     import torch
 
-    import evaluate
     import ppo
     import reward
     import sandbox
+    from overoptimization import curve_point
 
     cfg, device, ctx = run.cfg, env["device"], env["ctx"]
     if cfg.w_exec and not sandbox.sandbox_status()[0]:
@@ -317,10 +317,10 @@ def stage_ppo(run: Run, env: dict, train) -> None:
     resume_note = "PPO continues from its last checkpoint on --resume"
     if cfg.eval_every and start == 0:  # the curve starts at the SFT policy, KL 0
         with console.on_interrupt(resume_note):
-            evaluate.curve_point(run, env, policy.lm, tok, 0, 0.0)
+            curve_point(run, env, policy.lm, tok, 0, 0.0)
     elif (kl := missing_curve_kl(run, start, final=done_by_budget)) is not None:  # a stop came before this point
         with console.on_interrupt(resume_note):
-            evaluate.curve_point(run, env, policy.lm, tok, start, kl)
+            curve_point(run, env, policy.lm, tok, start, kl)
     bar = console.progress(range(start, start if done_by_budget else cfg.ppo_steps), initial=start, total=cfg.ppo_steps, desc="ppo", unit="step")
     for step in bar:
         t0 = time.perf_counter()
@@ -361,7 +361,7 @@ def stage_ppo(run: Run, env: dict, train) -> None:
             raise Interrupted(f"PPO stopped after step {step + 1}; checkpoint-ppo-{step + 1}/ saved; {resume_note}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):  # over-optimisation curve
             try:
-                evaluate.curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
+                curve_point(run, env, policy.lm, tok, step + 1, stats["objective/kl"])
             except Interrupted as e:  # the stop came during the curve point: keep the step, redraw the point
                 if not saved:
                     save_ppo(run, policy, tok, opt, kl_ctl, step + 1, f"checkpoint-ppo-{step + 1}")

@@ -1,29 +1,34 @@
-"""The supervisor: the Python program that runs inside the sandbox as its pid 1 (split from sandbox.py for size).
+"""The supervisor: the Python program that runs inside the sandbox as its pid 1.
 
-It is source text, not code this process runs: `sandbox.bwrap_command` passes RUNNER to the sandbox's interpreter
-with `-c`. What it guards against is listed in sandbox.py's docstring and tested in tests/test_sandbox.py.
+It is source text, not code this process runs: `sandbox_host.bwrap_command` passes RUNNER to the
+sandbox's interpreter with `-c`. What it guards against is listed in sandbox.py's docstring and
+tested in tests/test_sandbox.py.
 """
-# The supervisor's exit status per outcome (the snippet's child uses the first four for its own class). Above
-# any status Python or a shell picks by itself, below bwrap's 128+signal.
-EXIT_CODES = {"ok": 100, "syntax_error": 101, "name_error": 102, "runtime_error": 103, "killed": 104,
-              "timeout": 105}
+# The supervisor's exit status per outcome (the snippet's child uses the first four for its own
+# class). Above any status Python or a shell picks by itself, below bwrap's 128+signal.
+EXIT_CODES = {"ok": 100, "syntax_error": 101, "name_error": 102, "runtime_error": 103,
+              "killed": 104, "timeout": 105}
 
-# Timeouts are decided here, from the snippet's own accounting, not by the host's wall clock: under load a host
-# clock timed out snippets that an idle machine ran to the end, which changed exec signals, labels and rewards
-# between two runs of the same seed. A snippet times out when
-#   * its CPU time (user + system, its reaped children included: /proc/<pid>/stat while it runs, the kernel's
-#     rusage at its end) reaches the CPU limit; RLIMIT_CPU, a second or two above it, is the backstop; or
-#   * it stays blocked (sleeping, waiting on a pipe or a socket) past the blocked limit in *idle-equivalent* time:
-#     the wall clock since its fork less the time its threads waited runnable for a CPU, which the kernel counts
-#     per task (run_delay, /proc/<pid>/task/<tid>/schedstat). The supervisor's own wake-up, late by its own wait
-#     for a CPU, is moved back by that wait. So `time.sleep(100)` is `timeout` and `time.sleep(1)` is not, at any
-#     load. Both limits end as `timeout`, so which one fires first on a busy loop changes nothing.
-# The supervisor: pid 1 of the sandbox. argv = cpu, as, nproc, fsize, nofile, blocked; stdin = the code. It forks the
-# snippet as its child and learns the child's class from the child's exit status; the child's one-line detail
-# comes on a pipe read only after the child is dead. The report (its stdout, a host file) is written only by
-# the supervisor, after every other process in the namespace has been killed, as "<detail>\n"; the outcome is
-# the supervisor's exit status. PR_SET_DUMPABLE=0 closes /proc/1/mem and /proc/1/fd to the child; seccomp
-# closes ptrace; pid 1 ignores SIGINT here and, as a namespace init, every signal it has no handler for.
+# Timeouts are decided here, from the snippet's own accounting, not by the host's wall clock: under
+# load a host clock timed out snippets that an idle machine ran to the end, which changed exec
+# signals, labels and rewards between two runs of the same seed. A snippet times out when
+#   * its CPU time (user + system, its reaped children included: /proc/<pid>/stat while it runs, the
+#     kernel's rusage at its end) reaches the CPU limit; RLIMIT_CPU, a second or two above it, is
+#     the backstop; or
+#   * it stays blocked (sleeping, waiting on a pipe or a socket) past the blocked limit in
+#     *idle-equivalent* time: the wall clock since its fork less the time its threads waited
+#     runnable for a CPU, which the kernel counts per task (run_delay,
+#     /proc/<pid>/task/<tid>/schedstat). The supervisor's own wake-up, late by its own wait for a
+#     CPU, is moved back by that wait. So `time.sleep(100)` is `timeout` and `time.sleep(1)` is not,
+#     at any load. Both limits end as `timeout`, so which one fires first on a busy loop changes
+#     nothing.
+# The supervisor: pid 1 of the sandbox. argv = cpu, as, nproc, fsize, nofile, blocked; stdin = the
+# code. It forks the snippet as its child and learns the child's class from the child's exit status;
+# the child's one-line detail comes on a pipe read only after the child is dead. The report (its
+# stdout, a host file) is written only by the supervisor, after every other process in the namespace
+# has been killed, as "<detail>\n"; the outcome is the supervisor's exit status. PR_SET_DUMPABLE=0
+# closes /proc/1/mem and /proc/1/fd to the child; seccomp closes ptrace; pid 1 ignores SIGINT here
+# and, as a namespace init, every signal it has no handler for.
 RUNNER = r'''
 import os, resource, signal, sys, time
 CODES = @EXIT_CODES@
@@ -60,7 +65,8 @@ def child(src, w):
 def fate(status, detail):
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        return "killed", "signal %s" % (signal.Signals(sig).name if sig in signal.valid_signals() else sig)
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else sig
+        return "killed", "signal %s" % (name,)
     code = os.waitstatus_to_exitcode(status)
     kind = next((k for k, c in CODES.items() if c == code and k not in ("killed", "timeout")), None)
     if kind is None:
@@ -68,7 +74,8 @@ def fate(status, detail):
     return kind, detail
 
 def run_delay(path):
-    """Seconds the task at /proc/... has waited runnable for a CPU (0 where the kernel keeps no schedstat)."""
+    """Seconds the task at /proc/... has waited runnable for a CPU (0 where the kernel keeps no
+    schedstat)."""
     try:
         with open(path + "/schedstat") as f:
             return int(f.read().split()[1]) / 1e9
@@ -76,9 +83,10 @@ def run_delay(path):
         return 0.0
 
 def cpu_time(pid):
-    """CPU seconds of pid, its threads and its reaped children (/proc/<pid>/stat utime+stime+cutime+cstime: the
-    kernel scales them to the precise runtime; RLIMIT_CPU's own check samples by ticks and ran ~15% ahead of it
-    on a loaded machine, so the limit is judged here and RLIMIT_CPU is only the backstop)."""
+    """CPU seconds of pid, its threads and its reaped children (/proc/<pid>/stat
+    utime+stime+cutime+cstime: the kernel scales them to the precise runtime; RLIMIT_CPU's own check
+    samples by ticks and ran ~15% ahead of it on a loaded machine, so the limit is judged here and
+    RLIMIT_CPU is only the backstop)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -87,8 +95,9 @@ def cpu_time(pid):
         return 0.0
 
 def load_wait(pid):
-    """(the most any thread of pid has waited for a CPU, whether one is runnable now). A thread's current wait on
-    the run queue enters run_delay only when it gets the CPU, so the blocked limit is judged only when none is."""
+    """(the most any thread of pid has waited for a CPU, whether one is runnable now). A thread's
+    current wait on the run queue enters run_delay only when it gets the CPU, so the blocked limit
+    is judged only when none is."""
     waited, runnable = 0.0, False
     try:
         tids = os.listdir("/proc/%d/task" % pid)
@@ -105,17 +114,20 @@ def load_wait(pid):
     return waited, runnable
 
 def wait_child(pid, start, cpu, blocked):
-    """Reap until the snippet's process ends (orphans too: we are pid 1), killing it once it has used `cpu` CPU
-    seconds or been blocked for `blocked` idle-equivalent seconds -> (status, rusage, idle-equivalent seconds)."""
+    """Reap until the snippet's process ends (orphans too: we are pid 1), killing it once it has
+    used `cpu` CPU seconds or been blocked for `blocked` idle-equivalent seconds -> (status, rusage,
+    idle-equivalent seconds)."""
     waited = elapsed = late = 0.0
     while True:
-        now = time.monotonic() - late  # when the wake-up came: our own wait for a CPU is load, not the snippet
+        # when the wake-up came: our own wait for a CPU is load, not the snippet
+        now = time.monotonic() - late
         ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         if ended is not None and ended.si_pid != pid:
             os.waitpid(ended.si_pid, 0)  # an orphan
             continue
         if ended is not None:
-            waited = max(waited, run_delay("/proc/%d" % pid))  # a zombie keeps its counts until it is reaped
+            # a zombie keeps its counts until it is reaped
+            waited = max(waited, run_delay("/proc/%d" % pid))
             _, status, usage = os.wait4(pid, 0)
             return status, usage, max(elapsed, now - start - waited)
         w, runnable = load_wait(pid)
@@ -124,7 +136,8 @@ def wait_child(pid, start, cpu, blocked):
             elapsed = max(elapsed, now - start - waited)
         if used >= cpu or elapsed > blocked:
             os.kill(pid, signal.SIGKILL)
-        # the earliest either limit can be reached (CPU time grows at most as fast as the wall clock per thread)
+        # the earliest either limit can be reached (CPU time grows at most as fast as the wall clock
+        # per thread)
         wait = min(cpu - used, 0.05 if runnable else blocked - elapsed)
         mine = run_delay("/proc/self")
         signal.sigtimedwait([signal.SIGCHLD], max(wait, 0.01))
@@ -133,15 +146,19 @@ def wait_child(pid, start, cpu, blocked):
 def main():
     mem, nproc, fsize, nofile = map(int, sys.argv[2:6])
     cpu, blocked = float(sys.argv[1]), float(sys.argv[6])
-    hard_cpu = int(cpu) + 2  # RLIMIT_CPU: a backstop past the limit judged below (SIGXCPU, SIGKILL 1 s later)
+    # RLIMIT_CPU: a backstop past the limit judged below (SIGXCPU, SIGKILL 1 s later)
+    hard_cpu = int(cpu) + 2
     src = sys.stdin.read()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # sigtimedwait wakes when a child ends
+    # sigtimedwait wakes when a child ends
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     os.closerange(3, 1 << 16)  # nothing bwrap or the host left open reaches the child
     import ctypes
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    for res, lim in ((resource.RLIMIT_CPU, (hard_cpu - 1, hard_cpu)), (resource.RLIMIT_AS, (mem, mem)),
-                     (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (fsize, fsize)),
+    for res, lim in ((resource.RLIMIT_CPU, (hard_cpu - 1, hard_cpu)),
+                     (resource.RLIMIT_AS, (mem, mem)),
+                     (resource.RLIMIT_NPROC, (nproc, nproc)),
+                     (resource.RLIMIT_FSIZE, (fsize, fsize)),
                      (resource.RLIMIT_NOFILE, (nofile, nofile))):
         resource.setrlimit(res, lim)
     r, w = os.pipe()
@@ -153,12 +170,14 @@ def main():
     os.close(w)
     status, usage, elapsed = wait_child(pid, start, cpu, blocked)
     try:
-        os.kill(-1, signal.SIGKILL)  # whatever the snippet left running (kill(-1) spares pid 1 itself)
+        # whatever the snippet left running (kill(-1) spares pid 1 itself)
+        os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
         pass
     os.set_blocking(r, False)
     try:
-        detail = os.read(r, 512).decode("utf-8", "replace")  # a flood of the pipe is cut at 512 bytes
+        # a flood of the pipe is cut at 512 bytes
+        detail = os.read(r, 512).decode("utf-8", "replace")
     except BlockingIOError:
         detail = ""
     used = usage.ru_utime + usage.ru_stime
@@ -166,7 +185,8 @@ def main():
     if used >= cpu or xcpu:
         kind, detail = "timeout", "cpu time %.2f s, limit %g s" % (used, cpu)
     elif elapsed > blocked:
-        kind, detail = "timeout", "blocked %.2f s > %g s (wall clock less waiting for a CPU)" % (elapsed, blocked)
+        kind = "timeout"
+        detail = "blocked %.2f s > %g s (wall clock less waiting for a CPU)" % (elapsed, blocked)
     else:
         kind, detail = fate(status, detail)
     os.write(1, (" ".join(detail.split())[:300] + "\n").encode())

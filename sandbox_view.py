@@ -1,12 +1,13 @@
-"""The sandbox's filesystem view: only what the interpreter needs, read-only (split from sandbox.py for size).
+"""The sandbox's filesystem view: only what the interpreter needs, read-only.
 
-A read-only view of all of `/` let a snippet read every world-readable host file: the checkout, the CoNaLa test
-references that gold scores against, the run folder. The view here binds the distribution's software tree
-(/usr: the interpreter, its standard library and the shared libraries its extension modules load), the
-interpreter's own path entries wherever they are (site-packages outside /usr), and the few /etc files that the C
-library and the standard library read. /usr/local is a host's own additions (tools, other languages), so it is
-hidden except for the interpreter's path entries under it. Everything else (/home, /root, /work, /opt, /var,
-/srv, /mnt, /sys, the rest of /etc) is absent.
+A read-only view of all of `/` let a snippet read every world-readable host file: the checkout, the
+CoNaLa test references that gold scores against, the run folder. The view here binds the
+distribution's software tree (/usr: the interpreter, its standard library and the shared libraries
+its extension modules load), the interpreter's own path entries wherever they are (site-packages
+outside /usr), and the few /etc files that the C library and the standard library read. /usr/local
+is a host's own additions (tools, other languages), so it is hidden except for the interpreter's
+path entries under it. Everything else (/home, /root, /work, /opt, /var, /srv, /mnt, /sys, the rest
+of /etc) is absent.
 """
 from __future__ import annotations
 
@@ -15,24 +16,30 @@ import glob
 import os
 import subprocess
 
-# /etc files, each for a reason: the dynamic loader's cache; time zones (time.localtime, zoneinfo); the user and
-# group names (pwd, getpass, pathlib.Path.owner); name resolution of localhost (socket.gethostbyname); service
-# and protocol names (socket.getservbyname); file types (mimetypes); CA certificates (ssl's default context,
-# public data); os-release (platform.freedesktop_os_release); the /usr/bin links update-alternatives manages.
-ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group",
-               "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf", "services", "protocols",
-               "mime.types", "mailcap", "ssl", "os-release", "alternatives")
-MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # symlinks into /usr on merged-/usr systems
+# /etc files, each for a reason: the dynamic loader's cache; time zones (time.localtime, zoneinfo);
+# the user and group names (pwd, getpass, pathlib.Path.owner); name resolution of localhost
+# (socket.gethostbyname); service and protocol names (socket.getservbyname); file types (mimetypes);
+# CA certificates (ssl's default context, public data); os-release
+# (platform.freedesktop_os_release); the /usr/bin links update-alternatives manages.
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd",
+               "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf",
+               "services", "protocols", "mime.types", "mailcap", "ssl", "os-release",
+               "alternatives")
+# symlinks into /usr on merged-/usr systems
+MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
 @functools.lru_cache(maxsize=None)
 def python_paths(python: str) -> tuple[str, ...]:
-    """The interpreter's import path (standard library, extension modules, site-packages), as it reports it when
-    run the way the sandbox runs it (`-I`: no user site, no environment). Not its prefix: that is /usr/local for
-    a locally built interpreter, which would bring back all of /usr/local."""
+    """The interpreter's import path (standard library, extension modules, site-packages), as it
+    reports it when run the way the sandbox runs it (`-I`: no user site, no environment). Not its
+    prefix: that is /usr/local for a locally built interpreter, which would bring back all of
+    /usr/local."""
     script = "import sys; print('\\n'.join(sys.path))"
-    out = subprocess.run([python, "-I", "-c", script], capture_output=True, text=True, env={}, timeout=30).stdout
-    return tuple(dict.fromkeys(p for p in out.splitlines() if os.path.isabs(p) and os.path.isdir(p)))
+    out = subprocess.run([python, "-I", "-c", script], capture_output=True, text=True, env={},
+                         timeout=30).stdout
+    return tuple(dict.fromkeys(p for p in out.splitlines()
+                               if os.path.isabs(p) and os.path.isdir(p)))
 
 
 def _outside_usr(path: str) -> bool:
@@ -41,9 +48,11 @@ def _outside_usr(path: str) -> bool:
 
 
 def view_args(python: str) -> list[str]:
-    """bwrap arguments for the read-only view (the caller adds /proc, /dev and the writable tmpfs)."""
+    """bwrap arguments for the read-only view (the caller adds /proc, /dev and the writable
+    tmpfs)."""
     args = []
-    for entry in sorted(os.listdir("/usr")):  # /usr but /usr/local: bwrap cannot hide a folder inside a bind
+    # /usr but /usr/local: bwrap cannot hide a folder inside a bind
+    for entry in sorted(os.listdir("/usr")):
         if entry != "local":
             args += ["--ro-bind", f"/usr/{entry}", f"/usr/{entry}"]
     for name in MERGED_USR:

@@ -7,7 +7,7 @@ import pytest
 
 import config
 import data
-import evaluate
+import decoding
 import models
 import rlhf
 
@@ -58,7 +58,7 @@ def test_plain_transformers_reproduces_the_pipelines_greedy_answers(checkpoint):
     folder, cfg, _ = checkpoint
     lm, tok = models.load_causal_lm(str(folder), seed=cfg.seed)  # how stage_eval loads checkpoint-final
     fmt = data.resolve_prompt_format(tok, cfg.prompt_format)
-    pipeline = [a[0] for a in evaluate.decode_batches(lm, tok, fmt, INTENTS, cfg, nullcontext(), sample=False)]
+    pipeline = [a[0] for a in decoding.decode_batches(lm, tok, fmt, INTENTS, cfg, nullcontext(), sample=False)]
     plain, prompts = plain_transformers_answers(folder, INTENTS)
     # The prompt tokens first: a missing or wrong system message shows here even if a random model ignored it.
     assert prompts == [tok(data.format_prompt(i, tok, "chat"), add_special_tokens=False)["input_ids"]

@@ -71,7 +71,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from evaluate import decode_batches
+    from decoding import decode_batches
     from models import load_causal_lm, load_tokenizer
 
     assert dist.setup(torch.device("cpu"), timeout_s=120) == torch.device("cpu") and dist.world_size() == world
@@ -121,7 +121,7 @@ def test_two_ranks_take_the_single_process_update(two_ranks):
 
 
 def test_sharded_decoding_equals_one_process(two_ranks):
-    from evaluate import decode_batches
+    from decoding import decode_batches
     from models import load_causal_lm, load_tokenizer
 
     single = decode_batches(load_causal_lm("tiny:llama", seed=0)[0], load_tokenizer("tiny:llama"), "chat", INTENTS,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import console
-import evaluate
+import decoding
 import feedback
 import rejection
 import report
@@ -152,18 +152,18 @@ class FakeTok:
 
 
 def test_decoding_stops_within_one_batch(monkeypatch):
-    monkeypatch.setattr(evaluate.data, "generation_batch", lambda intents, tok, fmt, n: {
+    monkeypatch.setattr(decoding.data, "generation_batch", lambda intents, tok, fmt, n: {
         "input_ids": torch.zeros(len(intents), 1, dtype=torch.long),
         "attention_mask": torch.ones(len(intents), 1, dtype=torch.long)})
     cfg = SimpleNamespace(eval_batch_size=2, max_prompt_len=8, max_new_tokens=1, temperature=1.0, top_p=1.0)
     intents = ["a", "bb", "ccc", "dddd", "eeeee", "ffffff", "g" * 7, "h" * 8]  # 4 batches of 2
     lm = FakeLM()
     with pytest.raises(Interrupted, match="policy samples: stopped after 1/4 batches"):
-        evaluate.decode_batches(lm, FakeTok(), "plain", intents, cfg, contextlib.nullcontext(), sample=True, n=2,
+        decoding.decode_batches(lm, FakeTok(), "plain", intents, cfg, contextlib.nullcontext(), sample=True, n=2,
                                 desc="policy samples", stop=flips_after(lm.calls, 1))
     assert lm.calls == [2]
     lm = FakeLM()
-    out = evaluate.decode_batches(lm, FakeTok(), "plain", intents, cfg, contextlib.nullcontext(), sample=False,
+    out = decoding.decode_batches(lm, FakeTok(), "plain", intents, cfg, contextlib.nullcontext(), sample=False,
                                   desc="eval", stop=lambda: False)
     assert out == [[f"x = {1 + i // 2}"] for i in range(8)] and lm.calls == [2, 2, 2, 2]
 

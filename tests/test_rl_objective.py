@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import decoding
 import evaluate
 import ppo
 from policy import make_reference, PolicyWithValueHead, Rollout
@@ -216,7 +217,7 @@ def test_same_seed_same_samples_for_the_same_model(tiny):
     intents = ["sort a list", "reverse a string", "open a file"]
 
     def draw(seed):
-        return evaluate.decode_batches(lm, tok, "plain", intents, cfg, nullcontext(), sample=True, n=3,
+        return decoding.decode_batches(lm, tok, "plain", intents, cfg, nullcontext(), sample=True, n=3,
                                        top_p=1.0, seed=seed)
 
     torch.manual_seed(123)

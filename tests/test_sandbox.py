@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 import sandbox
+import sandbox_host
 import sandbox_limits
+import sandbox_supervisor
 
 OK, STATUS = sandbox.sandbox_status()
 needs_sandbox = pytest.mark.skipif(not OK, reason=f"no sandbox here: {STATUS}")
@@ -92,7 +94,7 @@ def test_fork_bomb_is_bounded_and_reaped():
     res = sandbox.execute_snippet(code, timeout_s=10.0)
     assert res.outcome == "runtime_error", res
     procs = int(res.detail.split("procs=")[1].split()[0])
-    assert procs <= sandbox.NPROC + 1, res.detail  # RLIMIT_NPROC held (+1: bwrap's init is pid 1)
+    assert procs <= sandbox_host.NPROC + 1, res.detail  # RLIMIT_NPROC held (+1: bwrap's init is pid 1)
     ns = res.detail.split("ns=")[1].strip()
     deadline = time.monotonic() + 5
     while _pids_in_namespace(ns) and time.monotonic() < deadline:
@@ -132,7 +134,7 @@ def test_root_parent_drops_to_its_slot_uid():
             pass
     t.join()
     assert seen["res"].outcome == "ok"
-    slot_uids = range(sandbox.SLOT_UID_BASE, sandbox.SLOT_UID_BASE + sandbox.SLOTS)
+    slot_uids = range(sandbox_host.SLOT_UID_BASE, sandbox_host.SLOT_UID_BASE + sandbox_host.SLOTS)
     assert len(uids) == 1 and uids <= set(slot_uids), uids  # one unprivileged uid, no account's
 
 
@@ -244,8 +246,8 @@ def test_output_flood_does_not_grow_the_parent():
 def test_execute_many_deduplicates_and_keeps_order(monkeypatch):
     calls = []
     monkeypatch.setattr(sandbox, "sandbox_status", lambda: (True, "fake"))
-    monkeypatch.setattr(sandbox, "_run_sandboxed",
-                        lambda code, t, py: calls.append(code) or sandbox.ExecResult("ok", code))
+    monkeypatch.setattr(sandbox_host, "run_sandboxed",
+                        lambda code, t, py: calls.append(code) or sandbox_host.ExecResult("ok", code))
     out = sandbox.execute_many(["a = 1", "b = 2", "a = 1"], timeout_s=1.0)
     assert [r.detail for r in out] == ["a = 1", "b = 2", "a = 1"]
     assert sorted(calls) == ["a = 1", "b = 2"]
@@ -257,18 +259,18 @@ def test_unavailable_sandbox_refuses_to_run(monkeypatch):
     try:
         ok, detail = sandbox.sandbox_status()
         assert not ok and "bubblewrap" in detail
-        with pytest.raises(sandbox.SandboxUnavailable):
+        with pytest.raises(sandbox_host.SandboxUnavailable):
             sandbox.execute_snippet("x = 1")
     finally:
         sandbox.sandbox_status.cache_clear()
 
 
 def test_classify_without_report():
-    assert sandbox.classify(137, "") == ("killed", "signal SIGKILL")
-    assert sandbox.classify(-9, "")[0] == "killed"
-    assert sandbox.classify(3, "")[0] == "runtime_error"
-    assert sandbox.classify(sandbox.EXIT_CODES["name_error"], "NameError: x\n") == ("name_error", "NameError: x")
-    assert sandbox.classify(0, "ok\n")[0] == "runtime_error"  # only the supervisor's exit status names an outcome
+    assert sandbox_host.classify(137, "") == ("killed", "signal SIGKILL")
+    assert sandbox_host.classify(-9, "")[0] == "killed"
+    assert sandbox_host.classify(3, "")[0] == "runtime_error"
+    assert sandbox_host.classify(sandbox_supervisor.EXIT_CODES["name_error"], "NameError: x\n") == ("name_error", "NameError: x")
+    assert sandbox_host.classify(0, "ok\n")[0] == "runtime_error"  # only the supervisor's exit status names an outcome
 
 
 # ----------------------------------------------------------------------------- issue 13: hardening
@@ -369,7 +371,7 @@ def test_memory_outside_rlimit_as_is_capped():
             "got['memfd'] = fill(lambda i: os.memfd_create('f%d' % i))\n"
             "raise RuntimeError(json.dumps(got))\n")
     got = _detail_json(sandbox.execute_snippet(code, timeout_s=10.0))
-    assert got["/dev/shm"] <= sandbox.SHM_BYTES >> 20 and got["/tmp"] <= sandbox.TMPFS_BYTES >> 20, got
+    assert got["/dev/shm"] <= sandbox_host.SHM_BYTES >> 20 and got["/tmp"] <= sandbox_host.TMPFS_BYTES >> 20, got
     assert got["/var/tmp"] == got["/run"] == got["/dev"] == got["/home"] == got["memfd"] == 0, got
 
 
@@ -463,7 +465,7 @@ def test_cgroup_layer_holds_the_sandbox(monkeypatch):
     monkeypatch.setattr(sandbox_limits, "RunCgroup", ReadBack)
     res = sandbox.execute_snippet("raise RuntimeError(open('/proc/self/cgroup').read().split('0::')[1])", 3.0)
     assert res.outcome == "runtime_error" and "/rlhf-sandbox-" in res.detail, res
-    assert seen["memory.max"] == [str(768 << 20)] and seen["pids.max"] == [str(sandbox.NPROC + 4)], seen
+    assert seen["memory.max"] == [str(768 << 20)] and seen["pids.max"] == [str(sandbox_host.NPROC + 4)], seen
     assert seen["cgroup.procs"], seen  # the sandbox's init was in it
     assert not any(n.startswith("rlhf-sandbox-") for n in os.listdir(parent))  # removed after the run
     res = sandbox.execute_snippet("import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(30)\n", 1.0)
@@ -477,17 +479,17 @@ def test_cgroup_limits_are_written_into_a_stand_in_cgroup_dir(monkeypatch, tmp_p
     """The writing logic everywhere, delegation or not: a temp dir stands in for the cgroup fs, and a real sandbox
     run must create its leaf there with memory.max = 768 MiB, pids.max = NPROC + 4, the init's pid in
     cgroup.procs and 1 in cgroup.kill (a real cgroupfs removes these files with the leaf; a temp dir keeps them)."""
-    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (str(tmp_path), ""))
+    monkeypatch.setattr(sandbox_host, "cached_cgroup_parent", lambda: (str(tmp_path), ""))
     res = sandbox.execute_snippet("x = 1", 3.0)
     assert res.outcome == "ok", res
     (leaf,) = tmp_path.iterdir()
     assert leaf.name.startswith(f"rlhf-sandbox-{os.getpid()}-")
     files = {p.name: p.read_text() for p in leaf.iterdir()}
-    assert files["memory.max"] == str(768 << 20) and files["pids.max"] == str(sandbox.NPROC + 4), files
+    assert files["memory.max"] == str(768 << 20) and files["pids.max"] == str(sandbox_host.NPROC + 4), files
     assert files["cgroup.procs"].isdigit() and files["cgroup.kill"] == "1", files
     assert "memory.swap.max" not in files  # written only where the kernel offers it
     # A parent where the leaf cannot be made: the layer is skipped, the run still happens under the other layers.
-    monkeypatch.setattr(sandbox, "_cgroup_parent", lambda: (str(tmp_path / "absent"), ""))
+    monkeypatch.setattr(sandbox_host, "cached_cgroup_parent", lambda: (str(tmp_path / "absent"), ""))
     assert sandbox.execute_snippet("x = 1", 3.0).outcome == "ok"
 
 
@@ -603,6 +605,7 @@ def test_no_task_outlives_the_call_even_in_uninterruptible_io():
               "for i in range(24):\n    threading.Thread(target=reader, args=(FILES[i % len(FILES)],)).start()\n"
               "time.sleep(30)\n")
     script = ("import ctypes, json, os, sys, time\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
+              "import sandbox_host\n"
               "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"  # PR_SET_CHILD_SUBREAPER: a container's PID 1
               "def tree():\n    parent = {}\n    for p in filter(str.isdigit, os.listdir('/proc')):\n        try:\n"
               "            stat = open('/proc/%s/stat' % p).read().rsplit(')', 1)[1].split()\n"
@@ -612,14 +615,14 @@ def test_no_task_outlives_the_call_even_in_uninterruptible_io():
               "        frontier = {c for c, (pp, _, _) in parent.items() if pp in frontier}\n"
               "        out.update((c, parent[c]) for c in frontier)\n    return out\n"
               "me, attack, got = os.readlink('/proc/self/ns/pid'), sys.stdin.read(), {}\n"
-              "normal = getattr(sandbox, 'KILL_GRACE_S', None)\n"  # None: a sandbox without the grace
+              "normal = getattr(sandbox_host, 'KILL_GRACE_S', None)\n"  # None: a sandbox without the grace
               "for grace in (normal, 0.05) if normal else (None,):\n"  # the second, too short for the I/O
-              "    sandbox.KILL_GRACE_S = grace\n"
+              "    sandbox_host.KILL_GRACE_S = grace\n"
               "    if grace != normal:\n"  # the host's own kill, mid-I/O (the supervisor waits the I/O out)
-              "        sandbox.BACKSTOP_FACTOR, sandbox.BACKSTOP_S = 0.0, 1.5\n"
+              "        sandbox_host.BACKSTOP_FACTOR, sandbox_host.BACKSTOP_S = 0.0, 1.5\n"
               "    outcomes = [sandbox.execute_snippet(attack, timeout_s=2.0).outcome]\n"
-              "    sandbox.KILL_GRACE_S = normal\n"
-              "    sandbox.BACKSTOP_FACTOR, sandbox.BACKSTOP_S = 30.0, 120.0\n"
+              "    sandbox_host.KILL_GRACE_S = normal\n"
+              "    sandbox_host.BACKSTOP_FACTOR, sandbox_host.BACKSTOP_S = 30.0, 120.0\n"
               "    if outcomes[0] == 'unkillable':\n"  # the next call waits until the task is gone
               "        outcomes.append(sandbox.execute_snippet('x = 1', 10.0).outcome)\n"
               "    got[grace] = outcomes, len([p for p, (_, _, ns) in tree().items() if ns != me])\n"

@@ -12,6 +12,8 @@ import sys
 import pytest
 
 import sandbox
+import sandbox_host
+import sandbox_supervisor
 
 OK, STATUS = sandbox.sandbox_status()
 needs_sandbox = pytest.mark.skipif(not OK, reason=f"no sandbox here: {STATUS}")
@@ -36,8 +38,8 @@ def cpu_seconds(detail: str) -> float:
 
 
 def test_limits_are_cpu_seconds_a_blocked_budget_and_a_wide_backstop():
-    assert sandbox.limits(1.0) == (1.0, 4.0, 150.0)
-    assert sandbox.limits(2.0) == (2.0, 8.0, 180.0)
+    assert sandbox_host.limits(1.0) == (1.0, 4.0, 150.0)
+    assert sandbox_host.limits(2.0) == (2.0, 8.0, 180.0)
 
 
 @needs_sandbox
@@ -65,7 +67,7 @@ def test_a_sleeping_snippet_times_out_by_its_blocked_time_and_a_short_sleep_is_o
 @needs_sandbox
 def test_the_snippet_cannot_forge_the_timeout_status():
     # Bug caught: the supervisor taking the child's exit status 105 for its own `timeout` class.
-    res = sandbox.execute_snippet("import os; os._exit(%d)" % sandbox.EXIT_CODES["timeout"], timeout_s=1.0)
+    res = sandbox.execute_snippet("import os; os._exit(%d)" % sandbox_supervisor.EXIT_CODES["timeout"], timeout_s=1.0)
     assert res.outcome == "runtime_error", res
 
 
