@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import codebleu_score
 import metrics
 from config import Config
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "BLEU, CoNaLa BLEU, ROUGE-L, RUBY, syntax validity, exact match, BERTScore, chrF, and with --gold the "
         "annotator's gold score. Defaults are report.md's."))
     p.add_argument("predictions", help="JSONL file with 'reference' and 'prediction' on each line")
-    p.add_argument("--codebleu_tokenizer", "--codebleu-tokenizer", choices=metrics.TOKENIZERS,
+    p.add_argument("--codebleu_tokenizer", "--codebleu-tokenizer", choices=codebleu_score.TOKENIZERS,
                    default=d.codebleu_tokenizer, help="CodeBLEU n-gram tokens: conala (report.md's; the default) "
                                                       "or whitespace (the codebleu 0.7.0 package's)")
     p.add_argument("--gold", action="store_true", help="also the annotator's gold score, as report.md computes it "
