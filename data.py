@@ -211,7 +211,7 @@ def save_tokenizer_and_generation(lm, tokenizer, folder: str | Path, cfg) -> Non
     from transformers import GenerationConfig
 
     template = tokenizer.chat_template
-    # not named sets
+    # a str template (not named sets)
     if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat" and isinstance(template, str):
         tokenizer.chat_template = pipeline_chat_template(template)
     try:
