@@ -2,8 +2,8 @@
 parser/DFG.py and parser/utils.py) with its normalisation (dataflow_match.py), on a
 tree-sitter-python tree.
 
-dataflow  one snippet's normalised edges, as a Counter; codebleu_ts.tree_match_counts matches two of
-them
+  dataflow  one snippet's normalised edges, as a Counter; codebleu_ts.tree_match_counts matches
+            two of them
 
 It lives apart from codebleu_ts.py because this port alone is ~250 lines of reference-faithful
 control flow. Import is instant.

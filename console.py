@@ -130,8 +130,8 @@ def install_sigint(run) -> None:
     def handler(signum, frame):
         if run.stop_requested:
             # torchrun forwards the terminal's SIGINT to workers that already got it, so under
-            # torchrun one Ctrl-C arrives twice within milliseconds; only a later one means "stop at
-            # once".
+            # torchrun one Ctrl-C arrives twice within milliseconds; only a later one means
+            # "stop at once".
             if under_torchrun and time.monotonic() - run.first_sigint < TORCHRUN_ECHO_S:
                 return
             abort_now(signum)

@@ -124,8 +124,8 @@ def tree_size(root) -> int:
 def tree_similarity(reference_root, candidate_root) -> float:
     vocab = {}
     t1, t2 = _ruby_tree(reference_root, vocab), _ruby_tree(candidate_root, vocab)
-    # Tran et al. 2019 TRS: 1 - TED / (|T_ref| + |T_cand|), in [0, 1] since TED <= |T_ref| +
-    # |T_cand|
+    # Tran et al. 2019 TRS: 1 - TED / (|T_ref| + |T_cand|), in [0, 1] since
+    # TED <= |T_ref| + |T_cand|
     return 1.0 - _zhang_shasha(*t1, *t2) / (len(t1[0]) + len(t2[0]))
 
 
