@@ -1,10 +1,13 @@
-"""CoNaLa: load and validate, split by question, format prompts, and batch for generation or teacher forcing.
+"""CoNaLa: load and validate, split by question, format prompts, and batch for generation or teacher
+forcing.
 
-CoNaLa (Yin et al. 2018, conala-corpus v1.1) pairs a StackOverflow intent with a short Python snippet:
+CoNaLa (Yin et al. 2018, conala-corpus v1.1) pairs a StackOverflow intent with a short Python
+snippet:
   {"intent": str, "rewritten_intent": str | null, "snippet": str, "question_id": int}
-train has 2379 records and test 500. The prompt uses the curated `rewritten_intent` and falls back to `intent`.
-Your own data: a JSON list of {"intent", "snippet"} records (rewritten_intent and question_id optional), given as
---train_file / --test_file or as conala-{train,test}.json under --conala_path.
+train has 2379 records and test 500. The prompt uses the curated `rewritten_intent` and falls back
+to `intent`.
+Your own data: a JSON list of {"intent", "snippet"} records (rewritten_intent and question_id
+optional), given as --train_file / --test_file or as conala-{train,test}.json under --conala_path.
 """
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ from pathlib import Path
 import torch
 
 EXPECTED_COUNTS = {"train": 2379, "test": 500}
-# Input limits, checked at load so a hostile file fails in milliseconds instead of in the tokenizer (a 10 MB intent
-# once took 156 s and 5.7 GB). CoNaLa v1.1's longest intent is 200 characters and its longest snippet 529.
+# Input limits, checked at load so a hostile file fails in milliseconds instead of in the tokenizer
+# (a 10 MB intent once took 156 s and 5.7 GB). CoNaLa v1.1's longest intent is 200 characters and
+# its longest snippet 529.
 MAX_TEXT_CHARS = 2000  # per intent, rewritten_intent or snippet
 MAX_FILE_BYTES = 64 * 2**20  # per data file; conala-train.json is 0.6 MB
-# Our own short system message: SmolLM2's chat template otherwise inserts a generic one (~20 tokens per
-# example), and this one also asks for the CoNaLa answer style: code only, no prose, no markdown.
+# Our own short system message: SmolLM2's chat template otherwise inserts a generic one (~20
+# tokens per example), and this one also asks for the CoNaLa answer style: code only, no
+# prose, no markdown.
 SYSTEM_PROMPT = "Answer with one line of Python code only."
 
 
@@ -36,7 +41,7 @@ class Example:
     snippet: str  # the reference code
 
 
-# ----------------------------------------------------------------------------- loading and validation
+# --------------------------------------------------------------------------- loading and validation
 def validate_record(rec, where: str) -> Example:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -53,14 +58,17 @@ def validate_record(rec, where: str) -> Example:
         raise DataError(f"{where}: 'snippet' must be a non-empty string")
     for key in ("intent", "rewritten_intent", "snippet"):
         if rec[key] is not None and not rec[key].isascii():
-            try:  # "\ud800" is valid JSON but no Unicode text: the tokenizer and every UTF-8 file refuse it
+            try:
+                # "\ud800" is valid JSON but no Unicode text: the tokenizer and every
+                # UTF-8 file refuse it
                 rec[key].encode("utf-8")
             except UnicodeEncodeError as e:
-                raise DataError(f"{where}: {key!r} holds a lone surrogate ({rec[key][e.start]!r} at character "
-                                f"{e.start}), not Unicode text; fix that escape") from None
+                raise DataError(f"{where}: {key!r} holds a lone surrogate "
+                                f"({rec[key][e.start]!r} at character {e.start}), "
+                                "not Unicode text; fix that escape") from None
         if rec[key] is not None and len(rec[key]) > MAX_TEXT_CHARS:
-            raise DataError(f"{where}: {key!r} has {len(rec[key])} characters, over the limit of {MAX_TEXT_CHARS} "
-                            "(data.MAX_TEXT_CHARS)")
+            raise DataError(f"{where}: {key!r} has {len(rec[key])} characters, "
+                            f"over the limit of {MAX_TEXT_CHARS} (data.MAX_TEXT_CHARS)")
     intent = rec["rewritten_intent"] if rec["rewritten_intent"] is not None else rec["intent"]
     if not intent.strip():
         raise DataError(f"{where}: both 'rewritten_intent' and 'intent' are empty")
@@ -71,8 +79,9 @@ def validate_record(rec, where: str) -> Example:
 
 
 def intent_id(intent: str) -> int:
-    """A record without question_id is grouped by its intent text: the train/validation split keeps every record of
-    one intent on one side (as question_id does for CoNaLa), and the id is the same on every machine."""
+    """A record without question_id is grouped by its intent text: the train/validation split keeps
+    every record of one intent on one side (as question_id does for CoNaLa), and the id is the same
+    on every machine."""
     return int.from_bytes(hashlib.sha256(intent.strip().encode()).digest()[:6], "big")
 
 
@@ -87,7 +96,8 @@ def load_conala_file(path: str | Path) -> list[Example]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); "
+                        "save it as UTF-8") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror})") from None
     if not text.strip():
@@ -95,9 +105,11 @@ def load_conala_file(path: str | Path) -> list[Example]:
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
+                        f"{e.msg}") from None
     except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply; a CoNaLa file is a list of flat records") from None
+        raise DataError(f"{path}: JSON nested too deeply; "
+                        "a CoNaLa file is a list of flat records") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if not records:
@@ -106,7 +118,8 @@ def load_conala_file(path: str | Path) -> list[Example]:
 
 
 def data_files(cfg) -> tuple[Path, Path]:
-    """(train, test) paths: --train_file / --test_file where given, else conala-{train,test}.json in conala_path."""
+    """(train, test) paths: --train_file / --test_file where given, else conala-{train,test}.json in
+    conala_path."""
     root = Path(cfg.conala_path)
     return (Path(cfg.train_file) if cfg.train_file else root / "conala-train.json",
             Path(cfg.test_file) if cfg.test_file else root / "conala-test.json")
@@ -118,26 +131,29 @@ def load_conala(conala_path: str | Path) -> tuple[list[Example], list[Example]]:
 
 
 def is_validation_question(question_id: int, val_fraction: float) -> bool:
-    """Deterministic, seed-free split: a question goes to validation when its sha256 falls below the fraction.
-    Every record of one question lands on the same side, so no question leaks between train and validation."""
+    """Deterministic, seed-free split: a question goes to validation when its sha256 falls below the
+    fraction. Every record of one question lands on the same side, so no question leaks between
+    train and validation."""
     h = int.from_bytes(hashlib.sha256(str(question_id).encode()).digest()[:8], "big")
     return h / 2**64 < val_fraction
 
 
-def split_train_val(examples: list[Example], val_fraction: float) -> tuple[list[Example], list[Example]]:
+def split_train_val(examples: list[Example],
+                    val_fraction: float) -> tuple[list[Example], list[Example]]:
     train = [e for e in examples if not is_validation_question(e.question_id, val_fraction)]
     val = [e for e in examples if is_validation_question(e.question_id, val_fraction)]
     return train, val
 
 
 def load_splits(cfg) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, val, test) with the config's limits applied (limits cut after the split, so val is stable)."""
+    """(train, val, test) with the config's limits applied (limits cut after the split, so val is
+    stable)."""
     train_file, test_file = data_files(cfg)
     train_all, test = load_conala_file(train_file), load_conala_file(test_file)
     train, val = split_train_val(train_all, cfg.val_fraction)
     if not train:
-        raise DataError(f"{train_file}: --val_fraction={cfg.val_fraction} holds out all {len(train_all)} train "
-                        "records, none is left to train on; lower it")
+        raise DataError(f"{train_file}: --val_fraction={cfg.val_fraction} holds out all "
+                        f"{len(train_all)} train records, none is left to train on; lower it")
     if cfg.train_limit:
         train = train[: cfg.train_limit]
         val = val[: max(8, cfg.train_limit // 8)]  # keep validation proportionate to a subset run
@@ -151,51 +167,62 @@ def resolve_prompt_format(tokenizer, requested: str = "auto") -> str:
     if requested == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
     if requested == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise DataError("--prompt_format=chat but the policy tokenizer has no chat template; use plain or auto")
+        raise DataError("--prompt_format=chat but the policy tokenizer has no chat template; "
+                        "use plain or auto")
     return requested
 
 
 def format_prompt(intent: str, tokenizer, fmt: str) -> str:
-    """The one place where an intent becomes policy input, for a chat/instruct model or a plain causal LM."""
+    """The one place where an intent becomes policy input, for a chat/instruct model or a plain
+    causal LM."""
     if fmt == "chat":
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": intent}]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": intent}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"# Task: {intent}\n# Python code (one line):\n"
 
 
-# Marks a template already wrapped by pipeline_chat_template, so re-saving a checkpoint does not wrap it twice.
+# Marks a template already wrapped by pipeline_chat_template, so re-saving a checkpoint does not
+# wrap it twice.
 TEMPLATE_MARK = "{#- rlhf.py: with no system message, the pipeline's own (data.SYSTEM_PROMPT) -#}"
 
 
 def pipeline_chat_template(template: str) -> str:
     """`template` with SYSTEM_PROMPT inserted when a conversation has no system message, so plain
-    `apply_chat_template([{"role": "user", "content": intent}], add_generation_prompt=True)` gives the very prompt
-    format_prompt gives. A conversation that brings its own system message (the pipeline's does) renders as before."""
+    `apply_chat_template([{"role": "user", "content": intent}], add_generation_prompt=True)` gives
+    the very prompt format_prompt gives. A conversation that brings its own system message (the
+    pipeline's does) renders as before."""
     if template.startswith(TEMPLATE_MARK):
         return template
-    return (TEMPLATE_MARK + "{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = "
-            f"[{{'role': 'system', 'content': {json.dumps(SYSTEM_PROMPT)}}}] + messages %}}{{%- endif %}}" + template)
+    return (TEMPLATE_MARK + "{%- if not messages or messages[0]['role'] != 'system' %}"
+            "{%- set messages = "
+            f"[{{'role': 'system', 'content': {json.dumps(SYSTEM_PROMPT)}}}] + messages %}}"
+            f"{{%- endif %}}" + template)
 
 
 def save_tokenizer_and_generation(lm, tokenizer, folder: str | Path, cfg) -> None:
-    """The checkpoint answers like the pipeline under plain transformers: the tokenizer with pipeline_chat_template
-    (chat format only; a plain-format policy has no template to carry it) and a generation_config.json with the
-    evaluation's greedy decoding (do_sample False, max_new_tokens, EOS = the tokenizer's). Neither changes the
-    pipeline, which passes its system message and every generation setting explicitly; objects are left as found."""
+    """The checkpoint answers like the pipeline under plain transformers: the tokenizer with
+    pipeline_chat_template (chat format only; a plain-format policy has no template to carry it) and
+    a generation_config.json with the evaluation's greedy decoding (do_sample False, max_new_tokens,
+    EOS = the tokenizer's). Neither changes the pipeline, which passes its system message and every
+    generation setting explicitly; objects are left as found."""
     import copy
 
     from transformers import GenerationConfig
 
     template = tokenizer.chat_template
-    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat" and isinstance(template, str):  # not named sets
+    # a str template (not named sets)
+    if resolve_prompt_format(tokenizer, cfg.prompt_format) == "chat" and isinstance(template, str):
         tokenizer.chat_template = pipeline_chat_template(template)
     try:
         tokenizer.save_pretrained(folder)
     finally:
         tokenizer.chat_template = template
-    gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None else GenerationConfig()
-    gen.update(do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=cfg.max_new_tokens,
-               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None \
+        else GenerationConfig()
+    gen.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+               max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
     gen.save_pretrained(folder)
 
 
@@ -206,9 +233,9 @@ def format_target(snippet: str, tokenizer) -> str:
 
 
 def extract_code(generated: str) -> str:
-    """Generated text -> the predicted snippet, the CoNaLa answer style.
-    Drops a markdown fence if the model wrote one, then keeps the first non-empty line, plus the indented block
-    under it when that line opens a block (`if ...:`). The calibration run kept the first line only."""
+    """Generated text -> the predicted snippet, the CoNaLa answer style. Drops a markdown fence if
+    the model wrote one, then keeps the first non-empty line, plus the indented block under it when
+    that line opens a block (`if ...:`). The calibration run kept the first line only."""
     text = generated
     if "```" in text:
         inner = text.split("```")[1]
@@ -236,13 +263,15 @@ def _takewhile_indented(lines: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------- batching
 def encode_prompts(prompts: list[str], tokenizer, max_len: int) -> list[list[int]]:
-    """Token ids per prompt, left-truncated so the end of the prompt (the generation header) always survives."""
+    """Token ids per prompt, left-truncated so the end of the prompt (the generation header) always
+    survives."""
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     return [x[-max_len:] for x in ids]
 
 
 def collate_left(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left padding for generation: every row's last token sits at the same position, where sampling starts."""
+    """Left padding for generation: every row's last token sits at the same position, where sampling
+    starts."""
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
@@ -255,8 +284,9 @@ def collate_left(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 def collate_right(prompts: list[list[int]], targets: list[list[int]], pad_id: int,
                   max_len: int) -> dict[str, torch.Tensor]:
-    """Right padding for teacher forcing. labels = -100 on prompt and padding, so the loss is on the snippet only.
-    Over-long examples lose prompt tokens from the left first, then target tokens from the right."""
+    """Right padding for teacher forcing. labels = -100 on prompt and padding, so the loss is on the
+    snippet only. Over-long examples lose prompt tokens from the left first, then target tokens from
+    the right."""
     rows = []
     for p, t in zip(prompts, targets):
         t = t[:max_len]
@@ -274,13 +304,16 @@ def collate_right(prompts: list[list[int]], targets: list[list[int]], pad_id: in
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def sft_batch(examples: list[Example], tokenizer, fmt: str, max_len: int) -> dict[str, torch.Tensor]:
+def sft_batch(examples: list[Example], tokenizer, fmt: str,
+              max_len: int) -> dict[str, torch.Tensor]:
     prompts = [format_prompt(e.intent, tokenizer, fmt) for e in examples]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    t_ids = tokenizer([format_target(e.snippet, tokenizer) for e in examples], add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer([format_target(e.snippet, tokenizer) for e in examples],
+                      add_special_tokens=False)["input_ids"]
     return collate_right(p_ids, t_ids, tokenizer.pad_token_id, max_len)
 
 
-def generation_batch(intents: list[str], tokenizer, fmt: str, max_prompt_len: int) -> dict[str, torch.Tensor]:
+def generation_batch(intents: list[str], tokenizer, fmt: str,
+                     max_prompt_len: int) -> dict[str, torch.Tensor]:
     prompts = [format_prompt(i, tokenizer, fmt) for i in intents]
     return collate_left(encode_prompts(prompts, tokenizer, max_prompt_len), tokenizer.pad_token_id)

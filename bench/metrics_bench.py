@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import codebleu_score  # noqa: E402
 import codebleu_ts  # noqa: E402
 import metrics  # noqa: E402
 
@@ -72,8 +73,8 @@ for line in sys.stdin:
             value = [ruby(c, r) for r, c in zip(refs[:cmd["n"]], cands[:cmd["n"]])]
         elif cmd["run"] == "ours_same_grammar":  # our metrics.py on this venv's tree-sitter-python 0.21
             sys.path.insert(0, job["root"])
-            import metrics
-            value = metrics.codebleu_per_example(refs, cands)
+            import codebleu_score
+            value = codebleu_score.codebleu_per_example(refs, cands)
         else:
             value = None
         print(json.dumps({"s": time.process_time() - start, "value": value}), flush=True)
@@ -157,9 +158,9 @@ def tree_sitter_floor(refs: list[str], cands: list[str], repeats: int) -> tuple[
 
 
 def max_diffs(ours: list[dict], theirs: list[dict]) -> dict:
-    key_map = {k: k if k == "codebleu" else k + "_score" for k in metrics.CODEBLEU_KEYS}
+    key_map = {k: k if k == "codebleu" else k + "_score" for k in codebleu_score.CODEBLEU_KEYS}
     out = {}
-    for k in metrics.CODEBLEU_KEYS:
+    for k in codebleu_score.CODEBLEU_KEYS:
         d = [abs(o[k] - t[key_map[k]]) for o, t in zip(ours, theirs)]
         out[k] = (max(d), sum(x > 1e-6 for x in d))
     return out
@@ -184,9 +185,9 @@ def main() -> None:
     ref = Reference(refs, cands)
     best, values = {}, {}
     for _ in range(args.repeats):
-        for name, fn in (("ours_corpus", lambda: metrics.codebleu(refs, cands)),
+        for name, fn in (("ours_corpus", lambda: codebleu_score.codebleu(refs, cands)),
                          ("ref_corpus", lambda: ref.ask("corpus")),
-                         ("ours_per", lambda: metrics.codebleu_per_example(refs, cands)),
+                         ("ours_per", lambda: codebleu_score.codebleu_per_example(refs, cands)),
                          ("ref_per", lambda: ref.ask("per_example")),
                          ("ours_ruby", lambda: [metrics.ruby(r, c) for r, c in zip(refs, cands)]),
                          ("ours_ruby_n", lambda: [metrics.ruby(r, c) for r, c in zip(refs[:n_ruby], cands[:n_ruby])])):
@@ -202,13 +203,13 @@ def main() -> None:
     budget = best["ref_corpus"] / 5
     print(f"  floor: parsing the {n_codes} distinct snippets {parse_s:.3f}s, + one Python object per node "
           f"{walk_s:.3f}s, + str(root) {print_s:.3f}s = {print_s / budget:.0%} of a 5x budget ({budget:.3f}s)")
-    key_map = {k: k if k == "codebleu" else k + "_score" for k in metrics.CODEBLEU_KEYS}
+    key_map = {k: k if k == "codebleu" else k + "_score" for k in codebleu_score.CODEBLEU_KEYS}
     print("  corpus value  " + "  ".join(f"{k} {ours_c[k]:.6f}/{ref_corpus[key_map[k]]:.6f}"
-                                          for k in metrics.CODEBLEU_KEYS) + "  (ours/reference)")
+                                          for k in codebleu_score.CODEBLEU_KEYS) + "  (ours/reference)")
     diffs, same = max_diffs(ours_p, ref_per), max_diffs(same_grammar, ref_per)
     print("  per-example max |ours - reference|, and pairs off by > 1e-6:")
     print(f"    {'':21s} {'our grammar (0.25)':>24s}   {'same grammar (0.21)':>24s}")
-    for k in metrics.CODEBLEU_KEYS:
+    for k in codebleu_score.CODEBLEU_KEYS:
         print(f"    {k:21s} {diffs[k][0]:12.2e} ({diffs[k][1]:3d} pairs)   {same[k][0]:12.2e} ({same[k][1]:3d} pairs)")
     print("  (same grammar = our metrics.py run inside the reference venv: what remains there is the reference's\n"
           "   PYTHONHASHSEED-dependent dataflow; the rest of the 0.25 column is tree-sitter-python grammar changes)")

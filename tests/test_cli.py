@@ -11,7 +11,7 @@ import pytest
 
 import config
 import config_cli
-import models
+import model_specs
 import report
 import resume
 from conftest import ROOT
@@ -178,16 +178,16 @@ def test_a_missing_policy_folder_fails_before_any_stage(tmp_path):
 ])
 def test_a_model_spec_that_cannot_load_is_one_line_at_once(spec, message):
     with pytest.raises(config.ConfigError, match=message):
-        models.check_model_spec(spec, "policy_model")
+        model_specs.check_model_spec(spec, "policy_model")
 
 
 def test_a_folder_or_file_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(config.ConfigError, match="no config.json"):
-        models.check_model_spec(str(tmp_path), "policy")
+        model_specs.check_model_spec(str(tmp_path), "policy")
     (tmp_path / "config.json").write_text("{}")
-    models.check_model_spec(str(tmp_path), "policy")
+    model_specs.check_model_spec(str(tmp_path), "policy")
     with pytest.raises(config.ConfigError, match="a file, not a model folder"):
-        models.check_model_spec(str(tmp_path / "config.json"), "policy")
+        model_specs.check_model_spec(str(tmp_path / "config.json"), "policy")
 
 
 def test_an_uncached_hub_id_offline_fails_at_once_without_retries(tmp_path):
@@ -211,7 +211,7 @@ def test_an_unreachable_hub_is_asked_once(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, timeout: no_network(repo, timeout))
     with pytest.raises(config.ConfigError, match="huggingface.co cannot be reached"):
-        models.check_model_spec("nobody-xyz/no-such-model", "policy_model")
+        model_specs.check_model_spec("nobody-xyz/no-such-model", "policy_model")
     assert calls == ["nobody-xyz/no-such-model"]
 
     def not_found(self, repo, timeout):  # the hub's 404 (its __init__ wants a real HTTP response)
@@ -221,7 +221,7 @@ def test_an_unreachable_hub_is_asked_once(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
     with pytest.raises(config.ConfigError, match="no such model on the Hugging Face hub"):
-        models.check_model_spec("nobody-xyz/no-such-model", "policy_model")
+        model_specs.check_model_spec("nobody-xyz/no-such-model", "policy_model")
 
 
 @pytest.mark.parametrize("existing", [False, True])

@@ -5,6 +5,7 @@ import math
 import pytest
 import sacrebleu
 
+import bootstrap
 import config
 import evaluate
 import feedback
@@ -57,16 +58,16 @@ def test_sentence_chrf_is_sacrebleu_per_pair_over_100():
 def test_bootstrap_ci_has_the_known_sign_and_zero_means_no_difference():
     a = [0.2] * 30
     better = [0.2 + 0.05 + 0.01 * (i % 3) for i in range(30)]  # every item gains 0.05 to 0.07
-    ci = report.paired_bootstrap_ci(a, better, n_resamples=500, seed=0)
+    ci = bootstrap.paired_bootstrap_ci(a, better, n_resamples=500, seed=0)
     assert ci["mean_diff"] == pytest.approx(0.06)
     assert 0.05 <= ci["ci95_low"] <= ci["mean_diff"] <= ci["ci95_high"] <= 0.07
-    assert report.ci_verdict(ci, "ppo", "sft") == "ppo better"
-    worse = report.paired_bootstrap_ci(better, a, n_resamples=500, seed=0)
-    assert worse["ci95_high"] < 0 and report.ci_verdict(worse, "ppo", "sft") == "ppo worse"
+    assert bootstrap.ci_verdict(ci, "ppo", "sft") == "ppo better"
+    worse = bootstrap.paired_bootstrap_ci(better, a, n_resamples=500, seed=0)
+    assert worse["ci95_high"] < 0 and bootstrap.ci_verdict(worse, "ppo", "sft") == "ppo worse"
     mixed = [0.2 + (0.1 if i % 2 else -0.1) for i in range(30)]  # half gain, half lose: mean 0
-    ci0 = report.paired_bootstrap_ci(a, mixed, n_resamples=500, seed=0)
+    ci0 = bootstrap.paired_bootstrap_ci(a, mixed, n_resamples=500, seed=0)
     assert ci0["ci95_low"] < 0 < ci0["ci95_high"]
-    assert report.ci_verdict(ci0, "ppo", "sft") == "no significant difference"
+    assert bootstrap.ci_verdict(ci0, "ppo", "sft") == "no significant difference"
 
 
 def test_report_prints_the_cis_and_names_the_tokeniser(tmp_path):

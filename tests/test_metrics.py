@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import codebleu_score
 import codebleu_ts
 import metrics
 import ruby_ted
@@ -55,13 +56,13 @@ def test_sentence_codebleu_matches_golden_pairs():
     _, pairs = golden()
     exact = 0
     for number, p in pairs.items():
-        ours = metrics.sentence_codebleu(p["reference"], p["candidate"])
+        ours = codebleu_score.sentence_codebleu(p["reference"], p["candidate"])
         assert ours["tokenizer"] == "whitespace"
         if len(p["dataflow_reference_values"]) > 1:  # PYTHONHASHSEED-dependent in the reference: match one value
             assert close_to_any(ours["dataflow_match"], p["dataflow_reference_values"]), number
             assert close_to_any(ours["codebleu"], p["codebleu_reference_values"]), number
         explained = set(GRAMMAR_EXCEPTIONS.get(number, {}))
-        off = [key for key in metrics.CODEBLEU_KEYS if abs(ours[key] - p[key]) > 1e-6]
+        off = [key for key in codebleu_score.CODEBLEU_KEYS if abs(ours[key] - p[key]) > 1e-6]
         for key in off:
             if key in ("dataflow_match", "codebleu") and len(p["dataflow_reference_values"]) > 1:
                 continue
@@ -75,29 +76,29 @@ def test_grammar_exceptions_are_only_the_listed_components():
     _, pairs = golden()
     for number, components in GRAMMAR_EXCEPTIONS.items():
         p = pairs[number]
-        ours = metrics.sentence_codebleu(p["reference"], p["candidate"])
-        counts = metrics.codebleu_counts([p["reference"]], [p["candidate"]])[0]
+        ours = codebleu_score.sentence_codebleu(p["reference"], p["candidate"])
+        counts = codebleu_score.codebleu_counts([p["reference"]], [p["candidate"]])[0]
         for key, ((match, total), _) in components.items():
             assert p[key] == pytest.approx(match / total)  # the recorded reference counts explain the golden value
             assert (getattr(counts, key), getattr(counts, key.replace("match", "total"))) != (match, total)
-        for key in set(metrics.CODEBLEU_KEYS) - set(components) - {"codebleu"}:
+        for key in set(codebleu_score.CODEBLEU_KEYS) - set(components) - {"codebleu"}:
             assert ours[key] == pytest.approx(p[key], abs=1e-6)
 
 
 def test_corpus_codebleu_matches_golden():
     corpus, pairs = golden()
     refs, cands = [p["reference"] for p in pairs.values()], [p["candidate"] for p in pairs.values()]
-    ours = metrics.codebleu(refs, cands)
+    ours = codebleu_score.codebleu(refs, cands)
     assert ours["ngram_match"] == pytest.approx(corpus["ngram_match_score"], abs=1e-9)
     assert ours["weighted_ngram_match"] == pytest.approx(corpus["weighted_ngram_match_score"], abs=1e-9)
     # Corpus syntax/dataflow sum counts over pairs. With the reference's 0.21-grammar counts put back for the
     # listed grammar exceptions, the aggregation must reproduce the golden corpus values.
-    counts = metrics.codebleu_counts(refs, cands)
+    counts = codebleu_score.codebleu_counts(refs, cands)
     for i, number in enumerate(pairs):
         for key, ((match, total), _) in GRAMMAR_EXCEPTIONS.get(number, {}).items():
             counts[i] = dataclasses.replace(counts[i], **{key: match, key.replace("match", "total"): total})
-    patched = metrics.codebleu_from_counts(counts)
-    assert metrics.codebleu_from_counts(metrics.codebleu_counts(refs, cands)) == ours
+    patched = codebleu_score.codebleu_from_counts(counts)
+    assert codebleu_score.codebleu_from_counts(codebleu_score.codebleu_counts(refs, cands)) == ours
     assert patched["syntax_match"] == pytest.approx(corpus["syntax_match_score"], abs=1e-9)
     low, high = min(corpus["dataflow_reference_values"]), max(corpus["dataflow_reference_values"])
     assert low - 1e-9 <= patched["dataflow_match"] <= high + 1e-9
@@ -110,8 +111,8 @@ def test_corpus_codebleu_matches_golden():
 def test_codebleu_is_deterministic_across_hash_seeds():
     """The reference's dataflow match follows PYTHONHASHSEED (set order); ours must not."""
     _, pairs = golden()
-    script = ("import json, metrics; p = [json.loads(l) for l in open(%r).read().splitlines()[1:]]; "
-              "per, corpus = metrics.codebleu_per_example([x['reference'] for x in p], [x['candidate'] for x in p], "
+    script = ("import json, codebleu_score; p = [json.loads(l) for l in open(%r).read().splitlines()[1:]]; "
+              "per, corpus = codebleu_score.codebleu_per_example([x['reference'] for x in p], [x['candidate'] for x in p], "
               "corpus=True); print(json.dumps([corpus, per]))") % str(GOLDEN)
     outs = [subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "4242")]
@@ -123,29 +124,29 @@ def test_codebleu_quirks_and_tokenizer_option():
     _, pairs = golden()
     # codebleu.py: a dataflow score of 0 counts as 1 in the weighted total. Golden line 2 (a renamed call): the
     # reference gave dataflow 0 and CodeBLEU 0.87992 = 0.25 * (0.75984 + 0.75984 + 1 + 1)
-    r = metrics.sentence_codebleu(pairs[2]["reference"], pairs[2]["candidate"])
+    r = codebleu_score.sentence_codebleu(pairs[2]["reference"], pairs[2]["candidate"])
     assert r["dataflow_match"] == 0
     assert r["codebleu"] == pytest.approx(0.8799178428257963, abs=1e-9)
-    assert metrics.sentence_codebleu("print(x)", "print(y)")["dataflow_match"] == 0
+    assert codebleu_score.sentence_codebleu("print(x)", "print(y)")["dataflow_match"] == 0
     # whitespace tokens make `sorted(l, key=f)` three tokens; the CoNaLa tokenizer scores its n-grams fairly
-    ws = metrics.sentence_codebleu("sorted(l, key=f)", "sorted(l, key=g)")
-    co = metrics.sentence_codebleu("sorted(l, key=f)", "sorted(l, key=g)", tokenizer="conala")
+    ws = codebleu_score.sentence_codebleu("sorted(l, key=f)", "sorted(l, key=g)")
+    co = codebleu_score.sentence_codebleu("sorted(l, key=f)", "sorted(l, key=g)", tokenizer="conala")
     assert (ws["tokenizer"], co["tokenizer"]) == ("whitespace", "conala")
     assert co["ngram_match"] > ws["ngram_match"]
     assert co["syntax_match"] == ws["syntax_match"]
     # identical code scores 1 once it has 4+ whitespace tokens and weighted unigram mass >= 1 (NLTK smoothing and
     # the max(1, .) denominators pull shorter snippets below 1 in the reference too)
     same = "x = [i * 2 for i in y]"
-    assert metrics.sentence_codebleu(same, same)["codebleu"] == pytest.approx(1.0)
-    assert metrics.sentence_codebleu("x = f(a)", "x = f(a)")["codebleu"] < 1.0
+    assert codebleu_score.sentence_codebleu(same, same)["codebleu"] == pytest.approx(1.0)
+    assert codebleu_score.sentence_codebleu("x = f(a)", "x = f(a)")["codebleu"] < 1.0
     # golden line 29, `ax.set_rlabel_position(135)` against itself: codebleu 0.7.0 gives 0.55539, not 1
     assert pairs[29]["reference"] == pairs[29]["candidate"] == "ax.set_rlabel_position(135)"
-    assert metrics.sentence_codebleu(pairs[29]["reference"], pairs[29]["candidate"])["codebleu"] == \
+    assert codebleu_score.sentence_codebleu(pairs[29]["reference"], pairs[29]["candidate"])["codebleu"] == \
         pytest.approx(0.5553941064735807, abs=1e-9)
     with pytest.raises(ValueError, match="unknown tokenizer"):
-        metrics.codebleu(["a"], ["a"], tokenizer="bpe")
+        codebleu_score.codebleu(["a"], ["a"], tokenizer="bpe")
     with pytest.raises(ValueError, match="1 references but 2 candidates"):
-        metrics.codebleu(["a"], ["a", "b"])
+        codebleu_score.codebleu(["a"], ["a", "b"])
 
 
 def test_subtrees_are_tree_sitters_own_strings():
@@ -173,9 +174,9 @@ def test_subtrees_are_tree_sitters_own_strings():
 def test_candidate_dataflow_is_built_when_a_later_reference_needs_it():
     """A candidate's dataflow is built lazily: first paired with a reference without dataflow, then with one."""
     cand = "y = x\nz = y"
-    per = metrics.codebleu_per_example(["f(x)", cand], [cand, cand])
+    per = codebleu_score.codebleu_per_example(["f(x)", cand], [cand, cand])
     assert per[0]["dataflow_match"] == 0 and per[1]["dataflow_match"] == 1.0
-    assert per[1] == metrics.sentence_codebleu(cand, cand)
+    assert per[1] == codebleu_score.sentence_codebleu(cand, cand)
 
 
 def test_strip_comments_and_docstrings_keeps_reference_quirks():
@@ -209,8 +210,8 @@ def test_rouge_l_and_bleu_match_golden():
 
 
 def test_conala_tokens():
-    assert metrics.conala_tokens("print('a')") == ["print", "(", "`", "a", "`", ")"]
-    assert metrics.conala_tokens('df.toCsv("x")') == ["df", ".", "to", "Csv", "(", "`", "x", "`", ")"]
+    assert codebleu_score.conala_tokens("print('a')") == ["print", "(", "`", "a", "`", ")"]
+    assert codebleu_score.conala_tokens('df.toCsv("x")') == ["df", ".", "to", "Csv", "(", "`", "x", "`", ")"]
 
 
 def test_conala_bleu_by_hand():
@@ -422,13 +423,13 @@ def test_ruby_over_the_bound_falls_back_to_the_string_level_and_says_so(monkeypa
 
     a, b = _lines(20, 1), _lines(20, 2)
     assert metrics.ruby_level(a, b) == "string (tree too large)"
-    assert metrics.ruby(a, b) == ruby_ted.token_similarity(metrics.conala_tokens(a), metrics.conala_tokens(b))
+    assert metrics.ruby(a, b) == ruby_ted.token_similarity(codebleu_score.conala_tokens(a), codebleu_score.conala_tokens(b))
     big_a, big_b = _lines(300, 1), _lines(300, 2)  # took 64 s before the bound
     t0 = time.perf_counter()
     assert metrics.ruby_level(big_a, big_b) == "string (truncated)"
     cut = metrics.RUBY_MAX_TOKENS
-    assert metrics.ruby(big_a, big_b) == ruby_ted.token_similarity(metrics.conala_tokens(big_a)[:cut],
-                                                                  metrics.conala_tokens(big_b)[:cut])
+    assert metrics.ruby(big_a, big_b) == ruby_ted.token_similarity(codebleu_score.conala_tokens(big_a)[:cut],
+                                                                  codebleu_score.conala_tokens(big_b)[:cut])
     assert time.perf_counter() - t0 < 10
     monkeypatch.setattr(metrics, "RUBY_MAX_TREE_PAIRS", 10**9)  # the cap is the only thing that changed the level
     assert metrics.ruby_level(a, b) == "tree"

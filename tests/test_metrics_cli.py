@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import codebleu_score
 import codebleu_ts
 import feedback
 import metrics
@@ -74,16 +75,16 @@ def test_blank_predictions_are_the_only_difference_from_the_report_on_base():
         assert f"{got[key]:.4f}" == f"{want[key]:.4f}", key
     sentence = {(r["reference"], r["prediction"]): r["sentence_codebleu"] for r in rows}
     assert {sentence[(r, "")] for r in blank} == {0.25}  # report time: the dataflow quirk's 0.25
-    assert {d["codebleu"] for d in metrics.codebleu_per_example(blank, [""] * 5, tokenizer="conala")} == {0.0}
+    assert {d["codebleu"] for d in codebleu_score.codebleu_per_example(blank, [""] * 5, tokenizer="conala")} == {0.0}
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\n\t "])
 def test_a_blank_prediction_scores_zero_on_every_metric_and_is_not_valid(blank):
     ref = "sorted(l, key=lambda x: x[1])"
-    for tok in metrics.TOKENIZERS:
-        cb = metrics.sentence_codebleu(ref, blank, tokenizer=tok)
-        assert {cb[k] for k in metrics.CODEBLEU_KEYS} == {0.0}, tok  # codebleu 0.7.0: 0.25 (dataflow "or 1")
-        assert metrics.codebleu([ref, ref], [blank, blank], tokenizer=tok)["codebleu"] == 0.0
+    for tok in codebleu_score.TOKENIZERS:
+        cb = codebleu_score.sentence_codebleu(ref, blank, tokenizer=tok)
+        assert {cb[k] for k in codebleu_score.CODEBLEU_KEYS} == {0.0}, tok  # codebleu 0.7.0: 0.25 (dataflow "or 1")
+        assert codebleu_score.codebleu([ref, ref], [blank, blank], tokenizer=tok)["codebleu"] == 0.0
     assert metrics.ruby(ref, blank) == 0.0 and metrics.ruby_level(ref, blank) == "empty"
     assert not codebleu_ts.syntax_valid(blank)
     assert feedback.syntax_signal(blank) == 0.0  # the annotator agrees: the gold components and the metrics match
@@ -115,8 +116,8 @@ def test_cli_default_tokenizer_is_conala_and_the_dashed_alias_still_works(tmp_pa
     assert metrics.main([str(path), "--no_bertscore", "--out", str(tmp_path / "a.json")]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["codebleu_tokenizer"] == "conala"
-    assert a["codebleu"] == metrics.codebleu(["sorted(l,key=f)", "x = [1]"], ["sorted(l,key=g)", ""],
-                                             tokenizer="conala")["codebleu"]
+    assert a["codebleu"] == codebleu_score.codebleu(["sorted(l,key=f)", "x = [1]"], ["sorted(l,key=g)", ""],
+                                                    tokenizer="conala")["codebleu"]
     assert a["chrf"] == pytest.approx(feedback.similarity_signal("sorted(l,key=g)", "sorted(l,key=f)") / 2)
     assert "gold" not in a  # gold runs code: only when asked
     assert metrics.main([str(path), "--no-bertscore", "--codebleu-tokenizer", "whitespace", "--out",

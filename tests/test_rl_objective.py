@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import bootstrap
 import decoding
 import evaluate
 import ppo
 from policy import make_reference, PolicyWithValueHead, Rollout
 import rejection
-import report
 import runfolder
 from test_ppo import cfg_for, tiny  # noqa: F401 -- the module fixture
 from test_ppo_fixes import hand_rollout
@@ -183,7 +183,7 @@ def test_bootstrap_of_sampled_gold_by_hand():
     ppo_ = [[0.3, 0.5], [0.7, 0.9], [0.2, 0.4]]
     a, b = [sum(x) / 2 for x in sft], [sum(x) / 2 for x in ppo_]
     assert a == pytest.approx([0.3, 0.7, 0.2])
-    ci = report.paired_bootstrap_ci(a, b, 10000, seed=0)
+    ci = bootstrap.paired_bootstrap_ci(a, b, 10000, seed=0)
     assert ci["mean_diff"] == pytest.approx(0.1) and ci["ci95_low"] == pytest.approx(0.1)
     assert ci["ci95_high"] == pytest.approx(0.1) and ci["n_resamples"] == 10000
     mu = 0.4
@@ -194,7 +194,7 @@ def test_bootstrap_of_sampled_gold_by_hand():
 def test_bootstrap_ci_brackets_a_known_mean_difference():
     """Differences +-1 with mean 0.2 on 500 items: the bootstrap CI of the mean is ~0.2 +- 1.96 * SD / sqrt(n)."""
     diffs = [1.0] * 300 + [-1.0] * 200  # mean 0.2, SD 0.98
-    ci = report.paired_bootstrap_ci([0.0] * 500, diffs, 10000, seed=1)
+    ci = bootstrap.paired_bootstrap_ci([0.0] * 500, diffs, 10000, seed=1)
     half = 1.96 * math.sqrt(0.96 * 500 / 499) / math.sqrt(500)
     assert ci["ci95_low"] == pytest.approx(0.2 - half, abs=0.01)
     assert ci["ci95_high"] == pytest.approx(0.2 + half, abs=0.01)
