@@ -332,6 +332,13 @@ def make_score_fn(rm: RewardModel, tokenizer, cfg, device: torch.device, log=pri
     return score_fn
 
 
+def load_score_fn(folder, cfg, device: torch.device, log=print):
+    """make_score_fn on the reward model saved in `folder` (checkpoint-reward/), loaded onto
+    `device`."""
+    rm = RewardModel.load(folder).to(device)
+    return make_score_fn(rm, models.load_tokenizer(str(folder)), cfg, device, log=log)
+
+
 # ---------------------------------------------------------------------- CLI: the reward stage alone
 def main(argv: list[str]) -> None:
     config.console_fallback()

@@ -207,4 +207,4 @@ def test_checkpoint_file_names_agree_with_the_code_that_writes_them():
     assert VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-ppo-"]
     assert VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-final"]
     assert reward_model.HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-reward"]
-    assert '"trainer_state.pt"' in (ROOT / "rlhf.py").read_text()
+    assert '"trainer_state.pt"' in (ROOT / "ppo_stage.py").read_text()
