@@ -80,7 +80,7 @@ def first_curve_point(run, env: dict, learner: Learner, start: int, done_by_budg
     stop skipped at its last step (resume.missing_curve_kl)."""
     if run.cfg.eval_every and start == 0:  # the curve starts at the SFT policy, KL 0
         kl = 0.0
-    else:  # a stop came before this point
+    else:  # on a resume: the point a stop skipped, if any
         kl = resume.missing_curve_kl(run, start, final=done_by_budget)
     if kl is not None:
         with console.on_interrupt(RESUME_NOTE):
