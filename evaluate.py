@@ -45,17 +45,18 @@ def proxy_scores(run, env, intents: list[str], codes: list[str],
     same map as PPO's reward. The one place evaluation asks the reward model; None when there is no
     checkpoint-reward/."""
     import reward
+    import reward_model
 
     folder = run.out / "checkpoint-reward"
     if "proxy_rm" not in env:  # loaded once per process; stage_ppo holds its own copy
-        env["proxy_rm"] = (reward.RewardModel.load(folder).to(env["device"]),
+        env["proxy_rm"] = (reward_model.RewardModel.load(folder).to(env["device"]),
                            models.load_tokenizer(str(folder))) if folder.exists() else None
     if env["proxy_rm"] is None:
         return None
     rm, rm_tok = env["proxy_rm"]
     cfg = run.cfg
-    raw = reward.score_texts(rm, rm_tok, intents, codes, env["device"], stop=run.rank0_stop(),
-                             desc=desc)
+    raw = reward_model.score_texts(rm, rm_tok, intents, codes, env["device"], stop=run.rank0_stop(),
+                                   desc=desc)
     return reward.normalize_reward(raw, cfg.reward_scale, cfg.reward_clip_min, cfg.reward_clip_max,
                                    rm.gain, rm.bias).tolist()
 

@@ -1,9 +1,10 @@
-"""Synthetic human feedback (the seed's "evaluation_results_server"): rule signals, corrupted candidates, a
-synthetic annotator that sees the reference, and preference pairs written as auditable JSONL.
+"""Synthetic human feedback (the seed's "evaluation_results_server"): corrupted candidates, a
+synthetic annotator that sees the reference and weighs the rule signals (rules.py), and preference
+pairs written as auditable JSONL.
 
-Pipeline per intent: build_candidates -> annotate (rule signals, sandboxed execution) -> preference_pairs.
-The annotator may read the reference; the reward model trained on its pairs never does (reward.py).
-Split from reward.py only to keep each file under ~400 lines; reward.py re-exports the public names.
+Pipeline per intent: build_candidates -> annotate (rule signals, sandboxed execution) ->
+preference_pairs. The annotator may read the reference; the reward model trained on its pairs never
+does (reward.py).
 """
 from __future__ import annotations
 
@@ -13,93 +14,16 @@ import functools
 import io
 import keyword
 import random
-import re
 import tokenize
 from collections import Counter
 
 import sandbox
-
-# ----------------------------------------------------------------------------- rule signals, each in [0, 1]
-# Execution outcome -> signal. name_error is 0.5, not 0: CoNaLa references are fragments over free
-# variables (`mylist.sort()`), so "ran until it needed an undefined input" is no evidence either way.
-# too_large (code over sandbox.MAX_CODE_CHARS, never run) is 0: a policy must not learn to pad its way out of a test.
-# unkillable (a task outlived its kill by the grace period, e.g. in uninterruptible I/O) is 0 for the same reason.
-EXEC_SCORE = {"ok": 1.0, "name_error": 0.5, "runtime_error": 0.25, "timeout": 0.0, "killed": 0.0, "syntax_error": 0.0,
-              "too_large": 0.0, "unkillable": 0.0}
-FENCE_PENALTY = 0.5  # a markdown fence is wrong output format, but the code inside may still be right
-PROSE_PENALTY = 0.5  # same for an English sentence after the code
-_PROSE = re.compile(r"[A-Za-z][\w'`,-]*(?: [\w'`,-]+){2,}[.:!?]?")  # 3+ plain words: no brackets or operators
-
-
-def syntax_signal(code: str) -> float:
-    """1 if Python's own `ast` parses the code, else 0. We use `ast` rather than tree-sitter because it is the
-    grammar of the interpreter that will run the code, and needs no extra package. Blank code is 0."""
-    if not code.strip() or len(code) > sandbox.MAX_CODE_CHARS:  # the cap bounds the parse's time and memory
-        return 0.0
-    try:
-        ast.parse(code, filename=sandbox.SNIPPET_FILENAME)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return 0.0
-    return 1.0
-
-
-def exec_signal(outcome: str) -> float:
-    if outcome not in EXEC_SCORE:
-        raise ValueError(f"unknown execution outcome {outcome!r}; valid: {', '.join(EXEC_SCORE)}")
-    return EXEC_SCORE[outcome]
-
-
-def similarity_signal(code: str, reference: str) -> float:
-    """chrF (Popović 2015) of the code against the reference, in [0, 1].
-
-    Character n-grams, not CodeBLEU: CoNaLa code is often unspaced (`x[::-1]`, `f(a,b)`), and whitespace-
-    tokenised n-gram metrics then compare one giant token. chrF also needs nothing from metrics.py."""
-    import sacrebleu  # lazy: keeps `import feedback` instant
-
-    if not code.strip():
-        return 0.0
-    return sacrebleu.sentence_chrf(code, [reference]).score / 100.0
-
-
-def _is_prose(line: str) -> bool:
-    """An English sentence: three or more plain words that do not parse, even as a block opener (`for x in y:`)."""
-    s = line.strip()
-    if not _PROSE.fullmatch(s):
-        return False
-    return syntax_signal(s) == 0.0 and syntax_signal(s + "\n    pass") == 0.0
-
-
-def quality_signal(code: str, reference: str) -> float:
-    """length ratio to the reference (min/max, in characters) x share of unique non-empty lines,
-    halved for a markdown fence and halved for a line of prose. Blank code is 0."""
-    text, ref = code.strip(), reference.strip()
-    if not text:
-        return 0.0
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    score = min(len(text), len(ref)) / max(len(text), len(ref))
-    score *= len(set(lines)) / len(lines)
-    if "```" in text:
-        score *= FENCE_PENALTY
-    if any(_is_prose(ln) for ln in lines):
-        score *= PROSE_PENALTY
-    return score
-
-
-def rule_signals(code: str, reference: str, exec_outcome: str | None = None) -> dict[str, float]:
-    """{syntax, similarity, quality} and, when `exec_outcome` is given, exec. Without an outcome (no sandbox)
-    there is no 'exec' key at all rather than a made-up 0: reward.combined_reward then refuses w_exec > 0.
-    Blank code answers nothing: 0 on every signal (it would parse, and run "ok", so score ~0.1 as gold)."""
-    if not code.strip():
-        return dict(syntax=0.0, similarity=0.0, quality=0.0, **({} if exec_outcome is None else {"exec": 0.0}))
-    out = {"syntax": syntax_signal(code), "similarity": similarity_signal(code, reference),
-           "quality": quality_signal(code, reference)}
-    if exec_outcome is not None:
-        out["exec"] = exec_signal(exec_outcome)
-    return out
+from rules import exec_signal, rule_signals, syntax_signal
 
 
 # ----------------------------------------------------------------------------- corruptions
-# Each takes (code, rng) and returns a corrupted string, or None when it does not apply to this snippet.
+# Each takes (code, rng) and returns a corrupted string, or None when it does not apply to this
+# snippet.
 def _tokens(code: str) -> list[tokenize.TokenInfo]:
     return list(tokenize.generate_tokens(io.StringIO(code).readline))
 
@@ -110,7 +34,8 @@ def _offset(code: str, row: int, col: int) -> int:
 
 
 def corrupt_syntax(code: str, rng: random.Random) -> str | None:
-    """Delete one closing bracket (or, with none, leave a trailing operator); the result must fail to parse."""
+    """Delete one closing bracket (or, with none, leave a trailing operator); the result must fail
+    to parse."""
     try:
         closers = [t for t in _tokens(code) if t.type == tokenize.OP and t.string in ")]}"]
     except (tokenize.TokenError, SyntaxError):
@@ -126,20 +51,21 @@ def corrupt_syntax(code: str, rng: random.Random) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def known_names() -> frozenset:
-    """Names that exist in builtins, the core types and the stdlib modules CoNaLa uses most: a renamed API
-    must not land on one of these, or it would not be broken."""
+    """Names that exist in builtins, the core types and the stdlib modules CoNaLa uses most: a
+    renamed API must not land on one of these, or it would not be broken."""
     import datetime
     import importlib
 
-    modules = ("collections", "datetime", "itertools", "json", "math", "os", "os.path", "random", "re", "string",
-               "sys", "time")
+    modules = ("collections", "datetime", "itertools", "json", "math", "os", "os.path", "random",
+               "re", "string", "sys", "time")
     spaces = [builtins, str, bytes, list, dict, set, tuple, int, float, datetime.datetime]
     spaces += [importlib.import_module(m) for m in modules]
     return frozenset(name for space in spaces for name in dir(space)) | frozenset(keyword.kwlist)
 
 
 def _near_miss(name: str) -> str | None:
-    """A plausible but non-existent API name: `read_csv` -> `readcsv`, `join` -> `joins`, else `<name>_all`."""
+    """A plausible but non-existent API name: `read_csv` -> `readcsv`, `join` -> `joins`, else
+    `<name>_all`."""
     for cand in (name.replace("_", ""), name + "s", name + "_all"):
         if cand != name and cand.isidentifier() and cand not in known_names():
             return cand
@@ -152,7 +78,8 @@ def corrupt_rename_api(code: str, rng: random.Random) -> str | None:
         toks = _tokens(code)
     except (tokenize.TokenError, SyntaxError):
         return None
-    calls = [a for a, b in zip(toks, toks[1:]) if a.type == tokenize.NAME and not keyword.iskeyword(a.string)
+    calls = [a for a, b in zip(toks, toks[1:])
+             if a.type == tokenize.NAME and not keyword.iskeyword(a.string)
              and b.string == "(" and _near_miss(a.string)]
     if not calls:
         return None
@@ -176,8 +103,8 @@ def _n_calls(tree: ast.AST) -> int:
 
 
 def corrupt_drop_arg(code: str, rng: random.Random) -> str | None:
-    """Remove one positional or keyword argument of one call (with its comma); the call count stays, the
-    argument count falls by exactly one, and the code still parses."""
+    """Remove one positional or keyword argument of one call (with its comma); the call count stays,
+    the argument count falls by exactly one, and the code still parses."""
     try:
         tree = ast.parse(code, filename=sandbox.SNIPPET_FILENAME)
     except (SyntaxError, ValueError):
@@ -205,7 +132,8 @@ def corrupt_drop_arg(code: str, rng: random.Random) -> str | None:
 
 
 def corrupt_truncate(code: str, rng: random.Random) -> str | None:
-    """Cut the code at 30-70% of its length, like a generation that hit max_new_tokens: a strict prefix."""
+    """Cut the code at 30-70% of its length, like a generation that hit max_new_tokens: a strict
+    prefix."""
     n = len(code.rstrip())
     if n < 4:
         return None
@@ -218,14 +146,18 @@ CORRUPTIONS = {"syntax_break": corrupt_syntax, "renamed_api": corrupt_rename_api
 KINDS = ("reference", *CORRUPTIONS, "other_intent", "policy")
 
 
-# ----------------------------------------------------------------------------- candidates, annotator, pairs
-def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None = None, seed: int = 0) -> list[dict]:
-    """Per example: the reference, its corruptions, another intent's snippet and any policy samples (keyed by
-    question_id). Identical code within one example is kept once, under the first kind that produced it."""
+# --------------------------------------------------------------------- candidates, annotator, pairs
+def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None = None,
+                     seed: int = 0) -> list[dict]:
+    """Per example: the reference, its corruptions, another intent's snippet and any policy samples
+    (keyed by question_id). Identical code within one example is kept once, under the first kind
+    that produced it."""
     out = []
     for i, ex in enumerate(examples):
-        rng = random.Random(f"{seed}:{i}:{ex.question_id}")  # string seeds are hashed with sha512: reproducible
-        cands = [("reference", ex.snippet)] + [(k, f(ex.snippet, rng)) for k, f in CORRUPTIONS.items()]
+        # string seeds are hashed with sha512: reproducible
+        rng = random.Random(f"{seed}:{i}:{ex.question_id}")
+        cands = [("reference", ex.snippet)] + [(k, f(ex.snippet, rng))
+                                                for k, f in CORRUPTIONS.items()]
         others = [e for e in rng.sample(examples, min(8, len(examples)))
                   if e.question_id != ex.question_id and e.snippet.strip() != ex.snippet.strip()]
         if others:
@@ -240,13 +172,15 @@ def build_candidates(examples: list, policy_samples: dict[int, list[str]] | None
     return out
 
 
-# The synthetic annotator's weights: similarity to the reference dominates because the reference defines what
-# the intent asked for; syntax, execution and quality separate candidates that are equally close to it.
+# The synthetic annotator's weights: similarity to the reference dominates because the reference
+# defines what the intent asked for; syntax, execution and quality separate candidates that are
+# equally close to it.
 ANNOTATOR_WEIGHTS = {"similarity": 0.5, "syntax": 0.2, "exec": 0.15, "quality": 0.15}
 
 
 def cap_exec(signals: dict[str, float], reference_exec: float | None) -> dict[str, float]:
-    """The signals with exec lowered to the reference's own exec signal (see `annotator_score` for why)."""
+    """The signals with exec lowered to the reference's own exec signal (see `annotator_score` for
+    why)."""
     used = dict(signals)
     if "exec" in used and reference_exec is not None and used["exec"] > reference_exec:
         used["exec"] = reference_exec
@@ -255,11 +189,13 @@ def cap_exec(signals: dict[str, float], reference_exec: float | None) -> dict[st
 
 def annotator_score(signals: dict[str, float], exec_detail: str = "",
                     reference_exec: float | None = None) -> tuple[float, str]:
-    """Weighted mean of the available signals (weights renormalised when exec is missing) and the reasons.
+    """Weighted mean of the available signals (weights renormalised when exec is missing) and the
+    reasons.
 
-    The exec signal is capped at the reference's own: the sandbox has none of the snippet's files, network or
-    packages, so if the reference itself fails there (FileNotFoundError), a candidate that fails differently
-    (`opens(...)` -> NameError) is no better. Execution can show a candidate is worse, never better."""
+    The exec signal is capped at the reference's own: the sandbox has none of the snippet's files,
+    network or packages, so if the reference itself fails there (FileNotFoundError), a candidate
+    that fails differently (`opens(...)` -> NameError) is no better. Execution can show a candidate
+    is worse, never better."""
     used = cap_exec(signals, reference_exec)
     if used.get("exec") != signals.get("exec"):
         exec_detail += f" (capped at the reference's {reference_exec:.2f})"
@@ -272,10 +208,12 @@ def annotator_score(signals: dict[str, float], exec_detail: str = "",
 SANDBOX_BATCH = 32  # distinct snippets per sandbox batch: a stop signal waits for at most one batch
 
 
-def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None, desc: str | None = None) -> list:
-    """sandbox.execute_many over `codes`, identical code run once, in batches of SANDBOX_BATCH with a progress bar
-    (`desc`) and, between batches, the stop check: stop() -> True raises Interrupted. The same runs as one
-    execute_many call; PPO's reward (no stop, no desc) makes that one call, so a step is never cut in half."""
+def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None,
+                 desc: str | None = None) -> list:
+    """sandbox.execute_many over `codes`, identical code run once, in batches of SANDBOX_BATCH with
+    a progress bar (`desc`) and, between batches, the stop check: stop() -> True raises Interrupted.
+    The same runs as one execute_many call; PPO's reward (no stop, no desc) makes that one call, so
+    a step is never cut in half."""
     if stop is None and desc is None:
         return sandbox.execute_many(codes, timeout_s, workers)
     import dist
@@ -288,7 +226,8 @@ def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None, de
             if stop is not None and stop():
                 from console import Interrupted
 
-                raise Interrupted(f"{desc or 'sandboxed execution'}: stopped after {start}/{len(unique)} snippets")
+                raise Interrupted(f"{desc or 'sandboxed execution'}: stopped after "
+                                  f"{start}/{len(unique)} snippets")
             batch = unique[start:start + SANDBOX_BATCH]
             results.update(zip(batch, sandbox.execute_many(batch, timeout_s, workers)))
             bar.update(len(batch))
@@ -297,10 +236,11 @@ def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None, de
 
 def judge(codes: list[str], references: list[str], timeout_s: float = 2.0, workers: int = 2,
           log=print, stop=None, desc: str | None = None) -> list[dict]:
-    """The synthetic annotator on (code, reference) pairs -> [{signals, capped, score, reasons}], in input order
-    (`capped`: the signals with the reference exec cap, the ones `score` weighs).
-    Execution goes through the sandbox only (each distinct reference runs too, for the cap in `annotator_score`);
-    without a sandbox the exec signal is dropped (weight 0) with a warning, and every reason says so.
+    """The synthetic annotator on (code, reference) pairs -> [{signals, capped, score, reasons}], in
+    input order (`capped`: the signals with the reference exec cap, the ones `score` weighs).
+    Execution goes through the sandbox only (each distinct reference runs too, for the cap in
+    `annotator_score`); without a sandbox the exec signal is dropped (weight 0) with a warning, and
+    every reason says so.
     desc: a progress bar; stop: checked between sandbox batches (run_snippets)."""
     assert len(codes) == len(references), "judge needs one reference per code"
     ok, status = sandbox.sandbox_status()
@@ -314,35 +254,37 @@ def judge(codes: list[str], references: list[str], timeout_s: float = 2.0, worke
     out = []
     for code, ref, res in zip(codes, references, results):
         signals = rule_signals(code, ref, res.outcome if res else None)
-        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)", ref_exec.get(ref))
-        out.append({"signals": signals, "capped": cap_exec(signals, ref_exec.get(ref)), "score": score,
-                    "reasons": reasons})
+        score, reasons = annotator_score(signals, res.outcome if res else "disabled (no sandbox)",
+                                         ref_exec.get(ref))
+        out.append({"signals": signals, "capped": cap_exec(signals, ref_exec.get(ref)),
+                    "score": score, "reasons": reasons})
     return out
 
 
 def gold_scores(codes: list[str], references: list[str], timeout_s: float = 2.0, workers: int = 2,
                 log=print) -> list[float]:
-    """The annotator's score of each code against its reference: the evaluation's "gold" (the human RLHF
-    stands in for), measured exactly as the reward model's training labels were."""
+    """The annotator's score of each code against its reference: the evaluation's "gold" (the human
+    RLHF stands in for), measured exactly as the reward model's training labels were."""
     return [j["score"] for j in judge(codes, references, timeout_s, workers, log)]
 
 
 def annotate(candidates: list[dict], timeout_s: float = 2.0, workers: int = 2, log=print, stop=None,
              desc: str | None = None) -> list[dict]:
     """Adds signals, score and reasons (`judge`) to every candidate."""
-    judged = judge([c["code"] for c in candidates], [c["reference"] for c in candidates], timeout_s, workers, log,
-                   stop, desc)
+    judged = judge([c["code"] for c in candidates], [c["reference"] for c in candidates], timeout_s,
+                   workers, log, stop, desc)
     return [dict(cand, **j) for cand, j in zip(candidates, judged)]
 
 
-# Annotator score gap below which two candidates count as a tie and give no pair. Small, because the hardest
-# negatives (a renamed API, one dropped argument) differ from the reference by a few characters of chrF.
+# Annotator score gap below which two candidates count as a tie and give no pair. Small, because the
+# hardest negatives (a renamed API, one dropped argument) differ from the reference by a few
+# characters of chrF.
 MIN_MARGIN = 0.02
 
 
 def preference_pairs(annotated: list[dict], min_margin: float = MIN_MARGIN) -> list[dict]:
-    """All candidate pairs of one example whose annotator scores differ by >= min_margin (InstructGPT-style
-    K-choose-2 comparisons), chosen = the higher score."""
+    """All candidate pairs of one example whose annotator scores differ by >= min_margin
+    (InstructGPT-style K-choose-2 comparisons), chosen = the higher score."""
     by_example: dict[int, list[dict]] = {}
     for c in annotated:
         by_example.setdefault(c["example"], []).append(c)
@@ -352,31 +294,36 @@ def preference_pairs(annotated: list[dict], min_margin: float = MIN_MARGIN) -> l
         for a_i, a in enumerate(cands):
             for b in cands[a_i + 1:]:
                 if a["score"] - b["score"] >= min_margin:
-                    pairs.append({"question_id": a["question_id"], "intent": a["intent"], "reference": a["reference"],
-                                  "chosen": a["code"], "rejected": b["code"], "margin": a["score"] - b["score"],
-                                  "chosen_kind": a["kind"], "rejected_kind": b["kind"], "chosen_score": a["score"],
-                                  "rejected_score": b["score"],
+                    pairs.append({"question_id": a["question_id"], "intent": a["intent"],
+                                  "reference": a["reference"], "chosen": a["code"],
+                                  "rejected": b["code"], "margin": a["score"] - b["score"],
+                                  "chosen_kind": a["kind"], "rejected_kind": b["kind"],
+                                  "chosen_score": a["score"], "rejected_score": b["score"],
                                   "reasons": {"chosen": a["reasons"], "rejected": b["reasons"]}})
     return pairs
 
 
-def build_preference_pairs(train_examples: list, val_examples: list, policy_samples: dict[int, list[str]] | None,
-                           cfg, log=print, with_candidates: bool = False, stop=None):
-    """(train_pairs, val_pairs); the validation intents' pairs are held out for the RM's pairwise accuracy.
-    with_candidates=True also returns the annotated held-out candidates (for the RM-annotator rank correlation).
+def build_preference_pairs(train_examples: list, val_examples: list,
+                           policy_samples: dict[int, list[str]] | None, cfg, log=print,
+                           with_candidates: bool = False, stop=None):
+    """(train_pairs, val_pairs); the validation intents' pairs are held out for the RM's pairwise
+    accuracy. with_candidates=True also returns the annotated held-out candidates (for the
+    RM-annotator rank correlation).
     stop: checked between sandbox batches (run_snippets)."""
     splits, val_annotated = [], []
     for name, examples in (("train", train_examples), ("val", val_examples)):
         cands = build_candidates(examples, policy_samples, cfg.seed)
         log(f"feedback: annotating {len(cands)} {name} candidates from {len(examples)} intents")
-        annotated = annotate(cands, cfg.exec_timeout_s, log=log, stop=stop, desc=f"annotating {name}")
+        annotated = annotate(cands, cfg.exec_timeout_s, log=log, stop=stop,
+                             desc=f"annotating {name}")
         splits.append(preference_pairs(annotated))
         val_annotated = annotated
     return (splits[0], splits[1], val_annotated) if with_candidates else (splits[0], splits[1])
 
 
 def pairing(pair: dict) -> str:
-    """'policy>policy', 'reference>policy', 'policy>truncated', ...: which kinds a pair compares, chosen first."""
+    """'policy>policy', 'reference>policy', 'policy>truncated', ...: which kinds a pair compares,
+    chosen first."""
     return f"{pair['chosen_kind']}>{pair['rejected_kind']}"
 
 

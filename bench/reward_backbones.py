@@ -26,6 +26,7 @@ import data  # noqa: E402
 import feedback  # noqa: E402
 import models  # noqa: E402
 import reward  # noqa: E402
+import reward_model  # noqa: E402
 import runfolder  # noqa: E402
 
 
@@ -34,10 +35,10 @@ def train_one(backbone: str, cfg, run: Path, train_pairs, val_pairs, val_cands, 
     models.seed_everything(cfg.seed)
     if backbone == "policy":
         lm, tok = models.load_causal_lm(cfg.policy or str(run / "checkpoint-sft"), seed=cfg.seed)
-        rm = reward.RewardModel(lm, kind="causal", fmt=data.resolve_prompt_format(tok, cfg.prompt_format))
+        rm = reward_model.RewardModel(lm, kind="causal", fmt=data.resolve_prompt_format(tok, cfg.prompt_format))
     else:
         encoder, tok = models.load_encoder(cfg.reward_encoder, seed=cfg.seed)
-        rm = reward.RewardModel(encoder)
+        rm = reward_model.RewardModel(encoder)
     t0 = time.perf_counter()
     history = reward.train_reward_model(rm.to(device), tok, train_pairs, val_pairs, cfg, device, ctx, log=print)
     held = reward.evaluate_pairs(rm, tok, val_pairs, device, ctx, by_kind=True)

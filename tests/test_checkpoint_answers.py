@@ -9,7 +9,7 @@ import config
 import data
 import decoding
 import models
-import rlhf
+import sft
 
 INTENTS = ["convert string '123' to integer", "sort list `xs` in descending order",
            "get the length of dictionary `d`", "remove all whitespace from string `s`",
@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory):
     with torch.no_grad():
         lm.lm_head.weight.normal_(0.0, 1.0)
     folder = tmp_path_factory.mktemp("checkpoint-final")
-    rlhf.save_policy(lm, tok, folder, cfg)
+    sft.save_policy(lm, tok, folder, cfg)
     return folder, cfg, tok
 
 
@@ -99,5 +99,5 @@ def test_template_wraps_once_keeps_explicit_system_messages_and_leaves_the_token
     assert tok2.apply_chat_template(msgs, tokenize=False) == tok.apply_chat_template(msgs, tokenize=False)
     assert tok.chat_template == before  # save_policy must not change the tokenizer the pipeline keeps using
     lm, tok3 = models.load_causal_lm(str(folder))
-    rlhf.save_policy(lm, tok3, tmp_path, cfg)  # PPO saves checkpoints of a policy loaded from checkpoint-sft
+    sft.save_policy(lm, tok3, tmp_path, cfg)  # PPO saves checkpoints of a policy loaded from checkpoint-sft
     assert models.load_tokenizer(str(tmp_path)).chat_template == wrapped

@@ -203,7 +203,7 @@ def test_rejection_sampling_scoring_stops_within_one_batch():
 
 # ----------------------------------------------------------------------------- resume and the end of the run
 def test_resume_redraws_a_curve_point_the_stop_skipped(tmp_path):
-    import rlhf
+    import resume
 
     def run_with(rows):
         (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -212,10 +212,10 @@ def test_resume_redraws_a_curve_point_the_stop_skipped(tmp_path):
     ppo = [{"stage": "ppo", "step": s, "objective/kl": s / 10} for s in range(1, 6)]
     curve = [{"stage": "ppo_eval", "step": 0}]
     run = run_with(ppo[:4] + curve)
-    assert rlhf.missing_curve_kl(run, 4) == 0.4  # due at step 4, stopped before it was drawn
-    assert rlhf.missing_curve_kl(run, 3) is None  # not an eval step
-    assert rlhf.missing_curve_kl(run_with(ppo[:4] + curve + [{"stage": "ppo_eval", "step": 4}]), 4) is None
-    assert rlhf.missing_curve_kl(run_with(ppo + curve), 5) == 0.5  # the last step always gets one
+    assert resume.missing_curve_kl(run, 4) == 0.4  # due at step 4, stopped before it was drawn
+    assert resume.missing_curve_kl(run, 3) is None  # not an eval step
+    assert resume.missing_curve_kl(run_with(ppo[:4] + curve + [{"stage": "ppo_eval", "step": 4}]), 4) is None
+    assert resume.missing_curve_kl(run_with(ppo + curve), 5) == 0.5  # the last step always gets one
 
 
 @pytest.mark.parametrize("stop_in, raises", [("reward", True), ("eval", False)])

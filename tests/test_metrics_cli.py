@@ -10,6 +10,7 @@ import codebleu_ts
 import feedback
 import metrics
 import ruby_ted
+import rules
 from conftest import ROOT
 
 RUN = ROOT / "docs" / "quick-2026-12-03"  # a quick run whose predictions-*.jsonl are committed beside report.json
@@ -87,11 +88,11 @@ def test_a_blank_prediction_scores_zero_on_every_metric_and_is_not_valid(blank):
         assert codebleu_score.codebleu([ref, ref], [blank, blank], tokenizer=tok)["codebleu"] == 0.0
     assert metrics.ruby(ref, blank) == 0.0 and metrics.ruby_level(ref, blank) == "empty"
     assert not codebleu_ts.syntax_valid(blank)
-    assert feedback.syntax_signal(blank) == 0.0  # the annotator agrees: the gold components and the metrics match
-    signals = feedback.rule_signals(blank, ref, "ok")  # gold too: blank code parses and runs "ok" (was 0.075)
+    assert rules.syntax_signal(blank) == 0.0  # the annotator agrees: the gold components and the metrics match
+    signals = rules.rule_signals(blank, ref, "ok")  # gold too: blank code parses and runs "ok" (was 0.075)
     assert signals == {"syntax": 0.0, "similarity": 0.0, "quality": 0.0, "exec": 0.0}
     assert feedback.annotator_score(signals, "ok", 1.0)[0] == 0.0
-    assert feedback.rule_signals(blank, ref) == {"syntax": 0.0, "similarity": 0.0, "quality": 0.0}  # no sandbox
+    assert rules.rule_signals(blank, ref) == {"syntax": 0.0, "similarity": 0.0, "quality": 0.0}  # no sandbox
     out = metrics.evaluate([ref, "x = 1"], [blank, "x = 1"], with_bertscore=False, per_example=True)
     assert out["per_example"]["codebleu"][0] == 0.0 and out["per_example"]["ruby"][0] == 0.0
     assert out["per_example"]["syntax_valid"] == [False, True] and out["syntax_valid_rate"] == 0.5
@@ -118,7 +119,7 @@ def test_cli_default_tokenizer_is_conala_and_the_dashed_alias_still_works(tmp_pa
     assert a["codebleu_tokenizer"] == "conala"
     assert a["codebleu"] == codebleu_score.codebleu(["sorted(l,key=f)", "x = [1]"], ["sorted(l,key=g)", ""],
                                                     tokenizer="conala")["codebleu"]
-    assert a["chrf"] == pytest.approx(feedback.similarity_signal("sorted(l,key=g)", "sorted(l,key=f)") / 2)
+    assert a["chrf"] == pytest.approx(rules.similarity_signal("sorted(l,key=g)", "sorted(l,key=f)") / 2)
     assert "gold" not in a  # gold runs code: only when asked
     assert metrics.main([str(path), "--no-bertscore", "--codebleu-tokenizer", "whitespace", "--out",
                          str(tmp_path / "b.json")]) == 0

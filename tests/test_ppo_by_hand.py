@@ -1,7 +1,7 @@
 """The PPO maths an independent mutation pass (issue #24) showed unchecked, each against numbers worked out by hand
 in this file, never against the code's own helpers: group-baseline reward assembly on rows of unequal length and
 KL, GRPO's KL loss term, the value head's alignment, the logged objective/kl, entropy and explained variance,
-target_kl early stopping, whiten_rewards, and the one-token shift of rlhf.sft_loss. Tiny models, CPU, seconds.
+target_kl early stopping, whiten_rewards, and the one-token shift of sft.sft_loss. Tiny models, CPU, seconds.
 
 compute_rewards gets an explicit cfg (a SimpleNamespace with only the fields it reads), so a new Config field with
 today's behaviour as its default leaves these tests valid; `advantage_norm="auto"` is each estimator's original normalisation."""
@@ -210,15 +210,15 @@ class OracleLM(torch.nn.Module):
 def test_sft_loss_predicts_token_t_plus_1_at_position_t():
     import contextlib
 
-    import rlhf
+    import sft
 
     batch = {"input_ids": torch.tensor([[3, 4, 5, 6, 2]]), "attention_mask": torch.ones(1, 5, dtype=torch.long),
              "labels": torch.tensor([[-100, -100, 5, 6, 2]])}  # prompt 3 4, snippet 5 6, EOS 2
     ctx = contextlib.nullcontext()
-    nll, n = rlhf.sft_loss(OracleLM(offset=1), batch, ctx)  # knows the next token: loss ~ 0
+    nll, n = sft.sft_loss(OracleLM(offset=1), batch, ctx)  # knows the next token: loss ~ 0
     assert n.item() == 3 and nll.item() < 1e-6
-    nll, _ = rlhf.sft_loss(OracleLM(offset=0), batch, ctx)  # echoes the current token: 30 nats per label
+    nll, _ = sft.sft_loss(OracleLM(offset=0), batch, ctx)  # echoes the current token: 30 nats per label
     assert nll.item() == pytest.approx(3 * 30.0, rel=1e-4)
     uniform = type("U", (torch.nn.Module,), {"forward": lambda self, input_ids, attention_mask:
                                              SimpleNamespace(logits=torch.zeros(1, 5, 8))})()
-    assert rlhf.sft_loss(uniform, batch, ctx)[0].item() == pytest.approx(3 * math.log(8), rel=1e-6)
+    assert sft.sft_loss(uniform, batch, ctx)[0].item() == pytest.approx(3 * math.log(8), rel=1e-6)

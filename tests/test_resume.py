@@ -202,9 +202,9 @@ def test_save_atomic_writes_checksums_that_a_resume_check_verifies(tmp_path):
 
 
 def test_checkpoint_file_names_agree_with_the_code_that_writes_them():
-    import reward
+    import reward_model
 
     assert VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-ppo-"]
     assert VALUE_HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-final"]
-    assert reward.HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-reward"]
-    assert '"trainer_state.pt"' in (ROOT / "rlhf.py").read_text()
+    assert reward_model.HEAD_FILE in resume.CHECKPOINT_FILES["checkpoint-reward"]
+    assert '"trainer_state.pt"' in (ROOT / "ppo_stage.py").read_text()

@@ -18,6 +18,8 @@ import config
 import data
 import feedback
 import reward
+import reward_model
+import rules
 import runfolder
 import sandbox
 
@@ -33,44 +35,44 @@ def conala_snippets():
 
 # ----------------------------------------------------------------------------- rule signals
 def test_syntax_signal():
-    assert feedback.syntax_signal("x = sorted(a, key=len)") == 1.0
-    assert feedback.syntax_signal("x = sorted(a, key=len") == 0.0
-    assert feedback.syntax_signal("   \n") == 0.0
+    assert rules.syntax_signal("x = sorted(a, key=len)") == 1.0
+    assert rules.syntax_signal("x = sorted(a, key=len") == 0.0
+    assert rules.syntax_signal("   \n") == 0.0
 
 
 def test_exec_signal():
-    assert [feedback.exec_signal(o) for o in sandbox.OUTCOMES] == [1.0, 0.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]
+    assert [rules.exec_signal(o) for o in sandbox.OUTCOMES] == [1.0, 0.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError):
-        feedback.exec_signal("crashed")
+        rules.exec_signal("crashed")
 
 
 def test_similarity_is_chrf():
     import sacrebleu
 
     ref = "df.sort_values(by='a', ascending=False)"
-    assert feedback.similarity_signal(ref, ref) == pytest.approx(1.0)
-    assert feedback.similarity_signal("zzz", ref) == pytest.approx(0.0, abs=0.02)
+    assert rules.similarity_signal(ref, ref) == pytest.approx(1.0)
+    assert rules.similarity_signal("zzz", ref) == pytest.approx(0.0, abs=0.02)
     cand = "df.sort_values('a')"
-    assert feedback.similarity_signal(cand, ref) == pytest.approx(sacrebleu.sentence_chrf(cand, [ref]).score / 100)
-    assert 0.3 < feedback.similarity_signal(cand, ref) < 0.9
-    assert feedback.similarity_signal("", ref) == 0.0
+    assert rules.similarity_signal(cand, ref) == pytest.approx(sacrebleu.sentence_chrf(cand, [ref]).score / 100)
+    assert 0.3 < rules.similarity_signal(cand, ref) < 0.9
+    assert rules.similarity_signal("", ref) == 0.0
 
 
 def test_quality_signal():
     ref = "x.sort()"  # 8 characters
-    assert feedback.quality_signal(ref, ref) == 1.0
-    assert feedback.quality_signal("x.sort(reverse=True)", ref) == pytest.approx(8 / 20)
-    assert feedback.quality_signal("x.sort()\nx.sort()", "x.sort()\ny.sort()") == pytest.approx(0.5)  # repeats
-    assert feedback.quality_signal("```\nx.sort()\n```", ref) == pytest.approx(8 / 16 * 2 / 3 * 0.5)
-    assert feedback.quality_signal("x.sort()\nThis sorts the list.", ref) == pytest.approx(8 / 29 * 0.5)
-    assert feedback.quality_signal("for x in y:\n    f(x)", "for x in y:\n    f(x)") == 1.0  # not prose
-    assert feedback.quality_signal("", ref) == 0.0
+    assert rules.quality_signal(ref, ref) == 1.0
+    assert rules.quality_signal("x.sort(reverse=True)", ref) == pytest.approx(8 / 20)
+    assert rules.quality_signal("x.sort()\nx.sort()", "x.sort()\ny.sort()") == pytest.approx(0.5)  # repeats
+    assert rules.quality_signal("```\nx.sort()\n```", ref) == pytest.approx(8 / 16 * 2 / 3 * 0.5)
+    assert rules.quality_signal("x.sort()\nThis sorts the list.", ref) == pytest.approx(8 / 29 * 0.5)
+    assert rules.quality_signal("for x in y:\n    f(x)", "for x in y:\n    f(x)") == 1.0  # not prose
+    assert rules.quality_signal("", ref) == 0.0
 
 
 def test_rule_signals_keys_and_range():
-    sig = feedback.rule_signals("x.sort()", "x.sort()", "name_error")
+    sig = rules.rule_signals("x.sort()", "x.sort()", "name_error")
     assert sig == {"syntax": 1.0, "similarity": pytest.approx(1.0), "quality": 1.0, "exec": 0.5}
-    no_exec = feedback.rule_signals("x.sort(", "x.sort()")
+    no_exec = rules.rule_signals("x.sort(", "x.sort()")
     assert set(no_exec) == {"syntax", "similarity", "quality"} and no_exec["syntax"] == 0.0
     assert all(0.0 <= v <= 1.0 for v in no_exec.values())
 
@@ -87,7 +89,7 @@ def test_corruptions_break_what_they_claim(conala_snippets):
         rng = random.Random(i)
         if (out := feedback.corrupt_syntax(code, rng)) is not None:
             applied["syntax_break"] += 1
-            assert feedback.syntax_signal(out) == 0.0, (code, out)
+            assert rules.syntax_signal(out) == 0.0, (code, out)
         if (out := feedback.corrupt_rename_api(code, rng)) is not None:
             applied["renamed_api"] += 1
             old, new = _calls(code), _calls(out)
@@ -185,7 +187,7 @@ def test_bradley_terry_loss_hand_values():
 
 def test_masked_mean():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # [1, 3, 2]; the last token is padding
-    assert torch.equal(reward.masked_mean(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+    assert torch.equal(reward_model.masked_mean(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
 
 
 def test_intent_batches_keep_intents_whole():
@@ -245,10 +247,10 @@ def test_bradley_terry_learns_a_separable_toy_set(monkeypatch):
 
     cfg = config.make_config("test", {"reward_epochs": 3, "reward_learning_rate": 1e-3, "reward_batch_size": 8})
     encoder, tok = models.load_encoder("tiny:bert", seed=0)
-    rm = reward.RewardModel(encoder)
+    rm = reward_model.RewardModel(encoder)
     seen = []
-    real = reward.tokenize_pairs
-    monkeypatch.setattr(reward, "tokenize_pairs", lambda t, i, c, m: seen.extend(i + c) or real(t, i, c, m))
+    real = reward_model.tokenize_pairs
+    monkeypatch.setattr(reward_model, "tokenize_pairs", lambda t, i, c, m: seen.extend(i + c) or real(t, i, c, m))
     history = reward.train_reward_model(rm, tok, _toy_pairs(96, 0), _toy_pairs(32, 1), cfg, torch.device("cpu"),
                                         models.autocast_ctx(torch.device("cpu"), torch.float32), log=lambda m: None)
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -264,19 +266,19 @@ def test_minibatch_scores_match_per_text_scores(tmp_path):
     import models
 
     encoder, tok = models.load_encoder("tiny:bert", seed=0)
-    rm = reward.RewardModel(encoder).eval()
+    rm = reward_model.RewardModel(encoder).eval()
     pairs = _toy_pairs(6, 2)
     with torch.no_grad():
         r_chosen, r_rejected = reward.pair_scores(rm, tok, pairs, torch.device("cpu"), torch.no_grad())
-    one_by_one = torch.stack([reward.score_texts(rm, tok, [p["intent"]], [p["chosen"]], torch.device("cpu"))[0]
+    one_by_one = torch.stack([reward_model.score_texts(rm, tok, [p["intent"]], [p["chosen"]], torch.device("cpu"))[0]
                               for p in pairs])
     assert torch.allclose(r_chosen, one_by_one, atol=1e-5)
     rm.gain, rm.bias = 2.0, -1.0
     rm.save(tmp_path)
     tok.save_pretrained(tmp_path)
-    again = reward.RewardModel.load(tmp_path)
+    again = reward_model.RewardModel.load(tmp_path)
     assert (again.gain, again.bias) == (2.0, -1.0)
-    rej = reward.score_texts(again, tok, [p["intent"] for p in pairs], [p["rejected"] for p in pairs], "cpu")
+    rej = reward_model.score_texts(again, tok, [p["intent"] for p in pairs], [p["rejected"] for p in pairs], "cpu")
     assert torch.allclose(rej, r_rejected, atol=1e-5)
 
 

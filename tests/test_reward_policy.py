@@ -8,6 +8,7 @@ import torch
 import config
 import models
 import reward
+import reward_model
 
 
 def test_spearman_hand_numbers():
@@ -63,13 +64,13 @@ def test_last_token_pooling_under_left_and_right_padding():
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)  # value = position index per row
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
-    assert reward.last_token(hidden, right).squeeze(-1).tolist() == [1.0, 7.0]
-    assert reward.last_token(hidden, left).squeeze(-1).tolist() == [3.0, 7.0]
+    assert reward_model.last_token(hidden, right).squeeze(-1).tolist() == [1.0, 7.0]
+    assert reward_model.last_token(hidden, left).squeeze(-1).tolist() == [3.0, 7.0]
 
 
 def test_causal_reward_model_scores_the_last_real_token_whatever_the_padding():
     lm, tok = models.load_causal_lm("tiny:llama", seed=0)
-    rm = reward.RewardModel(lm, kind="causal", fmt="chat", max_len=64).eval()
+    rm = reward_model.RewardModel(lm, kind="causal", fmt="chat", max_len=64).eval()
     batch = rm.tokenize(tok, ["sort a list", "add x and y to z"], ["sorted(a)", "z = x + y  # and a longer tail"])
     assert (batch["attention_mask"][:, 0] == 1).all()  # right-padded
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_causal_reward_model_scores_the_last_real_token_whatever_the_padding():
 
 def test_causal_reward_model_bradley_terry_loss_falls_and_reloads(tmp_path):
     lm, tok = models.load_causal_lm("tiny:llama", seed=0)
-    rm = reward.RewardModel(lm, kind="causal", fmt="chat")
+    rm = reward_model.RewardModel(lm, kind="causal", fmt="chat")
     cfg = config.make_config("test", {"reward_epochs": 3, "reward_learning_rate": 1e-3, "reward_batch_size": 8,
                                       "reward_max_len": 48})
     rng = random.Random(0)
@@ -106,10 +107,10 @@ def test_causal_reward_model_bradley_terry_loss_falls_and_reloads(tmp_path):
     rm.gain, rm.bias = 2.0, -1.0
     rm.save(tmp_path)
     tok.save_pretrained(tmp_path)
-    again = reward.RewardModel.load(tmp_path)
+    again = reward_model.RewardModel.load(tmp_path)
     assert again.kind == "causal" and (again.gain, again.bias) == (2.0, -1.0)
-    a = reward.score_texts(rm, tok, ["sort the list `rows`"], ["sorted(rows)"], torch.device("cpu"))
-    b = reward.score_texts(again, models.load_tokenizer(str(tmp_path)), ["sort the list `rows`"], ["sorted(rows)"],
+    a = reward_model.score_texts(rm, tok, ["sort the list `rows`"], ["sorted(rows)"], torch.device("cpu"))
+    b = reward_model.score_texts(again, models.load_tokenizer(str(tmp_path)), ["sort the list `rows`"], ["sorted(rows)"],
                            torch.device("cpu"))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -121,7 +122,7 @@ def test_a_higher_raw_score_gives_a_higher_reward_after_calibration_on_policy_sa
     table = {"good": 9, "fine": 6, "meh": 4, "bad": 1, "awful": -3}
     rm = FixedRM(table)
     samples = ["good", "meh", "bad", "fine", "awful", "meh"]  # the reference policy's samples
-    raw = reward.score_texts(rm, None, ["i"] * len(samples), samples, torch.device("cpu"))
+    raw = reward_model.score_texts(rm, None, ["i"] * len(samples), samples, torch.device("cpu"))
     rm.gain, rm.bias = reward.fit_calibration(raw)
     # by hand: raw [9, 4, 1, 6, -3, 4], mean 3.5, squared deviations sum to 85.5: population std sqrt(14.25)
     assert rm.gain == pytest.approx(1 / 14.25 ** 0.5) and rm.bias == pytest.approx(-3.5 / 14.25 ** 0.5)

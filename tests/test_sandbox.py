@@ -407,9 +407,9 @@ def test_oversized_code_is_its_own_class_without_parent_work():
     assert time.monotonic() - start < 0.5 and res.seconds == 0.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 50_000  # KiB: no tree was built
     assert sandbox.execute_snippet("x = 1\n" * (sandbox.MAX_CODE_CHARS // 6), 1.0).outcome == "ok"  # at the cap
-    import feedback
+    import rules
 
-    assert feedback.exec_signal("too_large") == 0.0 and feedback.syntax_signal("x = 1\n" * 2_000_000) == 0.0
+    assert rules.exec_signal("too_large") == 0.0 and rules.syntax_signal("x = 1\n" * 2_000_000) == 0.0
 
 
 @needs_sandbox
