@@ -2,8 +2,7 @@
 baselines (RLOO, GRPO), advantage normalisation, and `compute_rewards`, which fills a rollout's
 rewards, advantages and returns before the PPO update.
 
-Implementation details 4-7 of ppo.py's numbered list live here; ppo.py keeps the losses and the
-update.
+Implementation details 4-7 of ppo.py's numbered list live here; ppo.py keeps the losses and update.
 """
 from __future__ import annotations
 
