@@ -1,8 +1,9 @@
-"""The policy side of PPO for a causal LM: the policy with its value head, the frozen reference, the one forward
-pass that gives response log-probs and values, and rollouts (sampling, then scoring the finished sequences).
+"""The policy side of PPO for a causal LM: the policy with its value head, the frozen reference, the
+one forward pass that gives response log-probs and values, and rollouts (sampling, then scoring the
+finished sequences).
 
-Split from ppo.py, which keeps the maths and the update; import these names from here. Implementation details
-1-4 of ppo.py's docstring live here.
+ppo.py holds the losses and the update, advantages.py the rewards and advantages. The policy side of
+implementation details 1-4 in ppo.py's numbered list lives here.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from torch import nn
 
 from models import position_ids  # left padding: shared with the causal-LM reward model
 
-VALUE_HEAD_FILE = "value_head.pt"  # next to the HF weights, so AutoModelForCausalLM.from_pretrained(folder) still works
+# next to the HF weights, so AutoModelForCausalLM.from_pretrained(folder) still works
+VALUE_HEAD_FILE = "value_head.pt"
 
 
 # ----------------------------------------------------------------------------- policy + value head
@@ -30,14 +32,17 @@ class PolicyWithValueHead(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask, logits_to_keep: int = 0):
-        """-> (logits [B, T, V] (only the last `logits_to_keep` positions if > 0), values [B, T])."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                      output_hidden_states=True, logits_to_keep=logits_to_keep, use_cache=False)
-        values = self.value_head(out.hidden_states[-1]).squeeze(-1)  # hidden_states[-1] is after the final norm
+        """-> (logits [B, T, V], values [B, T]); only the last `logits_to_keep` logits if > 0."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids(attention_mask), output_hidden_states=True,
+                      logits_to_keep=logits_to_keep, use_cache=False)
+        # hidden_states[-1] is after the final norm
+        values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         return out.logits, values
 
     def save(self, folder: str | Path) -> None:
-        """HF weights (+config) into an existing folder, and the value head beside them in value_head.pt."""
+        """HF weights (+config) into an existing folder, and the value head beside them in
+        value_head.pt."""
         self.lm.save_pretrained(folder)
         torch.save(self.value_head.state_dict(), Path(folder) / VALUE_HEAD_FILE)
 
@@ -47,7 +52,8 @@ class PolicyWithValueHead(nn.Module):
 
         head = Path(folder) / VALUE_HEAD_FILE
         if not head.is_file():
-            raise FileNotFoundError(f"{head}: no value head; wrap a plain LM with PolicyWithValueHead(lm) instead")
+            raise FileNotFoundError(f"{head}: no value head; "
+                                    "wrap a plain LM with PolicyWithValueHead(lm) instead")
         policy = cls(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
         policy.value_head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True))
         return policy
@@ -61,22 +67,24 @@ def make_reference(lm) -> nn.Module:
 
 def response_forward(model, query_ids, query_mask, response_ids):
     """Logits [B, R, V] predicting each response token, and values [B, R] (None for a plain LM).
-    The lm_head runs on the response positions only (logits_to_keep): prompt logits are never used."""
+    The lm_head runs on the response positions only (logits_to_keep): prompt logits go unused."""
     R = response_ids.shape[1]
     input_ids = torch.cat([query_ids, response_ids], dim=1)  # [B, P+R]
-    # Response positions are all attended: post-EOS tokens only ever precede other post-EOS tokens (causal),
-    # so they cannot change a real token's output, and no attention row is empty.
+    # Response positions are all attended: post-EOS tokens only ever precede other post-EOS tokens
+    # (causal), so they cannot change a real token's output, and no attention row is empty.
     attention_mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)  # [B, P+R]
-    if isinstance(getattr(model, "module", model), PolicyWithValueHead):  # also inside DDP, whose forward syncs grads
+    # Also inside DDP, whose forward syncs grads.
+    if isinstance(getattr(model, "module", model), PolicyWithValueHead):
         logits, values = model(input_ids, attention_mask, logits_to_keep=R + 1)
-        return logits[:, :-1], values[:, -R - 1:-1]  # the state *before* token t predicts it and values it
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                logits_to_keep=R + 1, use_cache=False)
+        # the state *before* token t predicts it and values it
+        return logits[:, :-1], values[:, -R - 1:-1]
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask), logits_to_keep=R + 1, use_cache=False)
     return out.logits[:, :-1], None
 
 
 def token_logprobs(logits, tokens, temperature: float, entropy: bool = False):
-    """log pi(token) from logits / temperature, in fp32 (detail 2); optionally the per-token entropy."""
+    """log pi(token) from logits / temperature, in fp32 (detail 2); optionally per-token entropy."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [B, R, V]
     logprobs = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, R]
     return logprobs, (-(logp.exp() * logp).sum(-1) if entropy else None)
@@ -85,7 +93,8 @@ def token_logprobs(logits, tokens, temperature: float, entropy: bool = False):
 # ----------------------------------------------------------------------------- rollouts
 @dataclass
 class Rollout:
-    """One PPO batch. P = prompt width (left-padded), R = response width (right-padded after EOS)."""
+    """One PPO batch. P = prompt width (left-padded), R = response width (right-padded after EOS).
+    """
     query_ids: torch.Tensor  # [B, P]
     query_mask: torch.Tensor  # [B, P] 1 on prompt tokens
     response_ids: torch.Tensor  # [B, R]
@@ -102,17 +111,20 @@ class Rollout:
     kl_coef: float = 0.0  # beta used for `rewards`
 
     def index(self, idx) -> Rollout:
-        return Rollout(**{f.name: getattr(self, f.name)[idx] if isinstance(getattr(self, f.name), torch.Tensor)
-                          else getattr(self, f.name) for f in dataclasses.fields(self)})
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Rollout(**{name: v[idx] if isinstance(v, torch.Tensor) else v
+                          for name, v in fields.items()})
 
     def trim(self) -> Rollout:
-        """Drop prompt columns that are padding in every row and response columns masked in every row:
-        pure speed, their outputs are never used (a micro-batch is often much shorter than the whole batch)."""
+        """Drop prompt columns that are padding in every row and response columns masked in every
+        row: pure speed, their outputs are never used (a micro-batch is often much shorter than the
+        whole batch)."""
         first = int(self.query_mask.bool().any(0).long().argmax())
         width = int(self.response_mask.sum(1).max())
         cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name, v in cut.items():
-            if isinstance(v, torch.Tensor) and v.dim() == 2:  # [B, P] query tensors, [B, R] response tensors
+            # [B, P] query tensors, [B, R] response tensors
+            if isinstance(v, torch.Tensor) and v.dim() == 2:
                 cut[name] = v[:, first:] if name.startswith("query") else v[:, :width]
         return Rollout(**cut)
 
@@ -125,28 +137,33 @@ def mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tenso
 
 @torch.no_grad()
 def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) -> Rollout:
-    """Sample responses with the KV cache, then a policy forward (log-probs + values) and a reference forward
-    over the finished sequences. Scores stay 0: the caller scores decoded text (compute_rewards)."""
+    """Sample responses with the KV cache, then a policy forward (log-probs + values) and a
+    reference forward over the finished sequences. Scores stay 0: the caller scores decoded text
+    (advantages.compute_rewards)."""
     ctx = nullcontext() if ctx is None else ctx
     policy.eval()  # detail 3
     with ctx:
-        # Detail 2: sample the untruncated tempered softmax (top_k=0, top_p=1, as TRL and the N+ reference), the
-        # very distribution whose log-probs token_logprobs computes. Sampling with top_p < 1 while scoring with the
-        # full softmax was measured on SmolLM2 at top_p 0.95: the sampler's log-prob is 0.033 nats/token higher on
-        # 99% of tokens, 0.7-0.9 nats per response, the size of the whole logged KL. cfg.top_p stays the seed's
-        # knob for synthetic-feedback samples and best-of-n, where no log-prob is needed.
-        seqs = policy.lm.generate(input_ids=query_ids, attention_mask=query_mask, do_sample=cfg.do_sample,
-                                  temperature=cfg.temperature, top_p=1.0, top_k=0,
-                                  max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+        # Detail 2: sample the untruncated tempered softmax (top_k=0, top_p=1, as TRL and the N+
+        # reference), the very distribution whose log-probs token_logprobs computes. Sampling with
+        # top_p < 1 while scoring with the full softmax was measured on SmolLM2 at top_p 0.95: the
+        # sampler's log-prob is 0.033 nats/token higher on 99% of tokens, 0.7-0.9 nats per response,
+        # the size of the whole logged KL. cfg.top_p stays the seed's knob for synthetic-feedback
+        # samples and best-of-n, where no log-prob is needed.
+        seqs = policy.lm.generate(input_ids=query_ids, attention_mask=query_mask,
+                                  do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=1.0,
+                                  top_k=0, max_new_tokens=cfg.max_new_tokens,
+                                  eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
     response_ids = seqs[:, query_ids.shape[1]:]  # [B, R]
     mask = mask_after_eos(response_ids, tokenizer.eos_token_id)  # [B, R]
     zero = torch.zeros(response_ids.shape, device=response_ids.device)  # [B, R] fp32
-    ro = Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=mask,
-                 eos=(response_ids == tokenizer.eos_token_id).any(1), logprobs=zero, ref_logprobs=zero, values=zero,
-                 entropy=zero, scores=zero[:, 0], rewards=zero, advantages=zero, returns=zero)
+    ro = Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids,
+                 response_mask=mask, eos=(response_ids == tokenizer.eos_token_id).any(1),
+                 logprobs=zero, ref_logprobs=zero, values=zero, entropy=zero, scores=zero[:, 0],
+                 rewards=zero, advantages=zero, returns=zero)
     out = {name: zero.clone() for name in ("logprobs", "ref_logprobs", "values", "entropy")}
-    # Score in micro-batches of similar length: bounded memory ([b, R, V] logits) and less padding (trim()).
+    # Score in micro-batches of similar length: bounded memory ([b, R, V] logits) and less padding
+    # (trim()).
     order = torch.argsort(query_mask.sum(1) + mask.sum(1), stable=True)
     for i in range(0, len(order), cfg.micro_batch_size):
         idx = order[i:i + cfg.micro_batch_size]
@@ -154,13 +171,16 @@ def rollout(policy, ref_model, query_ids, query_mask, tokenizer, cfg, ctx=None) 
         r = mb.response_ids.shape[1]
         with ctx:
             logits, values = response_forward(policy, mb.query_ids, mb.query_mask, mb.response_ids)
-        out["logprobs"][idx, :r], out["entropy"][idx, :r] = token_logprobs(logits, mb.response_ids, cfg.temperature,
-                                                                            entropy=True)
+        out["logprobs"][idx, :r], out["entropy"][idx, :r] = token_logprobs(
+            logits, mb.response_ids, cfg.temperature, entropy=True)
         out["values"][idx, :r] = values.float()
         with ctx:
-            ref_logits, _ = response_forward(ref_model, mb.query_ids, mb.query_mask, mb.response_ids)
-        out["ref_logprobs"][idx, :r] = token_logprobs(ref_logits, mb.response_ids, cfg.temperature)[0]
-    return dataclasses.replace(ro, **{name: torch.where(mask.bool(), v, 0.0) for name, v in out.items()})
+            ref_logits, _ = response_forward(ref_model, mb.query_ids, mb.query_mask,
+                                             mb.response_ids)
+        ref_logprobs, _ = token_logprobs(ref_logits, mb.response_ids, cfg.temperature)
+        out["ref_logprobs"][idx, :r] = ref_logprobs
+    return dataclasses.replace(ro, **{name: torch.where(mask.bool(), v, 0.0)
+                                      for name, v in out.items()})
 
 
 def decode_responses(ro: Rollout, tokenizer) -> list[str]:

@@ -71,6 +71,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
     import torch
     from transformers import AutoTokenizer
 
+    import advantages
     import dist
     import ppo
     from policy import make_reference, PolicyWithValueHead, rollout
@@ -82,7 +83,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
     # 1. equality: this rank's rows of the fixed rollout, one ppo_step
     fixed = torch.load(workdir / "rollout.pt", weights_only=False)
     policy = load_policy(workdir)
-    ro = ppo.compute_rewards(fixed["ro"].index(rows), fixed["scores"][rows], 0.05, cfg, reduce=reduce)
+    ro = advantages.compute_rewards(fixed["ro"].index(rows), fixed["scores"][rows], 0.05, cfg, reduce=reduce)
     model = dist.wrap_ddp(policy, torch.device("cpu"))
     torch.manual_seed(0)
     ppo.ppo_step(model, ppo.make_optimizer(policy, cfg), ro, cfg)
@@ -103,7 +104,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
         t0 = time.perf_counter()
         ro = rollout(policy, ref, ids, mask, no_eos, cfg)
         scores = torch.linspace(0, 1, args.batch)[rows]  # free, fixed scores: the bench times PPO, not a reward model
-        ro = ppo.compute_rewards(ro, scores, 0.05, cfg, reduce=reduce)
+        ro = advantages.compute_rewards(ro, scores, 0.05, cfg, reduce=reduce)
         t1 = time.perf_counter()
         ppo.ppo_step(model, opt, ro, cfg)
         dist.barrier()

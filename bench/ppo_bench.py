@@ -112,6 +112,7 @@ def run_ours(args, workdir: Path, prompt_ids) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    import advantages
     import ppo
     from policy import make_reference, PolicyWithValueHead, rollout
     from config import make_config
@@ -136,7 +137,7 @@ def run_ours(args, workdir: Path, prompt_ids) -> dict:
         with torch.no_grad():
             seq = torch.cat([ro.query_ids, ro.response_ids], 1)
             scores = rm(input_ids=seq, attention_mask=torch.cat([ro.query_mask, ro.response_mask], 1)).logits[:, 0]
-        ro = ppo.compute_rewards(ro, scores, kl_ctl.value, cfg)
+        ro = advantages.compute_rewards(ro, scores, kl_ctl.value, cfg)
         t1 = time.perf_counter()
         stats = ppo.ppo_step(policy, opt, ro, cfg)
         kl_ctl.update(stats["objective/kl"], n_steps=args.batch)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import dist
+import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, rollout
 from config import make_config
@@ -59,7 +60,7 @@ def ppo_update(ro, scores, reduce=None):
     cfg = make_config("test", PPO_KW)
     policy = PolicyWithValueHead(small_vocab_lm(seed=0))
     ro = ppo.init_value_bias(policy, ro, scores - cfg.missing_eos_penalty * (~ro.eos).float(), reduce=reduce)
-    ro = ppo.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg, reduce=reduce)
+    ro = advantages.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg, reduce=reduce)
     model = dist.wrap_ddp(policy, torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.manual_seed(7)  # rank 0's permutation of the global batch is the single process's permutation

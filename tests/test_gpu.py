@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, rollout
 from conftest import ROOT
@@ -35,7 +36,7 @@ def cuda_rollout():
     torch.manual_seed(4)
     ro = rollout(PolicyWithValueHead(copy.deepcopy(lm)), make_reference(lm), batch["input_ids"].to(cuda),
                      batch["attention_mask"].to(cuda), tok, cfg)
-    return lm, ppo.compute_rewards(ro, torch.randn(len(intents)), 0.1, cfg), cfg
+    return lm, advantages.compute_rewards(ro, torch.randn(len(intents)), 0.1, cfg), cfg
 
 
 def amp_step(lm, ro, cfg, dtype):

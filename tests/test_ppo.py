@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import advantages
 import ppo
 from models import position_ids
 from policy import (make_reference, mask_after_eos, PolicyWithValueHead, response_forward,
@@ -75,7 +76,7 @@ def test_compute_gae_matches_reverse_loops():
     lengths = torch.tensor([7, 5, 1, 3])
     mask = (torch.arange(7)[None] < lengths[:, None]).double()  # right-padded, like responses after EOS
     for gamma, lam in [(1.0, 0.95), (0.9, 0.5)]:
-        adv, ret = ppo.compute_gae(rewards, values, mask, gamma=gamma, lam=lam)
+        adv, ret = advantages.compute_gae(rewards, values, mask, gamma=gamma, lam=lam)
         ref_adv, ref_ret = brute_force_gae(rewards, values, mask, gamma, lam)
         torch.testing.assert_close(adv, ref_adv)
         torch.testing.assert_close(ret, ref_ret)
@@ -85,7 +86,7 @@ def test_compute_gae_matches_reverse_loops():
     # A hole in the middle is skipped, not treated as an episode end.
     holed = mask.clone()
     holed[0, 2] = 0
-    adv, _ = ppo.compute_gae(rewards, values, holed, gamma=0.9, lam=0.5)
+    adv, _ = advantages.compute_gae(rewards, values, holed, gamma=0.9, lam=0.5)
     torch.testing.assert_close(adv, brute_force_gae(rewards, values, holed, 0.9, 0.5)[0])
     assert adv[0, 2] == 0
 
@@ -94,11 +95,11 @@ def test_compute_gae_hand_numbers_1x3():
     rewards, values, mask = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.5, 1.0, 0.3]]), torch.tensor([[1, 1, 0]])
     # gamma=1, lam=0.5. t=1 (last real): delta = 0 + 1*0 - 1.0 = -1.0 -> A1 = -1.0
     # t=0: delta = 1 + 1*1.0 - 0.5 = 1.5 -> A0 = 1.5 + 1*0.5*(-1.0) = 1.0. The masked reward 2.0 plays no part.
-    adv, ret = ppo.compute_gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    adv, ret = advantages.compute_gae(rewards, values, mask, gamma=1.0, lam=0.5)
     torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0, 0.0]]))
     torch.testing.assert_close(ret, torch.tensor([[1.5, 0.0, 0.0]]))  # returns = A + V, 0 where masked
     # gamma=0.9: A1 = -1.0; delta0 = 1 + 0.9*1.0 - 0.5 = 1.4; A0 = 1.4 + 0.9*0.5*(-1.0) = 0.95
-    adv, _ = ppo.compute_gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    adv, _ = advantages.compute_gae(rewards, values, mask, gamma=0.9, lam=0.5)
     torch.testing.assert_close(adv, torch.tensor([[0.95, -1.0, 0.0]]))
 
 
@@ -107,19 +108,19 @@ def test_masked_whiten_uses_masked_entries_only():
     x = torch.randn(3, 6, dtype=torch.float64) * 3 + 5
     mask = torch.rand(3, 6) > 0.3
     x_poisoned = torch.where(mask, x, torch.tensor(1e6, dtype=torch.float64))  # must not leak in
-    w = ppo.masked_whiten(x_poisoned, mask)
+    w = advantages.masked_whiten(x_poisoned, mask)
     assert abs(w[mask].mean().item()) < 1e-9
     assert abs(w[mask].var(unbiased=True).item() - 1) < 1e-6
-    torch.testing.assert_close(ppo.masked_var(x_poisoned, mask), x[mask].var(unbiased=True))
-    kept = ppo.masked_whiten(x_poisoned, mask, shift_mean=False)  # LHP rewards: scale only
+    torch.testing.assert_close(advantages.masked_var(x_poisoned, mask), x[mask].var(unbiased=True))
+    kept = advantages.masked_whiten(x_poisoned, mask, shift_mean=False)  # LHP rewards: scale only
     torch.testing.assert_close(kept[mask].mean(), x[mask].mean())
 
 
 def test_kl_penalty_hand_numbers():
     logprobs, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
-    torch.testing.assert_close(ppo.kl_penalty(logprobs, ref, kind="k1"), torch.tensor([math.log(2)]))
+    torch.testing.assert_close(advantages.kl_penalty(logprobs, ref, kind="k1"), torch.tensor([math.log(2)]))
     # k3 = (r - 1) - log r with r = ref/pi = 0.5: -0.5 + log 2
-    torch.testing.assert_close(ppo.kl_penalty(logprobs, ref, kind="k3"), torch.tensor([-0.5 + math.log(2)]))
+    torch.testing.assert_close(advantages.kl_penalty(logprobs, ref, kind="k3"), torch.tensor([-0.5 + math.log(2)]))
 
 
 def test_adaptive_kl_controller_hand_numbers():
@@ -183,7 +184,7 @@ def test_mask_after_eos_and_rewards_on_last_real_token():
                      logprobs=lp * mask, ref_logprobs=(lp - 0.5) * mask, values=torch.zeros(B, R),
                      entropy=torch.zeros(B, R), scores=torch.zeros(B), rewards=torch.zeros(B, R),
                      advantages=torch.zeros(B, R), returns=torch.zeros(B, R))
-    out = ppo.compute_rewards(ro, torch.tensor([1.0, 2.0, 3.0]), kl_coef=0.1,
+    out = advantages.compute_rewards(ro, torch.tensor([1.0, 2.0, 3.0]), kl_coef=0.1,
                               cfg=cfg_for(missing_eos_penalty=1.5, kl_estimator="k1"))
     # k1 KL = 0.5 per real token -> -0.05 each; score on the last real token; row 1 has no EOS: 2.0 - 1.5
     expected = torch.tensor([[-0.05, -0.05, 0.95, 0, 0], [-0.05, -0.05, -0.05, -0.05, 0.45], [2.95, 0, 0, 0, 0]])
@@ -240,7 +241,7 @@ def test_rollout_kl_between_two_models_matches_a_manual_forward():
     torch.testing.assert_close(ro.ref_logprobs[m].double(), by_hand["ref"][m], atol=1e-5, rtol=0)
     logr = by_hand["ref"] - by_hand["policy"]
     for kind, want in (("k1", -logr), ("k3", logr.exp() - 1 - logr)):
-        got = ppo.kl_penalty(ro.logprobs, ro.ref_logprobs, kind=kind)
+        got = advantages.kl_penalty(ro.logprobs, ro.ref_logprobs, kind=kind)
         torch.testing.assert_close(got[m].double(), want[m], atol=1e-5, rtol=0)
     assert logr[m].abs().max() > 0.05  # two different models: a real, non-zero KL
     same = rollout(policy, make_reference(policy.lm), ids, am, tok, cfg)
@@ -259,7 +260,7 @@ def test_first_minibatch_ratio_is_one(tiny):
     ref = make_reference(lm)
     cfg = cfg_for(temperature=0.7)
     torch.manual_seed(1)
-    ro = ppo.compute_rewards(rollout(policy, ref, ids, am, tok, cfg), torch.randn(len(ids)), 0.1, cfg)
+    ro = advantages.compute_rewards(rollout(policy, ref, ids, am, tok, cfg), torch.randn(len(ids)), 0.1, cfg)
     policy.train()  # ppo_step must put it back into eval mode
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     stats = ppo.ppo_step(policy, opt, ro, cfg)
@@ -278,7 +279,7 @@ def test_gradient_accumulation_equals_whole_minibatch(tiny):
     cfg = cfg_for(ppo_epochs=1, batch_size=4, mini_batch_size=4, micro_batch_size=4)
     policy = PolicyWithValueHead(copy.deepcopy(lm))
     torch.manual_seed(2)
-    ro = ppo.compute_rewards(rollout(policy, make_reference(lm), ids[:4], am[:4], tok, cfg),
+    ro = advantages.compute_rewards(rollout(policy, make_reference(lm), ids[:4], am[:4], tok, cfg),
                              torch.randn(4), 0.1, cfg)
     results = []
     for micro in (4, 2):
@@ -294,7 +295,7 @@ def test_nonfinite_loss_raises_before_the_optimizer_step(tiny):
     lm, tok, ids, am = tiny
     cfg = cfg_for()
     policy = PolicyWithValueHead(copy.deepcopy(lm))
-    ro = ppo.compute_rewards(rollout(policy, make_reference(lm), ids, am, tok, cfg),
+    ro = advantages.compute_rewards(rollout(policy, make_reference(lm), ids, am, tok, cfg),
                              torch.randn(len(ids)), 0.1, cfg)
     with torch.no_grad():
         policy.value_head.weight.fill_(float("nan"))
@@ -312,7 +313,7 @@ def test_bf16_autocast_step_matches_fp32(tiny):
     lm, tok, ids, am = tiny
     cfg = cfg_for(ppo_epochs=1)
     torch.manual_seed(4)
-    ro = ppo.compute_rewards(rollout(PolicyWithValueHead(copy.deepcopy(lm)), make_reference(lm), ids, am,
+    ro = advantages.compute_rewards(rollout(PolicyWithValueHead(copy.deepcopy(lm)), make_reference(lm), ids, am,
                                          tok, cfg), torch.randn(len(ids)), 0.1, cfg)
     cpu = torch.device("cpu")
     stats = {}
@@ -350,7 +351,7 @@ def test_ppo_raises_a_toy_score(tiny):
     for _ in range(25):
         ro = rollout(policy, ref, queries, torch.ones_like(queries), tok, cfg)
         hits = ((ro.response_ids % 8 == 0) & ro.response_mask.bool()).sum(1)
-        ro = ppo.compute_rewards(ro, hits / ro.response_mask.sum(1), kl_ctl.value, cfg)
+        ro = advantages.compute_rewards(ro, hits / ro.response_mask.sum(1), kl_ctl.value, cfg)
         stats = ppo.ppo_step(policy, opt, ro, cfg)
         kl_ctl.update(stats["objective/kl"], n_steps=16)
         history.append(stats)

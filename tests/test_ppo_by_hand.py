@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import config
+import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, response_forward, Rollout, rollout, token_logprobs
 from test_ppo import small_vocab_lm
@@ -74,7 +75,7 @@ def test_rloo_reward_assembly_by_hand_on_unequal_rows():
     # summed KL = length x KL: [1.5, 0.2, 0.4, 0.6]; sequence reward = score - 0.1 x that = [0.85, 0.48, 0.16, 0.74]
     # k = 2, so each baseline is the other sample: advantages [0.37, -0.37 | -0.58, 0.58], one per token
     adv = [[0.37] * 3, [-0.37], [-0.58] * 4, [0.58] * 2]
-    out = ppo.compute_rewards(hand_rollout(), torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("rloo"))
+    out = advantages.compute_rewards(hand_rollout(), torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("rloo"))
     torch.testing.assert_close(out.advantages, padded(whiten_by_hand(adv)), atol=1e-5, rtol=0)
     # the per-token reward: -beta * KL on each real token, the score added on the last one, 0 after it
     rewards = [[-0.05, -0.05, 0.95], [0.48], [-0.01, -0.01, -0.01, 0.19], [-0.03, 0.77]]
@@ -87,7 +88,7 @@ def test_grpo_reward_assembly_by_hand_on_unequal_rows():
     not whitened again. Row 1 has no EOS, so its group score is 0.5 - 0.3 = 0.2."""
     ro = hand_rollout()
     ro.eos[1] = False
-    out = ppo.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("grpo", missing_eos_penalty=0.3))
+    out = advantages.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("grpo", missing_eos_penalty=0.3))
     # group 1: [1.0, 0.2], deviation 0.4, unbiased std 0.8 / sqrt 2; group 2: [0.2, 0.8], deviation 0.3
     a1, a2 = 0.4 / (0.8 / math.sqrt(2) + 1e-4), 0.3 / (0.6 / math.sqrt(2) + 1e-4)
     torch.testing.assert_close(out.advantages, padded([[a1] * 3, [-a1], [-a2] * 4, [a2] * 2]), atol=1e-5, rtol=0)
@@ -102,14 +103,14 @@ def test_grpo_step_with_zero_advantages_lowers_the_kl_to_the_reference():
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (2, 5)).repeat_interleave(2, 0)
     ro = rollout(policy, ref, queries, torch.ones_like(queries), TOKENIZER, cfg)
-    ro = ppo.compute_rewards(ro, torch.full((4,), 0.5), kl_coef=1.0, cfg=reward_cfg("grpo"))
+    ro = advantages.compute_rewards(ro, torch.full((4,), 0.5), kl_coef=1.0, cfg=reward_cfg("grpo"))
     assert ro.advantages.abs().max() == 0
 
     def k3_to_ref():
         with torch.no_grad():
             logits, _ = response_forward(policy, ro.query_ids, ro.query_mask, ro.response_ids)
         logprobs, _ = token_logprobs(logits, ro.response_ids, cfg.temperature)
-        return ppo.masked_mean(ppo.kl_penalty(logprobs, ro.ref_logprobs, kind="k3"), ro.response_mask).item()
+        return advantages.masked_mean(advantages.kl_penalty(logprobs, ro.ref_logprobs, kind="k3"), ro.response_mask).item()
 
     before = k3_to_ref()
     stats = ppo.ppo_step(policy, torch.optim.SGD(policy.parameters(), lr=0.05), ro, cfg)
@@ -173,7 +174,7 @@ def test_target_kl_stops_the_epochs_once_approx_kl_passes_it(target_kl, epochs):
     torch.manual_seed(0)
     queries = torch.randint(3, 512, (4, 5))
     ro = rollout(policy, ref, queries, torch.ones_like(queries), TOKENIZER, cfg)
-    ro = ppo.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("gae"))
+    ro = advantages.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("gae"))
     stats = ppo.ppo_step(policy, torch.optim.Adam(policy.parameters(), lr=1e-2), ro, cfg)
     assert stats["ppo/epochs"] == epochs
 
@@ -183,14 +184,14 @@ def test_whiten_rewards_scales_the_per_token_rewards_keeping_their_mean_before_g
     """LHP utils.whiten(rewards, shift_mean=False) over real tokens, then GAE; gamma = lam = 1 and V = 0 make each
     advantage the sum of the whitened rewards from t to the end, and those are whitened again."""
     ro = dataclasses.replace(hand_rollout(), values=torch.zeros(4, 4))
-    out = ppo.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA,
+    out = advantages.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA,
                               cfg=reward_cfg("gae", whiten_rewards=True, lam=1.0))
     raw = [[-0.05, -0.05, 0.95], [0.48], [-0.01, -0.01, -0.01, 0.19], [-0.03, 0.77]]
     white = whiten_by_hand(raw, shift_mean=False)
     torch.testing.assert_close(out.rewards, padded(white), atol=1e-5, rtol=0)
     to_go = [[sum(row[t:]) for t in range(len(row))] for row in white]
     torch.testing.assert_close(out.advantages, padded(whiten_by_hand(to_go)), atol=1e-5, rtol=0)
-    plain = ppo.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("gae", lam=1.0))
+    plain = advantages.compute_rewards(ro, torch.tensor(SCORES), kl_coef=BETA, cfg=reward_cfg("gae", lam=1.0))
     torch.testing.assert_close(plain.rewards, padded(raw), atol=1e-6, rtol=0)  # off: the rewards as assembled
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, rollout, Rollout
 from config import PRESETS, make_config
@@ -29,7 +30,7 @@ def test_value_bias_start_gives_advantages_with_the_sign_of_quality():
     scores = torch.tensor([0.70, 0.63, 0.55, 0.45])
     ro = hand_rollout()
     # Today's defect, reproduced: with V = 0 the early tokens of the best response get negative advantages.
-    old = ppo.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg).advantages
+    old = advantages.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg).advantages
     assert (old[0] < 0).float().mean() > 0.3 and (old[3] > 0).any()
     head = nn.Linear(8, 1)
     nn.init.zeros_(head.weight)
@@ -37,7 +38,7 @@ def test_value_bias_start_gives_advantages_with_the_sign_of_quality():
     ro = ppo.init_value_bias(policy, ro, scores)
     assert head.bias.item() == pytest.approx(scores.mean().item())  # 0.5825
     torch.testing.assert_close(ro.values, torch.full((4, 17), 0.5825))
-    adv = ppo.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg).advantages
+    adv = advantages.compute_rewards(ro, scores, kl_coef=0.1, cfg=cfg).advantages
     assert (adv[0] > 0).all() and (adv[3] < 0).all()
     # By hand: A_t = lam^(16-t) * (score - 0.5825) before whitening, so the order of rows holds at every token.
     assert (adv[0] > adv[1]).all() and (adv[1] > adv[2]).all() and (adv[2] > adv[3]).all()
@@ -115,35 +116,35 @@ def test_missing_eos_ranks_an_unfinished_response_below_every_finished_one():
     cfg = make_config("quick")
     ro = hand_rollout(scores_len=3, n=2)
     ro.eos[1] = False
-    out = ppo.compute_rewards(ro, torch.tensor([0.0, 1.0]), kl_coef=0.0, cfg=cfg)  # worst finished, best unfinished
+    out = advantages.compute_rewards(ro, torch.tensor([0.0, 1.0]), kl_coef=0.0, cfg=cfg)  # worst finished, best unfinished
     assert out.rewards[1, -1] <= out.rewards[0, -1]
 
 
 # ----------------------------------------------------------------------------- group baselines by hand
 def test_rloo_hand_numbers_k2_k4():
-    torch.testing.assert_close(ppo.rloo_advantages(torch.tensor([1.0, 3.0]), 2), torch.tensor([-2.0, 2.0]))
+    torch.testing.assert_close(advantages.rloo_advantages(torch.tensor([1.0, 3.0]), 2), torch.tensor([-2.0, 2.0]))
     # k = 4, r = [1, 2, 3, 6]: leave-one-out means (12 - r) / 3 = [11/3, 10/3, 3, 2]
-    got = ppo.rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0]), 4)
+    got = advantages.rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0]), 4)
     torch.testing.assert_close(got, torch.tensor([1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0, -4 / 3, -4 / 3, -4 / 3, 4.0]))
 
 
 def test_grpo_hand_numbers_k2_k4():
     s2 = math.sqrt(2.0)  # unbiased std of [1, 3]
-    torch.testing.assert_close(ppo.grpo_advantages(torch.tensor([1.0, 3.0]), 2),
+    torch.testing.assert_close(advantages.grpo_advantages(torch.tensor([1.0, 3.0]), 2),
                                torch.tensor([-1 / (s2 + 1e-4), 1 / (s2 + 1e-4)]))
     sd = math.sqrt(14 / 3)  # [1, 2, 3, 6]: mean 3, squared deviations 4 + 1 + 0 + 9, over k - 1 = 3
-    torch.testing.assert_close(ppo.grpo_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), 4),
+    torch.testing.assert_close(advantages.grpo_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), 4),
                                torch.tensor([-2.0, -1.0, 0.0, 3.0]) / (sd + 1e-4))
     # equal scores: no signal, no NaN (eps)
-    assert ppo.grpo_advantages(torch.tensor([0.5, 0.5]), 2).abs().max() == 0
+    assert advantages.grpo_advantages(torch.tensor([0.5, 0.5]), 2).abs().max() == 0
 
 
 def test_group_of_size_one_is_an_error():
-    for fn in (ppo.rloo_advantages, ppo.grpo_advantages):
+    for fn in (advantages.rloo_advantages, advantages.grpo_advantages):
         with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
             fn(torch.tensor([1.0, 2.0]), 1)
     with pytest.raises(ValueError, match="groups of 4"):
-        ppo.rloo_advantages(torch.ones(6), 4)
+        advantages.rloo_advantages(torch.ones(6), 4)
     from config import ConfigError
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         make_config("test", {"advantage": "rloo"})
@@ -153,11 +154,11 @@ def test_group_advantage_is_one_value_per_response_and_grpo_keeps_kl_out_of_the_
     cfg = cfg_for(batch_size=4, mini_batch_size=4, micro_batch_size=4, samples_per_prompt=2, advantage="grpo")
     ro = hand_rollout(scores_len=3, n=4)
     ro = Rollout(**{**ro.__dict__, "ref_logprobs": ro.logprobs - 0.5})  # KL 0.5 per token
-    out = ppo.compute_rewards(ro, torch.tensor([0.2, 0.8, 0.5, 0.5]), kl_coef=0.1, cfg=cfg)
+    out = advantages.compute_rewards(ro, torch.tensor([0.2, 0.8, 0.5, 0.5]), kl_coef=0.1, cfg=cfg)
     a = -0.3 / (math.sqrt(0.18) + 1e-4)  # group [0.2, 0.8]: deviation 0.3, unbiased std sqrt(0.18)
     torch.testing.assert_close(out.advantages, torch.tensor([[a] * 3, [-a] * 3, [0.0] * 3, [0.0] * 3]))
     assert out.rewards[:, :-1].abs().max() == 0  # no per-token KL penalty in GRPO's reward
-    rl = ppo.compute_rewards(ro, torch.tensor([0.2, 0.8, 0.5, 0.5]), kl_coef=0.1,
+    rl = advantages.compute_rewards(ro, torch.tensor([0.2, 0.8, 0.5, 0.5]), kl_coef=0.1,
                              cfg=cfg_for(batch_size=4, mini_batch_size=4, micro_batch_size=4, samples_per_prompt=2,
                                          advantage="rloo"))
     assert (rl.advantages[0] < 0).all() and (rl.advantages[1] > 0).all()
@@ -185,7 +186,7 @@ def test_every_estimator_raises_a_toy_score(tiny, advantage):
         hits = ((ro.response_ids % 8 == 0) & ro.response_mask.bool()).sum(1)
         if step == 0 and advantage == "gae":
             ro = ppo.init_value_bias(policy, ro, hits / ro.response_mask.sum(1))
-        ro = ppo.compute_rewards(ro, hits / ro.response_mask.sum(1), kl_ctl.value, cfg)
+        ro = advantages.compute_rewards(ro, hits / ro.response_mask.sum(1), kl_ctl.value, cfg)
         history.append(ppo.ppo_step(policy, opt, ro, cfg))
     first = sum(s["objective/score"] for s in history[:5]) / 5
     last = sum(s["objective/score"] for s in history[-5:]) / 5

@@ -14,6 +14,7 @@ import torch
 import bootstrap
 import decoding
 import evaluate
+import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, Rollout
 import rejection
@@ -46,7 +47,7 @@ def test_rloo_none_keeps_the_reward_scale_with_unequal_lengths_and_kl():
     """k = 2, rows of 1, 3, 2, 2 tokens with per-token KL 0.1, 0.2, 0, 0 and beta 0.5: the sequence reward is
     score - 0.5 * summed KL = [0.9 - 0.05, 0.3 - 0.3, 0.4, 0.4]; RLOO advantages are the pairwise differences."""
     ro = rollout_with([1, 3, 2, 2], [True] * 4, kl_per_token=[0.1, 0.2, 0.0, 0.0])
-    out = ppo.compute_rewards(ro, torch.tensor([0.9, 0.3, 0.4, 0.4]), kl_coef=0.5,
+    out = advantages.compute_rewards(ro, torch.tensor([0.9, 0.3, 0.4, 0.4]), kl_coef=0.5,
                               cfg=rloo_cfg(advantage_norm="none"))
     r = [0.9 - 0.5 * 0.1, 0.3 - 0.5 * 0.6, 0.4, 0.4]
     want = [r[0] - r[1], r[1] - r[0], 0.0, 0.0]  # the second group has zero spread: no signal
@@ -59,12 +60,12 @@ def test_batch_norm_whitens_over_sequences_not_tokens():
     """The same batch under advantage_norm=batch: each *sequence* counts once. Raw RLOO [a, -a, 0, 0] has mean 0
     and unbiased std sqrt(2 a^2 / 3), so the whitened values are +-sqrt(3/2) and 0 whatever the lengths."""
     ro = rollout_with([1, 3, 2, 2], [True] * 4, kl_per_token=[0.1, 0.2, 0.0, 0.0])
-    out = ppo.compute_rewards(ro, torch.tensor([0.9, 0.3, 0.4, 0.4]), kl_coef=0.5,
+    out = advantages.compute_rewards(ro, torch.tensor([0.9, 0.3, 0.4, 0.4]), kl_coef=0.5,
                               cfg=rloo_cfg(advantage_norm="batch"))
     s = math.sqrt(1.5)
     torch.testing.assert_close(out.advantages[:, 0], torch.tensor([s, -s, 0.0, 0.0]), atol=1e-4, rtol=1e-4)
     # token whitening of the same batch weights the 3-token row 3x: its values differ from +-sqrt(3/2)
-    tok = ppo.compute_rewards(ro, torch.tensor([0.9, 0.3, 0.4, 0.4]), kl_coef=0.5,
+    tok = advantages.compute_rewards(ro, torch.tensor([0.9, 0.3, 0.4, 0.4]), kl_coef=0.5,
                               cfg=rloo_cfg(advantage_norm="token"))
     assert abs(tok.advantages[0, 0].item() - s) > 0.05
 
@@ -75,7 +76,7 @@ def test_group_norm_k4_divides_by_the_groups_std_and_zero_spread_gives_zero():
     cfg = cfg_for(batch_size=8, mini_batch_size=8, micro_batch_size=8, samples_per_prompt=4, advantage="rloo",
                   advantage_norm="group")
     ro = rollout_with([2] * 8, [True] * 8)
-    out = ppo.compute_rewards(ro, torch.tensor([1.0, 2.0, 3.0, 6.0] + [0.5] * 4), kl_coef=0.0, cfg=cfg)
+    out = advantages.compute_rewards(ro, torch.tensor([1.0, 2.0, 3.0, 6.0] + [0.5] * 4), kl_coef=0.0, cfg=cfg)
     sd = math.sqrt(14 / 3)
     want = torch.tensor([-8 / 3, -4 / 3, 0.0, 4.0, 0, 0, 0, 0]) / torch.tensor([sd + 1e-4] * 4 + [1e-4] * 4)
     torch.testing.assert_close(out.advantages[:, 0], want, atol=1e-4, rtol=1e-4)
@@ -85,8 +86,8 @@ def test_grpo_auto_is_group_and_none_is_dr_grpo():
     cfg = dict(batch_size=4, mini_batch_size=4, micro_batch_size=4, samples_per_prompt=2, advantage="grpo")
     ro = rollout_with([2] * 4, [True] * 4)
     scores = torch.tensor([0.2, 0.8, 0.5, 0.5001])
-    auto = ppo.compute_rewards(ro, scores, kl_coef=0.0, cfg=cfg_for(**cfg))
-    none = ppo.compute_rewards(ro, scores, kl_coef=0.0, cfg=cfg_for(advantage_norm="none", **cfg))
+    auto = advantages.compute_rewards(ro, scores, kl_coef=0.0, cfg=cfg_for(**cfg))
+    none = advantages.compute_rewards(ro, scores, kl_coef=0.0, cfg=cfg_for(advantage_norm="none", **cfg))
     torch.testing.assert_close(none.advantages[:, 0], torch.tensor([-0.3, 0.3, -0.00005, 0.00005]))
     # GRPO's std division turns a 1e-4 spread into ~+-0.4, as big as a real 0.6 spread gets (+-0.707)
     assert abs(auto.advantages[2, 0].item()) > 0.25 and abs(auto.advantages[0, 0].item()) == pytest.approx(
@@ -99,11 +100,11 @@ def test_missing_eos_filter_drops_the_unfinished_sample_from_its_group():
     shifts their baselines; filter gives it 0 and compares the three finished ones among themselves."""
     ro = rollout_with([2, 2, 4, 2], [True, True, False, True])
     scores = torch.tensor([0.6, 0.3, 0.0, 0.3])
-    filt = ppo.compute_rewards(ro, scores, kl_coef=0.0, cfg=rloo_cfg(k=4, advantage_norm="none",
+    filt = advantages.compute_rewards(ro, scores, kl_coef=0.0, cfg=rloo_cfg(k=4, advantage_norm="none",
                                                                       missing_eos="filter"))
     torch.testing.assert_close(filt.advantages[:, 0], torch.tensor([0.3, -0.15, 0.0, -0.15]))
     assert filt.advantages[2].abs().sum() == 0
-    pen = ppo.compute_rewards(ro, scores, kl_coef=0.0, cfg=rloo_cfg(k=4, advantage_norm="none",
+    pen = advantages.compute_rewards(ro, scores, kl_coef=0.0, cfg=rloo_cfg(k=4, advantage_norm="none",
                                                                      missing_eos="penalty", missing_eos_penalty=1.0))
     # penalty: r = [0.6, 0.3, -1, 0.3]; leave-one-out means [-0.4/3, -0.1/3, 0.4, -0.1/3]: the unfinished
     # sample's -1.4 is four times any finished one's advantage and sets the step's direction
@@ -113,7 +114,7 @@ def test_missing_eos_filter_drops_the_unfinished_sample_from_its_group():
 def test_missing_eos_filter_with_every_sample_unfinished_gives_no_update_signal():
     ro = rollout_with([3] * 4, [False] * 4)
     for norm in ("none", "batch", "token", "group"):
-        out = ppo.compute_rewards(ro, torch.tensor([0.1, 0.9, 0.2, 0.3]), kl_coef=0.0,
+        out = advantages.compute_rewards(ro, torch.tensor([0.1, 0.9, 0.2, 0.3]), kl_coef=0.0,
                                   cfg=rloo_cfg(advantage_norm=norm, missing_eos="filter"))
         assert out.advantages.abs().sum() == 0, norm
 
