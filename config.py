@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from config_checks import (COUNT, EVAL_SYSTEMS, LIMIT, LR, NON_NEGATIVE, POSITIVE, UNIT, Choices,
+from plumbing.config_checks import (COUNT, EVAL_SYSTEMS, LIMIT, LR, NON_NEGATIVE, POSITIVE, UNIT, Choices,
                            Flag, Range, Stages, Text, knob, split_names, type_of, validate)
 
 # The models the presets name: two shipped inside PyPI packages (no model hub needed), two tiny.

@@ -6,9 +6,9 @@ ranks and gathered, so greedy results are those of one process.
 """
 from __future__ import annotations
 
-import console
+from plumbing import console
 import data
-import dist
+from plumbing import dist
 
 
 def decode_batches(lm, tok, fmt: str, intents: list[str], cfg, ctx, *, sample: bool, n: int = 1,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 OK, WARN, FAIL = "✅", "⚠️ ", "❌"
-MODULES = ("config", "models", "data", "codebleu_dfg", "codebleu_ts", "ruby_ted", "metrics",
-           "sandbox", "feedback", "reward", "ppo", "report", "evaluate", "rlhf")
+MODULES = ("config", "plumbing.models", "data", "codebleu_dfg", "codebleu_ts", "ruby_ted", "metrics",
+           "sandbox", "rules", "feedback", "reward_model", "reward", "policy", "advantages", "ppo",
+           "report", "evaluate", "rlhf")
 
 
 def line(status: str, name: str, detail: str, fix: str = "") -> tuple[str, str]:
@@ -148,7 +149,7 @@ def check_modules():
 
 
 def check_embedded_models():
-    import models
+    from plumbing import models
 
     results = []
     for spec, (pin, _, _) in models.EMBEDDED.items():
@@ -203,7 +204,7 @@ def deep_check(cfg):
     import torch
 
     import data
-    import models
+    from plumbing import models
 
     results = []
     t = time.perf_counter()
@@ -242,7 +243,7 @@ FLAGS = ("deep", "diagnose", "debug", "overwrite", "resume=")
 def run(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # diagnose never reaches for the hub
     sys.path.insert(0, str(ROOT))
-    import config_cli
+    from plumbing import config_cli
 
     config_cli.console_fallback()  # ✅ under a Latin-1 locale
     if "-h" in argv or "--help" in argv:  # prints the help page and exits 0, before any check runs

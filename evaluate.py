@@ -19,13 +19,13 @@ into this file.
 from __future__ import annotations
 
 import bootstrap
-import console
+from plumbing import console
 import data
-import dist
-import models
+from plumbing import dist
+from plumbing import models
 import plots
 import report
-import runfolder
+from plumbing import runfolder
 from decoding import decode_batches, greedy
 
 # Paired bootstrap comparisons (better, baseline) and the per-example metrics they resample.

@@ -216,7 +216,7 @@ def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None,
     a step is never cut in half."""
     if stop is None and desc is None:
         return sandbox.execute_many(codes, timeout_s, workers)
-    import dist
+    from plumbing import dist
     from tqdm import tqdm
 
     unique, results = list(dict.fromkeys(codes)), {}
@@ -224,7 +224,7 @@ def run_snippets(codes: list[str], timeout_s: float, workers: int, stop=None,
               disable=desc is None or not dist.is_main()) as bar:
         for start in range(0, len(unique), SANDBOX_BATCH):
             if stop is not None and stop():
-                from console import Interrupted
+                from plumbing.console import Interrupted
 
                 raise Interrupted(f"{desc or 'sandboxed execution'}: stopped after "
                                   f"{start}/{len(unique)} snippets")

@@ -160,7 +160,7 @@ def bertscore_details(references: list[str], candidates: list[str],
     import bert_score
     import torch
 
-    import models
+    from plumbing import models
 
     check_pairs(references, candidates)
     path = models.encoder_path(model)
@@ -192,7 +192,7 @@ def bertscore_details(references: list[str], candidates: list[str],
 def encoder_depth(model: str) -> int | None:
     """num_hidden_layers from the encoder's local config.json; None for a hub id that is not on
     disk."""
-    import models
+    from plumbing import models
 
     config_file = Path(models.encoder_path(model)) / "config.json"
     try:

@@ -7,7 +7,7 @@ plots/overoptimization.png draws them against objective/kl. Gold and proxy are e
 """
 from __future__ import annotations
 
-import dist
+from plumbing import dist
 from decoding import greedy
 from evaluate import mean, proxy_scores, sample_and_judge, standard_error
 

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from runfolder import read_jsonl
+from plumbing.runfolder import read_jsonl
 
 # the pipeline's order of systems; ppo-step<N> (old runs) sort between at 3
 SYSTEM_ORDER = {"base": 0, "sft": 1, "sft-sharp": 1.2, "sft-bon": 2, "sft-rs": 2.5, "ppo": 4}

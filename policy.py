@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import position_ids  # left padding: shared with the causal-LM reward model
+from plumbing.models import position_ids  # left padding: shared with the causal-LM reward model
 
 # next to the HF weights, so AutoModelForCausalLM.from_pretrained(folder) still works
 VALUE_HEAD_FILE = "value_head.pt"

@@ -49,7 +49,7 @@ from contextlib import nullcontext
 
 import torch
 
-import dist
+from plumbing import dist
 from advantages import compute_rewards, kl_penalty, masked_mean, masked_var
 from policy import (PolicyWithValueHead, Rollout, decode_responses, response_forward, rollout,
                     token_logprobs)

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-import console
+from plumbing import console
 import data
-import dist
-import models
+from plumbing import dist
+from plumbing import models
 import overoptimization
 import ppo
-import resume
+from plumbing import resume
 import sft
-from console import Interrupted
+from plumbing.console import Interrupted
 from policy import PolicyWithValueHead, make_reference
 
 RESUME_NOTE = "PPO continues from its last checkpoint on --resume"

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-import console
+from plumbing import console
 import data
-import dist
-import runfolder
+from plumbing import dist
+from plumbing import runfolder
 from config import ConfigError
 
 # the reward stage's k SFT samples per intent, one row per intent

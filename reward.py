@@ -23,13 +23,13 @@ from torch import nn
 from tqdm import tqdm
 
 import config
-import config_cli
+from plumbing import config_cli
 import data
-import dist
-import models
-import runfolder
+from plumbing import dist
+from plumbing import models
+from plumbing import runfolder
 from config import ConfigError, die
-from console import Interrupted
+from plumbing.console import Interrupted
 from feedback import build_preference_pairs, judge, pair_counts_by_kind, pairing
 from reward_model import RewardModel, check_finite, score_texts
 from rules import rule_signals

@@ -16,10 +16,10 @@ from torch import nn
 from tqdm import tqdm
 
 import data
-import dist
+from plumbing import dist
 from config import ConfigError
-from console import Interrupted
-from models import position_ids  # a causal-LM backbone is left-padded like the policy
+from plumbing.console import Interrupted
+from plumbing.models import position_ids  # a causal-LM backbone is left-padded like the policy
 
 HEAD_FILE = "reward_head.pt"  # LayerNorm + scalar head + calibration, next to the HF encoder files
 

@@ -23,28 +23,28 @@ from pathlib import Path
 import torch
 
 import config
-import config_checks
-import config_cli
-import console
+from plumbing import config_checks
+from plumbing import config_cli
+from plumbing import console
 import data
 import decoding
 import diagnose
-import dist
+from plumbing import dist
 import evaluate
 import feedback
 import metrics
-import model_specs
-import models
+from plumbing import model_specs
+from plumbing import models
 import ppo_stage
 import rejection
-import resume
+from plumbing import resume
 import reward
 import reward_model
-import runfolder
+from plumbing import runfolder
 import sandbox
 import sft
 from config import ConfigError, die
-from console import Interrupted
+from plumbing.console import Interrupted
 from report import Run
 
 EXTRA_FLAGS = ("resume=", "overwrite", "diagnose", "debug")

@@ -78,9 +78,9 @@ import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-import sandbox_host
-import sandbox_limits
-import sandbox_view
+from plumbing import sandbox_host
+from plumbing import sandbox_limits
+from plumbing import sandbox_view
 
 OUTCOMES = ("ok", "syntax_error", "name_error", "runtime_error", "timeout", "killed", "too_large",
             "unkillable")

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 import config
 import data
-import dist
-import models
-from console import Interrupted
+from plumbing import dist
+from plumbing import models
+from plumbing.console import Interrupted
 
 
 def sft_loss(lm, batch, ctx):

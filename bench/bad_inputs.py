@@ -289,7 +289,7 @@ def run_case(case: dict, timeout: float, root: Path) -> dict:
 
 def main() -> int:
     sys.path.append(str(HERE))
-    from cli_help import ArgumentParser  # one-line errors
+    from plumbing.cli_help import ArgumentParser  # one-line errors
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(HERE), help="checkout whose rlhf.py/diagnose.py/metrics.py to run")

@@ -39,7 +39,7 @@ def setup_rank(rank: int, world: int, port: int, threads: int):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
 
-    import dist
+    from plumbing import dist
 
     torch.set_num_threads(threads)
     dist.setup(torch.device("cpu"), timeout_s=1800)
@@ -72,7 +72,7 @@ def worker(rank: int, world: int, port: int, threads: int, args, workdir: str) -
     from transformers import AutoTokenizer
 
     import advantages
-    import dist
+    from plumbing import dist
     import ppo
     from policy import make_reference, PolicyWithValueHead, rollout
 
@@ -123,7 +123,7 @@ def prepare(args, workdir: Path) -> None:
     from policy import make_reference, PolicyWithValueHead, rollout
     from config import make_config
     from data import generation_batch, load_splits
-    from models import load_causal_lm
+    from plumbing.models import load_causal_lm
 
     lm, tok = load_causal_lm(args.model, seed=0)
     lm.save_pretrained(workdir / "policy")
@@ -140,7 +140,7 @@ def prepare(args, workdir: Path) -> None:
 
 def main() -> None:
     sys.path.append(str(ROOT))
-    from cli_help import ArgumentParser  # one-line errors
+    from plumbing.cli_help import ArgumentParser  # one-line errors
 
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")

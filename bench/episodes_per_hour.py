@@ -37,6 +37,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.path.append(str(Path(__file__).resolve().parents[1]))
-    import cli_help
+    from plumbing import cli_help
 
     cli_help.bench_main(main, __doc__)  # --help, and one-line errors

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT))
 def main(run_dir: str) -> None:
     import config
     import data
-    import models
+    from plumbing import models
     import report
-    import runfolder
+    from plumbing import runfolder
 
     out = Path(run_dir)
     cfg = config.load_config(out / "config.json")
@@ -58,6 +58,6 @@ def main(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    import cli_help
+    from plumbing import cli_help
 
     cli_help.bench_main(lambda argv: main(argv[0]), __doc__)  # --help, and one-line errors

@@ -168,7 +168,7 @@ def max_diffs(ours: list[dict], theirs: list[dict]) -> dict:
 
 def main() -> None:
     sys.path.append(str(ROOT))
-    from cli_help import ArgumentParser  # one-line errors
+    from plumbing.cli_help import ArgumentParser  # one-line errors
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="CodeBLEU/RUBY timings: best of this many interleaved runs")

@@ -114,7 +114,7 @@ def first_failure(output: str) -> str:
 
 def main(argv: list[str]) -> int:
     sys.path.append(str(ROOT))
-    from cli_help import ArgumentParser  # one-line errors
+    from plumbing.cli_help import ArgumentParser  # one-line errors
 
     ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated mutant names")

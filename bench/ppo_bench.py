@@ -84,7 +84,7 @@ def prepare(args, workdir: Path) -> dict:
 
     from config import make_config
     from data import format_prompt, load_splits
-    from models import load_causal_lm
+    from plumbing.models import load_causal_lm
 
     lm, tok = load_causal_lm(args.model, seed=0)
     # <|im_end|> is both EOS and the default pad, and it occurs *inside* chat prompts: TRL derives its attention
@@ -190,7 +190,7 @@ def run_trl(args, workdir: Path, prompt_ids) -> dict:
 # ----------------------------------------------------------------------------- driver
 def main() -> None:
     sys.path.append(str(ROOT))
-    from cli_help import ArgumentParser  # one-line errors
+    from plumbing.cli_help import ArgumentParser  # one-line errors
 
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")

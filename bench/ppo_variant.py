@@ -59,6 +59,6 @@ def fork(src: Path, dst: Path) -> None:
 
 if __name__ == "__main__":
     sys.path.append(str(Path(__file__).resolve().parents[1]))
-    import cli_help
+    from plumbing import cli_help
 
     cli_help.bench_main(lambda argv: fork(Path(argv[0]), Path(argv[1])), __doc__, n_args=2)  # --help, one-line errors

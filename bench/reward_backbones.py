@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import config_cli  # noqa: E402
+from plumbing import config_cli  # noqa: E402
 import data  # noqa: E402
 import feedback  # noqa: E402
-import models  # noqa: E402
+from plumbing import models  # noqa: E402
 import reward  # noqa: E402
 import reward_model  # noqa: E402
-import runfolder  # noqa: E402
+from plumbing import runfolder  # noqa: E402
 
 
 def train_one(backbone: str, cfg, run: Path, train_pairs, val_pairs, val_cands, device) -> dict:
@@ -79,6 +79,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    import cli_help  # noqa: E402
+    from plumbing import cli_help  # noqa: E402
 
     cli_help.bench_main(main, __doc__)  # --help, and one-line errors

@@ -53,7 +53,7 @@ def counts(outcomes: dict[str, str]) -> dict[str, dict[str, int]]:
 
 def main():
     sys.path.append(str(ROOT))
-    from cli_help import ArgumentParser  # one-line errors
+    from plumbing.cli_help import ArgumentParser  # one-line errors
 
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sandbox-dir", help="folder with the sandbox.py to measure (default: this tree's)")

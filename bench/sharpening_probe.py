@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
-import config_checks  # noqa: E402
+from plumbing import config_checks  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
-import models  # noqa: E402
+from plumbing import models  # noqa: E402
 import report  # noqa: E402
 
 
@@ -45,6 +45,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import cli_help  # noqa: E402
+    from plumbing import cli_help  # noqa: E402
 
     cli_help.bench_main(main, __doc__)  # --help, and one-line errors

@@ -8,7 +8,7 @@ import pytest
 import config
 import data
 import decoding
-import models
+from plumbing import models
 import sft
 
 INTENTS = ["convert string '123' to integer", "sort list `xs` in descending order",

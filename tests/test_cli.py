@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import config
-import config_cli
-import model_specs
+from plumbing import config_cli
+from plumbing import model_specs
 import report
-import resume
+from plumbing import resume
 from conftest import ROOT
 from test_resume import ENV, make_run, snapshot
 
@@ -236,7 +236,7 @@ def test_a_run_that_fails_before_its_first_stage_leaves_nothing_to_block_a_retry
 
 
 def test_a_failure_after_a_finished_stage_keeps_the_folder(tmp_path):
-    import runfolder
+    from plumbing import runfolder
 
     run = make_run(tmp_path / "run")
     before = snapshot(run)

@@ -5,8 +5,8 @@ import json
 import pytest
 
 import config
-import config_checks
-import config_cli
+from plumbing import config_checks
+from plumbing import config_cli
 
 DOMAINS = config_checks.domains(config.Config)  # field -> its domain, from its knob() in config.py
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import data
-import models
+from plumbing import models
 from conftest import ROOT
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dist
+from plumbing import dist
 import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, rollout
@@ -73,7 +73,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from decoding import decode_batches
-    from models import load_causal_lm, load_tokenizer
+    from plumbing.models import load_causal_lm, load_tokenizer
 
     assert dist.setup(torch.device("cpu"), timeout_s=120) == torch.device("cpu") and dist.world_size() == world
     tok = load_tokenizer("tiny:llama")
@@ -107,7 +107,7 @@ def two_ranks(tmp_path_factory):
 def test_two_ranks_take_the_single_process_update(two_ranks):
     """2 ranks x batch 2 against 1 process x batch 4: the same rollout rows, whitening, value bias, minibatches
     (2 epochs x 2 minibatches of 2, micro-batch 1, so a rank sometimes has no row of a minibatch) and update."""
-    from models import load_tokenizer
+    from plumbing.models import load_tokenizer
 
     ro, scores = make_rollout(load_tokenizer("tiny:llama"))
     params, stats, adv = ppo_update(ro, scores)
@@ -123,7 +123,7 @@ def test_two_ranks_take_the_single_process_update(two_ranks):
 
 def test_sharded_decoding_equals_one_process(two_ranks):
     from decoding import decode_batches
-    from models import load_causal_lm, load_tokenizer
+    from plumbing.models import load_causal_lm, load_tokenizer
 
     single = decode_batches(load_causal_lm("tiny:llama", seed=0)[0], load_tokenizer("tiny:llama"), "chat", INTENTS,
                             decode_cfg(), contextlib.nullcontext(), sample=False)

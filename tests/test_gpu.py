@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture(scope="module")
 def cuda_rollout():
     from data import generation_batch
-    from models import load_causal_lm
+    from plumbing.models import load_causal_lm
     from test_ppo import cfg_for
 
     cuda = torch.device("cuda")
@@ -40,7 +40,7 @@ def cuda_rollout():
 
 
 def amp_step(lm, ro, cfg, dtype):
-    from models import autocast_ctx, make_grad_scaler
+    from plumbing.models import autocast_ctx, make_grad_scaler
 
     cuda = torch.device("cuda")
     policy = PolicyWithValueHead(copy.deepcopy(lm)).to(cuda)

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 import config
-import config_cli
+from plumbing import config_cli
 import data
-import runfolder
+from plumbing import runfolder
 from conftest import ROOT
 from test_resume import ENV, make_run, snapshot
 
@@ -138,7 +138,7 @@ def test_every_text_write_names_its_encoding():
     """The rule behind the locale fix, for every module: write_text(...) and open(..., "w"/"a") in text mode
     pass encoding= (a new call without it fails here, not after a whole run under another locale)."""
     missing = []
-    for path in sorted(ROOT.glob("*.py")):
+    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("plumbing/*.py")]):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
                 continue
@@ -186,7 +186,7 @@ def test_deeply_nested_code_is_scored_not_a_segfault(tmp_path):
 
 
 def test_an_unwritable_model_cache_is_skipped_not_a_traceback(tmp_path, monkeypatch):
-    import models
+    from plumbing import models
 
     (tmp_path / "file").write_text("x")  # what a read-only or full HOME gives: the cache folder cannot be made
     monkeypatch.setattr(models, "CACHE_DIR", tmp_path / "file" / "cache")

@@ -18,14 +18,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import console
+from plumbing import console
 import decoding
 import feedback
 import rejection
 import report
 import reward
 from conftest import ROOT, default_signals
-from console import Interrupted
+from plumbing.console import Interrupted
 
 
 # ----------------------------------------------------------------------------- training.log
@@ -51,7 +51,7 @@ def test_training_log_keeps_lines_not_carriage_return_frames(tmp_path):
 WORKER = """
 import signal, sys, time
 sys.path.insert(0, {root!r})
-import console
+from plumbing import console
 
 class Run:
     stop_requested, stop_signal = False, signal.SIGINT
@@ -203,7 +203,7 @@ def test_rejection_sampling_scoring_stops_within_one_batch():
 
 # ----------------------------------------------------------------------------- resume and the end of the run
 def test_resume_redraws_a_curve_point_the_stop_skipped(tmp_path):
-    import resume
+    from plumbing import resume
 
     def run_with(rows):
         (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

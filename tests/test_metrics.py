@@ -307,7 +307,7 @@ def test_syntax_valid():
 # ----------------------------------------------------------------------------- BERTScore and evaluate()
 def test_bertscore_and_evaluate():
     pytest.importorskip("bert_score")
-    import models
+    from plumbing import models
     from config import ConfigError
 
     try:
@@ -331,7 +331,7 @@ def test_bertscore_empty_pairs_score_zero(monkeypatch):
     """bert-score scores an empty candidate or reference 0; transformers 5 cannot encode one, so bertscore_details
     gives the 0 itself and scores the rest exactly as it would without them."""
     bert_score = pytest.importorskip("bert_score")
-    import models
+    from plumbing import models
     from config import ConfigError
 
     try:
@@ -436,7 +436,7 @@ def test_ruby_over_the_bound_falls_back_to_the_string_level_and_says_so(monkeypa
 
 
 def test_bertscore_layers_past_the_encoders_depth_is_a_config_error():
-    import models
+    from plumbing import models
     from config import ConfigError
 
     try:

@@ -8,7 +8,7 @@ import torch
 
 import advantages
 import ppo
-from models import position_ids
+from plumbing.models import position_ids
 from policy import (make_reference, mask_after_eos, PolicyWithValueHead, response_forward,
                     Rollout, rollout, token_logprobs, VALUE_HEAD_FILE)
 from config import make_config
@@ -18,7 +18,7 @@ from config import make_config
 def tiny():
     """tiny:llama (random 2-layer Llama, real SmolLM2 tokenizer) and a left-padded batch of chat prompts."""
     from data import generation_batch
-    from models import load_causal_lm
+    from plumbing.models import load_causal_lm
 
     lm, tok = load_causal_lm("tiny:llama", seed=0)
     intents = ["sort a list", "reverse the string s in place", "add x and y", "open the file f.txt and read it"] * 2
@@ -308,7 +308,7 @@ def test_nonfinite_loss_raises_before_the_optimizer_step(tiny):
 def test_bf16_autocast_step_matches_fp32(tiny):
     """bf16 is emulated on CPU (slow), hence the tiny model. Measured here: log-probs differ by <= 2e-3 and the
     losses/grad norm by < 0.1%; the bounds leave ~5x headroom (bf16 keeps ~3 significant digits)."""
-    from models import autocast_ctx, make_grad_scaler
+    from plumbing.models import autocast_ctx, make_grad_scaler
 
     lm, tok, ids, am = tiny
     cfg = cfg_for(ppo_epochs=1)

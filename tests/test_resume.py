@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 import config
-import models
-import resume
-import runfolder
+from plumbing import models
+from plumbing import resume
+from plumbing import runfolder
 from conftest import ROOT
 from policy import VALUE_HEAD_FILE
 

@@ -20,7 +20,7 @@ import feedback
 import reward
 import reward_model
 import rules
-import runfolder
+from plumbing import runfolder
 import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def _toy_pairs(n: int, seed: int) -> list[dict]:
 
 
 def test_bradley_terry_learns_a_separable_toy_set(monkeypatch):
-    import models
+    from plumbing import models
 
     cfg = config.make_config("test", {"reward_epochs": 3, "reward_learning_rate": 1e-3, "reward_batch_size": 8})
     encoder, tok = models.load_encoder("tiny:bert", seed=0)
@@ -263,7 +263,7 @@ def test_bradley_terry_learns_a_separable_toy_set(monkeypatch):
 
 
 def test_minibatch_scores_match_per_text_scores(tmp_path):
-    import models
+    from plumbing import models
 
     encoder, tok = models.load_encoder("tiny:bert", seed=0)
     rm = reward_model.RewardModel(encoder).eval()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import config
-import models
+from plumbing import models
 import reward
 import reward_model
 

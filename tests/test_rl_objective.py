@@ -18,7 +18,7 @@ import advantages
 import ppo
 from policy import make_reference, PolicyWithValueHead, Rollout
 import rejection
-import runfolder
+from plumbing import runfolder
 from test_ppo import cfg_for, tiny  # noqa: F401 -- the module fixture
 from test_ppo_fixes import hand_rollout
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import config
-import config_cli
-import models
-import resume
-import runfolder
+from plumbing import config_cli
+from plumbing import models
+from plumbing import resume
+from plumbing import runfolder
 from conftest import ROOT
 from test_resume import ENV, make_run, snapshot
 

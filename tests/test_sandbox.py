@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 import sandbox
-import sandbox_host
-import sandbox_limits
-import sandbox_supervisor
+from plumbing import sandbox_host
+from plumbing import sandbox_limits
+from plumbing import sandbox_supervisor
 
 OK, STATUS = sandbox.sandbox_status()
 needs_sandbox = pytest.mark.skipif(not OK, reason=f"no sandbox here: {STATUS}")

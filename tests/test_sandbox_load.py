@@ -12,8 +12,8 @@ import sys
 import pytest
 
 import sandbox
-import sandbox_host
-import sandbox_supervisor
+from plumbing import sandbox_host
+from plumbing import sandbox_supervisor
 
 OK, STATUS = sandbox.sandbox_status()
 needs_sandbox = pytest.mark.skipif(not OK, reason=f"no sandbox here: {STATUS}")

@@ -179,7 +179,7 @@ def save_on_main(folder, write) -> None:
     """Rank 0 writes `folder` atomically (models.save_atomic: a temp folder, then one rename); every
     rank then waits at a barrier, so no rank reads a checkpoint before it is in place, and a kill
     leaves a whole checkpoint or none, as with one process."""
-    import models
+    from plumbing import models
 
     if is_main():
         models.save_atomic(folder, write)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import queue
 import threading
 
-import sandbox_limits
-import sandbox_view
-from sandbox_supervisor import EXIT_CODES, RUNNER
+from plumbing import sandbox_limits
+from plumbing import sandbox_view
+from plumbing.sandbox_supervisor import EXIT_CODES, RUNNER
 
 NOBODY = 65534  # the uid/gid a snippet sees inside its user namespace (the one /etc/passwd names)
 # A root parent runs slot i as host uid/gid SLOT_UID_BASE + i: Debian policy 9.2.2 reserves

@@ -230,7 +230,7 @@ def refuse_protected(out: Path, cfg) -> None:
     run."""
     target, lexical = out.resolve(), Path(os.path.abspath(out))
     named = {"/": Path("/"), "HOME": Path.home(), "the working directory": Path.cwd(),
-             "the repository": Path(__file__).resolve().parent}
+             "the repository": Path(__file__).resolve().parents[1]}
     for key in INPUT_FIELDS:
         value = getattr(cfg, key, "")
         if value and os.path.lexists(value):

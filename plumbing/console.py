@@ -71,7 +71,7 @@ def final_frame(line: str) -> str:
 def progress(items, **kw):
     """tqdm over `items` on rank 0 only (every rank drawing its own bar was N bars fighting over one
     terminal)."""
-    import dist
+    from plumbing import dist
     from tqdm import tqdm
 
     return tqdm(items, dynamic_ncols=True, disable=not dist.is_main(), **kw)
@@ -97,7 +97,7 @@ def rank0_section(fn):
     """fn() on rank 0 only (sandboxed labelling, scoring), its result broadcast to every rank. An
     Interrupted on rank 0 is broadcast too and raised everywhere, so all ranks leave at the same
     point instead of the others waiting in a collective rank 0 never reaches."""
-    import dist
+    from plumbing import dist
 
     out = None
     if dist.is_main():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import config
 from config import ConfigError
-from models import EMBEDDED, embedded_path
+from plumbing.models import EMBEDDED, embedded_path
 
 # `name` or `org/name`, as the hub spells them
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-import dist
-import models
+from plumbing import dist
+from plumbing import models
 from config import ConfigError, load_config, stage_list, to_dict
-from runfolder import need_config, ppo_checkpoints, read_jsonl
+from plumbing.runfolder import need_config, ppo_checkpoints, read_jsonl
 
 
 # ---------------------------------------------------------------------------- state and checkpoints
