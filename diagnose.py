@@ -18,9 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 OK, WARN, FAIL = "✅", "⚠️ ", "❌"
-MODULES = ("config", "plumbing.models", "data", "codebleu_dfg", "codebleu_ts", "ruby_ted", "metrics",
-           "sandbox", "rules", "feedback", "reward_model", "reward", "policy", "advantages", "ppo",
-           "report", "evaluate", "rlhf")
+MODULES = ("config", "plumbing.models", "data", "codebleu_dfg", "codebleu_ts", "ruby_ted",
+           "metrics", "sandbox", "rules", "feedback", "reward_model", "reward", "policy",
+           "advantages", "ppo", "report", "evaluate", "rlhf")
 
 
 def line(status: str, name: str, detail: str, fix: str = "") -> tuple[str, str]:

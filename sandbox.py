@@ -2,7 +2,7 @@
 
 Model output is hostile input, and the execution outcome is a reward an RL policy will learn to
 exploit. Each layer below names the attack it stops (the attacks are tests in
-tests/test_sandbox.py).
+tests/test_sandbox.py). The modules named below are in plumbing/.
   * uid: CI runs as root and root ignores RLIMIT_NPROC, so a root parent drops the child to an
     unprivileged uid *before* exec'ing bubblewrap (Popen user=/group=, no preexec_fn, so it is safe
     from `execute_many`'s threads). `bwrap --uid` alone only relabels a uid inside a user namespace.

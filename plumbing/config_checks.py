@@ -170,7 +170,7 @@ def split_names(value: str) -> list[str]:
 
 # The domains most fields share. Every open domain has a real upper bound, far above any preset:
 # 1e39 overflows fp32 once squared or exponentiated, and a count of 2**30 allocates terabytes, but
-# only after SFT has run (issue #26).
+# only after SFT has run.
 BIG = 10**6
 POSITIVE, NON_NEGATIVE = Range(0, BIG, lo_open=True), Range(0, BIG)
 COUNT, LIMIT = Range(1, BIG), Range(0, BIG)

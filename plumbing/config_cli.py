@@ -24,7 +24,7 @@ def parse_cli(argv: list[str], extra_flags: tuple[str, ...] = (), prog: str = "r
     exits 0.
     """
     if "-h" in argv or "--help" in argv:
-        from plumbing import cli_help  # only for --help, so that importing this module stays instant
+        from plumbing import cli_help  # only for --help: importing this module stays instant
 
         print(cli_help.help_text(prog, extra_flags, preset=preset_in(argv) or "quick", about=about))
         raise SystemExit(0)

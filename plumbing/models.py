@@ -331,8 +331,8 @@ def checksum_problem(folder: Path) -> str | None:
     line, is a problem too: damaged bytes would otherwise load as garbage weights with nothing to
     tell."""
     sums = folder / CHECKSUMS
-    vouch = (f"if you trust these files, write it with python -c \"import models, pathlib; "
-             f"models.write_checksums(pathlib.Path('{folder}'))\"")
+    vouch = ("if you trust these files, write it with python -c \"import pathlib; "
+             f"from plumbing import models; models.write_checksums(pathlib.Path('{folder}'))\"")
     if not sums.is_file():
         return f"no {CHECKSUMS}, the weights cannot be verified ({vouch})"
     try:

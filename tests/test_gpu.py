@@ -1,6 +1,6 @@
 """The GPU lane (`pytest -m gpu`, or bench/gpu_check.sh): every test skips without CUDA.
 
-None of these has been run: this project has had no GPU (README, "Many devices"). They check what a CPU cannot:
+None of these has been run: this project has had no GPU (docs/DISTRIBUTED.md). They check what a CPU cannot:
 a PPO step under bf16 autocast and under fp16 with GradScaler, each against fp32 on the same rollout, an end-to-end
 `--config test --device=cuda` run, and a 2-rank NCCL run of the same when two GPUs are present.
 """

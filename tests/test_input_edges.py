@@ -117,7 +117,7 @@ def test_diagnose_does_not_hang_on_a_fifo_checksum_file(tmp_path):
 
 # ----------------------------------------------------------------------------- 15: locale
 def test_files_are_utf8_and_printing_falls_back_under_an_ascii_locale(tmp_path):
-    code = ("import config, config_cli, runfolder, report, pathlib\n"
+    code = ("import config, report, pathlib\nfrom plumbing import config_cli, runfolder\n"
             "config_cli.console_fallback()\n"
             f"out = pathlib.Path({str(tmp_path)!r})\n"
             "cfg = config.make_config('test', {'output_dir': str(out / '\\u00e9')})\n"

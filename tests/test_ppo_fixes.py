@@ -104,7 +104,7 @@ def test_lr_warmup_scales_the_first_steps_then_hands_over_to_the_decay():
 
 def test_adaptive_kl_presets_can_move_beta():
     """LHP: beta moves at most 20% x episodes / horizon over a run. A preset with the adaptive controller must let it
-    move at least 10%; the CPU presets use a fixed beta instead (README, Configs)."""
+    move at least 10%; the CPU presets use a fixed beta instead (README, Presets)."""
     for name in PRESETS:
         cfg = make_config(name)
         if cfg.adaptive_kl:

@@ -39,7 +39,7 @@ def holder(tmp_path):
     procs = []
 
     def start(folder):
-        code = f"import runfolder, pathlib, time; runfolder.lock(pathlib.Path({str(folder)!r})); print('held', " \
+        code = f"import pathlib, time; from plumbing import runfolder; runfolder.lock(pathlib.Path({str(folder)!r})); print('held', " \
                "flush=True); time.sleep(60)"
         p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "held"

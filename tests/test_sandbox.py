@@ -605,7 +605,7 @@ def test_no_task_outlives_the_call_even_in_uninterruptible_io():
               "for i in range(24):\n    threading.Thread(target=reader, args=(FILES[i % len(FILES)],)).start()\n"
               "time.sleep(30)\n")
     script = ("import ctypes, json, os, sys, time\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
-              "import sandbox_host\n"
+              "from plumbing import sandbox_host\n"
               "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"  # PR_SET_CHILD_SUBREAPER: a container's PID 1
               "def tree():\n    parent = {}\n    for p in filter(str.isdigit, os.listdir('/proc')):\n        try:\n"
               "            stat = open('/proc/%s/stat' % p).read().rsplit(')', 1)[1].split()\n"
