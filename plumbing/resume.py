@@ -33,6 +33,7 @@ CHECKPOINT_FILES = {"checkpoint-sft": ("config.json",),
 STATE_KEYS = {"completed": list, "stage_seconds": dict, "evaluated": dict}
 # evaluate.BOOTSTRAP_METRICS: what the paired bootstrap reads
 PER_EXAMPLE_KEYS = ("gold", "codebleu", "chrf")
+SAMPLED_KEYS = ("sampled_gold",)  # what the report reads of a sampled-only system (sft-sharp)
 FIX_STATE = ('fix it by hand ({"completed": [...], "stage_seconds": {}, "evaluated": {}} lists the '
              "finished stages), or start again in a new --output_dir")
 
@@ -79,12 +80,15 @@ def evaluated_problem(entry) -> str | None:
     if "per_example" not in entry:
         return None  # not a cached result: evaluated again
     per = entry["per_example"]
-    if not _is_number(entry.get("gold")) or not isinstance(per, dict):
-        return "needs a number 'gold' and an object 'per_example'"
-    lists = [per.get(k) for k in PER_EXAMPLE_KEYS]
+    # sft-sharp is sampled only (evaluate.sharpened_sft): no greedy answers, so no 'gold'
+    score, keys = ("sampled_gold", SAMPLED_KEYS) if "gold" not in entry and "sampled_gold" in entry \
+        else ("gold", PER_EXAMPLE_KEYS)
+    if not _is_number(entry.get(score)) or not isinstance(per, dict):
+        return f"needs a number '{score}' and an object 'per_example'"
+    lists = [per.get(k) for k in keys]
     if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in lists) \
             or len({len(v) for v in lists}) != 1:
-        return f"per_example needs equal-length lists of numbers {', '.join(PER_EXAMPLE_KEYS)}"
+        return f"per_example needs equal-length lists of numbers {', '.join(keys)}"
     return None
 
 

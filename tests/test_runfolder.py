@@ -253,3 +253,18 @@ def test_a_cached_evaluation_is_dropped_when_what_it_depends_on_changes(tmp_path
     other = config.make_config("test", dict(config.to_dict(cfg), codebleu_tokenizer="whitespace"))
     assert cached_after(other, test[:4]) == []  # another metric setting
     assert cached_after(other, test[:4], sft="tiny:llama") == ["base", "ppo"]  # --policy=X: another SFT model
+
+
+def test_a_sampled_only_evaluation_is_a_valid_cached_result():
+    """sft-sharp's entry has sampled gold and no greedy gold (evaluate.sharpened_sft writes it so): a
+    resume must reuse it, not refuse the state.json the pipeline wrote itself. Its shape is checked
+    all the same."""
+    from plumbing.resume import evaluated_problem
+
+    sharp = {"sampled_gold": 0.5, "n": 2, "per_example": {"sampled_gold": [0.4, 0.6], "sampled_exec": [0, 1]}}
+    greedy = {"gold": 0.5, "per_example": {"gold": [0.4, 0.6], "codebleu": [0.1, 0.2], "chrf": [0.3, 0.4]}}
+    assert evaluated_problem(sharp) is None and evaluated_problem(greedy) is None
+    assert "equal-length lists of numbers sampled_gold" in evaluated_problem(
+        {"sampled_gold": 0.5, "per_example": {"sampled_gold": ["x"]}})
+    assert "needs a number 'sampled_gold'" in evaluated_problem({"sampled_gold": "0.5", "per_example": {}})
+    assert "needs a number 'gold'" in evaluated_problem({"per_example": {"sampled_gold": [0.4]}})
