@@ -81,8 +81,8 @@ def evaluated_problem(entry) -> str | None:
         return None  # not a cached result: evaluated again
     per = entry["per_example"]
     # sft-sharp is sampled only (evaluate.sharpened_sft): no greedy answers, so no 'gold'
-    score, keys = ("sampled_gold", SAMPLED_KEYS) if "gold" not in entry and "sampled_gold" in entry \
-        else ("gold", PER_EXAMPLE_KEYS)
+    sampled_only = "gold" not in entry and "sampled_gold" in entry
+    score, keys = ("sampled_gold", SAMPLED_KEYS) if sampled_only else ("gold", PER_EXAMPLE_KEYS)
     if not _is_number(entry.get(score)) or not isinstance(per, dict):
         return f"needs a number '{score}' and an object 'per_example'"
     lists = [per.get(k) for k in keys]
