@@ -290,13 +290,9 @@ def load_predictions(path: str) -> tuple[list[str], list[str]]:
     return references, predictions
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python metrics.py PRED.jsonl`: the CLI lives in metrics_cli.py (it also needs the annotator
-    and the sandbox, which this module never imports)."""
+if __name__ == "__main__":  # `python metrics.py PRED.jsonl`: the CLI is metrics_cli.py's (it also
+    # needs the annotator and the sandbox, which this module never imports). Run as a script this
+    # file is `__main__`, so metrics_cli importing `metrics` is no cycle.
     import metrics_cli
 
-    return metrics_cli.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(metrics_cli.main())

@@ -15,6 +15,7 @@ import pytest
 import codebleu_score
 import codebleu_ts
 import metrics
+import metrics_cli
 import ruby_ted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,7 +384,7 @@ def write(tmp_path, text, name="pred.jsonl"):
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, text, message):
     path = write(tmp_path, text)
-    assert metrics.main([path, "--no-bertscore"]) == 2
+    assert metrics_cli.main([path, "--no-bertscore"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: {message}") and err.count("\n") == 1
 
@@ -399,7 +400,7 @@ def test_cli_writes_json(tmp_path, capsys):
     path = write(tmp_path, '{"reference": "f(x)", "prediction": "f(x)"}\n'
                            '{"reference": "a = 1", "prediction": "a = 2"}\n')
     out = tmp_path / "scores.json"
-    assert metrics.main([path, "--no-bertscore", "--out", str(out)]) == 0
+    assert metrics_cli.main([path, "--no-bertscore", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "codebleu" in table and "conala" in table  # the report's tokeniser (tests/test_metrics_cli.py)
     result = json.loads(out.read_text())

@@ -9,6 +9,7 @@ import codebleu_score
 import codebleu_ts
 import feedback
 import metrics
+import metrics_cli
 import ruby_ted
 import rules
 from conftest import ROOT
@@ -114,14 +115,14 @@ def test_cli_default_tokenizer_is_conala_and_the_dashed_alias_still_works(tmp_pa
     path = tmp_path / "p.jsonl"
     path.write_text('{"reference": "sorted(l,key=f)", "prediction": "sorted(l,key=g)"}\n'
                     '{"reference": "x = [1]", "prediction": ""}\n')
-    assert metrics.main([str(path), "--no_bertscore", "--out", str(tmp_path / "a.json")]) == 0
+    assert metrics_cli.main([str(path), "--no_bertscore", "--out", str(tmp_path / "a.json")]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["codebleu_tokenizer"] == "conala"
     assert a["codebleu"] == codebleu_score.codebleu(["sorted(l,key=f)", "x = [1]"], ["sorted(l,key=g)", ""],
                                                     tokenizer="conala")["codebleu"]
     assert a["chrf"] == pytest.approx(rules.similarity_signal("sorted(l,key=g)", "sorted(l,key=f)") / 2)
     assert "gold" not in a  # gold runs code: only when asked
-    assert metrics.main([str(path), "--no-bertscore", "--codebleu-tokenizer", "whitespace", "--out",
+    assert metrics_cli.main([str(path), "--no-bertscore", "--codebleu-tokenizer", "whitespace", "--out",
                          str(tmp_path / "b.json")]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["codebleu_tokenizer"] == "whitespace"
     assert "codebleu_tokenizer    whitespace" in capsys.readouterr().out
