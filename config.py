@@ -2,9 +2,8 @@
 overrides -> a validated Config). Read `Config` first (each field with its default, its domain and
 a comment), then `PRESETS` (plain overrides, each with its reason), then how a Config is built.
 Style follows CleanRL's `Args` and nanoGPT's presets; unlike nanoGPT's `exec` configurator, a typo
-is an error that names the valid keys, never a silent run of the defaults. Why a separate module:
-every script reads the same knobs (config_checks <- config <- models <- data, metrics, reward, ppo
-<- rlhf). The domains and checks are in config_checks.py, the command line in config_cli.py.
+is an error that names the valid keys, never a silent run of the defaults. Every script reads
+these knobs; domains and checks: plumbing/config_checks.py; the command line plumbing/config_cli.py.
 """
 from __future__ import annotations
 
